@@ -1,0 +1,316 @@
+//! One client connection: read and parse heads, gather or stream the body, run the
+//! app, write the response, and decide whether the connection lives on. Pipelined
+//! requests are answered in order, and their responses leave in one write.
+
+use std::net::SocketAddr;
+use std::os::fd::AsRawFd;
+use std::rc::Rc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use compio::buf::BufResult;
+use compio::io::{AsyncReadExt, AsyncWriteExt};
+use compio::net::TcpStream;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::HttpError;
+use super::body::Decoder;
+use super::encode;
+use super::parse::{self, RequestHead};
+use crate::shard::Shard;
+use crate::wsgi::environ::ConnInfo;
+use crate::wsgi::input::{self, BodyStream, SharedBody};
+use crate::wsgi::response::{Progress, RequestMeta};
+
+/// Bodies up to this size are read before the app runs; larger ones stream.
+const SMALL_BODY: usize = 64 * 1024;
+/// Pipelined responses are gathered up to this size before a write.
+const FLUSH_AT: usize = 64 * 1024;
+/// The longest a client may stall reading a response.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+/// How long a closing connection keeps reading, so unread input does not turn the
+/// close into a reset that destroys the response (RFC 9112 9.6).
+const LINGER: Duration = Duration::from_secs(2);
+
+enum Body {
+    InMemory(Vec<u8>),
+    Stream(SharedBody, Vec<u8>),
+}
+
+enum ReadError {
+    Closed,
+    TimedOut,
+    Failed,
+}
+
+struct Conn {
+    shard: Rc<Shard>,
+    stream: TcpStream,
+    rbuf: Vec<u8>,
+    out: Vec<u8>,
+}
+
+pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
+    let local = match stream.local_addr() {
+        Ok(local) => local,
+        Err(_) => return,
+    };
+    let info = Python::attach(|py| ConnInfo::new(py, peer, local));
+    let mut conn = Conn {
+        shard,
+        stream,
+        rbuf: Vec::with_capacity(8192),
+        out: Vec::with_capacity(8192),
+    };
+    conn.run(&info).await;
+}
+
+impl Conn {
+    async fn run(&mut self, info: &ConnInfo) {
+        let mut head = RequestHead::default();
+        let cfg = self.shard.config.clone();
+        loop {
+            // A head: an idle connection waits at most keep-alive for its first
+            // byte, and the whole head must arrive within the header timeout.
+            let mut deadline: Option<Instant> = None;
+            loop {
+                match parse::parse(&self.rbuf, &cfg.limits, &mut head) {
+                    Ok(Some(())) => break,
+                    Ok(None) => {}
+                    Err(err) => return self.refuse(err).await,
+                }
+                if !self.out.is_empty() && !self.flush().await {
+                    return;
+                }
+                let until = if self.rbuf.is_empty() {
+                    Instant::now() + cfg.keep_alive
+                } else {
+                    *deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout)
+                };
+                match self.read(until).await {
+                    Ok(()) => {}
+                    Err(ReadError::TimedOut) if !self.rbuf.is_empty() => {
+                        return self
+                            .refuse(HttpError::new(408, "request head not received in time"))
+                            .await;
+                    }
+                    Err(_) => return,
+                }
+            }
+
+            let body = match self.gather_body(&head).await {
+                Ok(body) => body,
+                Err(Some(err)) => return self.refuse(err).await,
+                Err(None) => return,
+            };
+            let keep_alive = self.respond(&head, info, body).await;
+            if keep_alive.is_none() {
+                return;
+            }
+            if keep_alive == Some(false) || cfg.keep_alive.is_zero() {
+                let _ = self.flush().await;
+                return self.linger().await;
+            }
+            if self.out.len() >= FLUSH_AT && !self.flush().await {
+                return;
+            }
+        }
+    }
+
+    /// Reads more input into `rbuf`, appending.
+    async fn read(&mut self, until: Instant) -> Result<(), ReadError> {
+        // A read into zero spare bytes would look like EOF.
+        self.rbuf.reserve(8192);
+        let buf = std::mem::take(&mut self.rbuf);
+        match compio::time::timeout_at(until, self.stream.append(buf)).await {
+            Ok(BufResult(res, buf)) => {
+                self.rbuf = buf;
+                match res {
+                    Ok(0) => Err(ReadError::Closed),
+                    Ok(_) => Ok(()),
+                    Err(_) => Err(ReadError::Failed),
+                }
+            }
+            Err(_) => Err(ReadError::TimedOut),
+        }
+    }
+
+    /// Writes `out`; false when the client is gone or stalled.
+    async fn flush(&mut self) -> bool {
+        let out = std::mem::take(&mut self.out);
+        match compio::time::timeout(WRITE_STALL, self.stream.write_all(out)).await {
+            Ok(BufResult(Ok(()), mut out)) => {
+                out.clear();
+                self.out = out;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Answers a bad request with its status and closes the connection.
+    async fn refuse(&mut self, err: HttpError) {
+        log::debug!("Refusing request: {} {}", err.status, err.detail);
+        let date = self.shard.date.borrow_mut().get().to_vec();
+        encode::error_response(&mut self.out, err, &date);
+        if self.flush().await {
+            self.linger().await;
+        }
+    }
+
+    /// Half-closes and drains input until the client closes, for at most LINGER.
+    async fn linger(&mut self) {
+        // SAFETY: shutdown on our own socket descriptor.
+        unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
+        let until = Instant::now() + LINGER;
+        let mut drained = 0usize;
+        while drained < 1 << 20 {
+            self.rbuf.clear();
+            match self.read(until).await {
+                Ok(()) => drained += self.rbuf.len(),
+                Err(_) => break,
+            }
+        }
+    }
+
+    /// Small bodies are read now; large ones, and those the client holds back
+    /// until `100 Continue`, stream to the app as it reads.
+    async fn gather_body(&mut self, head: &RequestHead) -> Result<Body, Option<HttpError>> {
+        let mut decoder = Decoder::new(head.body);
+        let mut body = Vec::new();
+        let mut used = head.len;
+        let cfg = self.shard.config.clone();
+        loop {
+            used += decoder
+                .decode_into(&self.rbuf[used..], &mut body)
+                .map_err(Some)?;
+            if decoder.is_done() {
+                // Keep the head for the environ; drop the body bytes consumed.
+                self.rbuf.drain(head.len..used);
+                return Ok(Body::InMemory(body));
+            }
+            let buffered = body.len() + (self.rbuf.len() - used);
+            let waiting_for_continue =
+                head.expect_continue && body.is_empty() && used == self.rbuf.len();
+            let large = decoder
+                .remaining_length()
+                .is_some_and(|n| n as usize + body.len() > SMALL_BODY)
+                || buffered > SMALL_BODY;
+            if waiting_for_continue || large {
+                let pending = self.rbuf.split_off(used);
+                let stream = BodyStream::new(
+                    self.stream.as_raw_fd(),
+                    pending,
+                    decoder,
+                    waiting_for_continue,
+                    cfg.header_timeout,
+                );
+                return Ok(Body::Stream(Arc::new(Mutex::new(Some(stream))), body));
+            }
+            let until = Instant::now() + cfg.header_timeout;
+            match self.read(until).await {
+                Ok(()) => {}
+                Err(ReadError::TimedOut) => {
+                    return Err(Some(HttpError::new(
+                        408,
+                        "request body not received in time",
+                    )));
+                }
+                Err(_) => return Err(None),
+            }
+        }
+    }
+
+    /// Runs the app and writes its response. Returns whether the connection may
+    /// serve another request, or None when it is already unusable.
+    async fn respond(&mut self, head: &RequestHead, info: &ConnInfo, body: Body) -> Option<bool> {
+        let shard = self.shard.clone();
+        let wsgi = &shard.wsgi;
+        let meta = RequestMeta {
+            minor: head.minor,
+            is_head: head.is_head(&self.rbuf),
+            keep_alive: head.keep_alive,
+        };
+        let date = shard.date.borrow_mut().get().to_vec();
+        let shared = match &body {
+            Body::Stream(shared, _) => Some(shared.clone()),
+            Body::InMemory(_) => None,
+        };
+        let started = Python::attach(|py| {
+            let input = match body {
+                Body::InMemory(data) => wsgi.bytes_io.bind(py).call1((PyBytes::new(py, &data),)),
+                Body::Stream(shared, initial) => {
+                    input::stream_input(py, &wsgi.input_stream, shared, &initial)
+                }
+            };
+            let input = match input {
+                Ok(input) => input,
+                Err(e) => {
+                    wsgi.log_exception(py, "Error creating wsgi.input", &e);
+                    return Err(HttpError::new(500, "wsgi.input could not be created"));
+                }
+            };
+            let environ = wsgi.environ(py, &self.rbuf, head, info, input)?;
+            Ok(wsgi.call(py, environ, meta, &mut self.out, &date).ok())
+        });
+        self.rbuf.drain(..head.len);
+        let mut keep_alive = match started {
+            Err(err) => {
+                self.restore_body(shared);
+                encode::error_response(&mut self.out, err, &date);
+                return Some(false);
+            }
+            // The app raised: the 500 is in `out`.
+            Ok(None) => false,
+            Ok(Some(mut response)) => {
+                let mut alive = true;
+                loop {
+                    let progress =
+                        Python::attach(|py| response.advance(py, wsgi, &mut self.out, &date));
+                    match progress {
+                        Progress::More => {
+                            if !self.flush().await {
+                                alive = false;
+                                break;
+                            }
+                        }
+                        Progress::Done => break,
+                        Progress::Abort => {
+                            let _ = self.flush().await;
+                            alive = false;
+                            break;
+                        }
+                    }
+                }
+                let keep = response.keep_alive;
+                Python::attach(|py| response.close(py, wsgi));
+                if !alive {
+                    return None;
+                }
+                keep
+            }
+        };
+        if !self.restore_body(shared) {
+            keep_alive = false;
+        }
+        Some(keep_alive)
+    }
+
+    /// Takes a streamed body back from the app. Bytes read past its end belong to
+    /// the next request. Returns false if the body was not read to its end, in
+    /// which case the connection cannot be reused.
+    fn restore_body(&mut self, shared: Option<SharedBody>) -> bool {
+        let Some(shared) = shared else {
+            return true;
+        };
+        let stream = shared.lock().ok().and_then(|mut s| s.take());
+        match stream {
+            Some(stream) if stream.decoder.is_done() => {
+                self.rbuf.extend_from_slice(&stream.pending);
+                true
+            }
+            _ => false,
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The error log, in Gunicorn's line format, so existing log parsers keep working:
+//! `[2026-11-21 15:39:00 +0000] [1234] [INFO] message`.
+
+use std::io::Write;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+struct ErrorLog;
+
+static LOGGER: ErrorLog = ErrorLog;
+
+/// Parses a Gunicorn log level name (`debug`, `info`, `warning`, `error`, `critical`).
+pub fn parse_level(name: &str) -> Result<LevelFilter, String> {
+    match name.to_ascii_lowercase().as_str() {
+        "debug" => Ok(LevelFilter::Debug),
+        "info" => Ok(LevelFilter::Info),
+        "warning" | "warn" => Ok(LevelFilter::Warn),
+        "error" | "critical" => Ok(LevelFilter::Error),
+        _ => Err(format!(
+            "invalid log level '{name}' (expected debug, info, warning, error or critical)"
+        )),
+    }
+}
+
+pub fn init(level: LevelFilter) {
+    // set_logger fails only when called twice; the first logger stays.
+    let _ = log::set_logger(&LOGGER);
+    log::set_max_level(level);
+}
+
+/// Local time as Gunicorn prints it: `%Y-%m-%d %H:%M:%S %z`.
+fn timestamp() -> String {
+    // SAFETY: time(NULL) and localtime_r only write to the struct we pass.
+    unsafe {
+        let now = libc::time(std::ptr::null_mut());
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&now, &mut tm);
+        let offset = tm.tm_gmtoff / 60;
+        let sign = if offset < 0 { '-' } else { '+' };
+        format!(
+            "{:04}-{:02}-{:02} {:02}:{:02}:{:02} {}{:02}{:02}",
+            tm.tm_year + 1900,
+            tm.tm_mon + 1,
+            tm.tm_mday,
+            tm.tm_hour,
+            tm.tm_min,
+            tm.tm_sec,
+            sign,
+            offset.abs() / 60,
+            offset.abs() % 60
+        )
+    }
+}
+
+impl Log for ErrorLog {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let level = match record.level() {
+            Level::Error => "ERROR",
+            Level::Warn => "WARNING",
+            Level::Info => "INFO",
+            Level::Debug | Level::Trace => "DEBUG",
+        };
+        let line = format!(
+            "[{}] [{}] [{}] {}\n",
+            timestamp(),
+            std::process::id(),
+            level,
+            record.args()
+        );
+        // One write per line keeps lines from different shards whole.
+        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,219 @@
+//! The embedded CPython: start-up against the active virtualenv, one own-GIL
+//! sub-interpreter per shard (PEP 684), and the shared main interpreter as the
+//! fallback where sub-interpreters cannot serve the app.
+//!
+//! pyo3 keeps some process-wide caches that break across interpreters, so this
+//! module and the bridges use only per-interpreter objects: no `intern!`, no
+//! `#[pyclass]`, no once-cells (see DESIGN.md).
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+use std::ptr;
+
+use pyo3::ffi;
+
+/// The Python version turbo was linked against, `major.minor`.
+pub const LINKED_VERSION: &str = env!("TURBO_PYTHON_VERSION");
+
+/// Where a shard's Python objects live.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Isolation {
+    /// One own-GIL sub-interpreter per shard.
+    Subinterpreter,
+    /// Every shard shares the main interpreter and its GIL.
+    SharedMain,
+}
+
+/// Whether this Python can give each shard its own GIL.
+pub fn supports_own_gil() -> bool {
+    let minor: u32 = LINKED_VERSION
+        .split('.')
+        .nth(1)
+        .and_then(|m| m.parse().ok())
+        .unwrap_or(0);
+    minor >= 12
+}
+
+/// The active virtualenv's interpreter, after checking its version matches ours.
+fn virtualenv_python() -> Result<Option<PathBuf>, String> {
+    let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
+        return Ok(None);
+    };
+    let venv = PathBuf::from(venv);
+    let cfg_path = venv.join("pyvenv.cfg");
+    let cfg = std::fs::read_to_string(&cfg_path).map_err(|e| {
+        format!(
+            "VIRTUAL_ENV is {} but {} cannot be read: {e}",
+            venv.display(),
+            cfg_path.display()
+        )
+    })?;
+    let version = cfg
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .find(|(k, _)| matches!(k.trim(), "version" | "version_info"))
+        .map(|(_, v)| v.trim().to_string())
+        .ok_or_else(|| format!("{} names no Python version", cfg_path.display()))?;
+    let major_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
+    if major_minor != LINKED_VERSION {
+        return Err(format!(
+            "the virtualenv {} is Python {major_minor}, but this turbo is built for Python \
+             {LINKED_VERSION}; activate a {LINKED_VERSION} virtualenv or build turbo with \
+             PYO3_PYTHON pointing at Python {major_minor}",
+            venv.display()
+        ));
+    }
+    Ok(Some(venv.join("bin").join("python")))
+}
+
+/// Starts the main interpreter, configured for the active virtualenv, without
+/// Python's own signal handlers (the server owns signals). Returns with the main
+/// interpreter's GIL released.
+pub fn initialize() -> Result<(), String> {
+    let executable = match virtualenv_python()? {
+        Some(python) => Some(python),
+        // Without a virtualenv, use the Python turbo was built against, so the
+        // standard library always matches the linked libpython.
+        None => option_env!("TURBO_PYTHON_EXECUTABLE")
+            .map(PathBuf::from)
+            .filter(|p| p.exists()),
+    };
+    // SAFETY: the PyConfig calls follow CPython's documented initialisation sequence
+    // on a zeroed struct, on the main thread, before any other Python call.
+    unsafe {
+        let mut config: ffi::PyConfig = std::mem::zeroed();
+        ffi::PyConfig_InitPythonConfig(&mut config);
+        config.install_signal_handlers = 0;
+        config.parse_argv = 0;
+        if let Some(exe) = executable {
+            let field = &raw mut config.executable;
+            set_config_path(&raw mut config, field, &exe)?;
+        }
+        let status = ffi::Py_InitializeFromConfig(&config);
+        ffi::PyConfig_Clear(&mut config);
+        if ffi::PyStatus_Exception(status) != 0 {
+            let msg = if status.err_msg.is_null() {
+                "unknown error".to_string()
+            } else {
+                std::ffi::CStr::from_ptr(status.err_msg)
+                    .to_string_lossy()
+                    .into_owned()
+            };
+            return Err(format!("Python failed to start: {msg}"));
+        }
+        if LINKED_VERSION == "3.12" {
+            preimport_for_312();
+        }
+        ffi::PyEval_SaveThread();
+    }
+    Ok(())
+}
+
+unsafe fn set_config_path(
+    config: *mut ffi::PyConfig,
+    field: *mut *mut libc::wchar_t,
+    path: &Path,
+) -> Result<(), String> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| format!("bad path {}", path.display()))?;
+    // SAFETY: `field` points into `config`, as PyConfig_SetBytesString requires.
+    let status = unsafe { ffi::PyConfig_SetBytesString(config, field, c.as_ptr()) };
+    // SAFETY: reading a status returned by CPython.
+    if unsafe { ffi::PyStatus_Exception(status) } != 0 {
+        return Err(format!("cannot use {}", path.display()));
+    }
+    Ok(())
+}
+
+/// CPython 3.12.1 double-frees when a second interpreter first imports these
+/// single-phase extension modules; importing them in the main interpreter first
+/// avoids it (measured, see DESIGN.md).
+unsafe fn preimport_for_312() {
+    for name in [
+        c"_datetime",
+        c"_decimal",
+        c"_ctypes",
+        c"_elementtree",
+        c"pyexpat",
+    ] {
+        // SAFETY: the main interpreter's GIL is held during initialize().
+        unsafe {
+            let module = ffi::PyImport_ImportModule(name.as_ptr());
+            if module.is_null() {
+                ffi::PyErr_Clear();
+            } else {
+                ffi::Py_DECREF(module);
+            }
+        }
+    }
+}
+
+/// A shard thread's attachment to its interpreter. The thread holds that
+/// interpreter's GIL for its whole life, releasing it only while it waits on I/O.
+pub struct Attachment {
+    pub isolation: Isolation,
+}
+
+/// Creates an own-GIL sub-interpreter on the calling thread, which must have no
+/// Python thread state yet, and makes it current.
+pub fn attach_subinterpreter() -> Result<Attachment, String> {
+    let config = ffi::PyInterpreterConfig {
+        use_main_obmalloc: 0,
+        allow_fork: 0,
+        allow_exec: 0,
+        allow_threads: 1,
+        allow_daemon_threads: 1,
+        check_multi_interp_extensions: 1,
+        gil: ffi::PyInterpreterConfig_OWN_GIL,
+    };
+    let mut tstate = ptr::null_mut();
+    // SAFETY: no thread state is current on this fresh thread; CPython creates and
+    // binds one for the new interpreter and leaves its GIL held.
+    let status = unsafe { ffi::Py_NewInterpreterFromConfig(&mut tstate, &config) };
+    // SAFETY: reading a status returned by CPython.
+    if unsafe { ffi::PyStatus_Exception(status) } != 0 || tstate.is_null() {
+        return Err("Python could not create a sub-interpreter".into());
+    }
+    Ok(Attachment {
+        isolation: Isolation::Subinterpreter,
+    })
+}
+
+/// Ends the current sub-interpreter (after its app refused to load there) and
+/// attaches the thread to the main interpreter instead.
+pub fn fall_back_to_main() -> Attachment {
+    // SAFETY: called with the sub-interpreter from attach_subinterpreter current
+    // and its GIL held; Py_EndInterpreter leaves no thread state current.
+    unsafe {
+        ffi::Py_EndInterpreter(ffi::PyThreadState_Get());
+    }
+    attach_main()
+}
+
+/// Attaches the calling thread to the main interpreter with a new thread state.
+pub fn attach_main() -> Attachment {
+    // SAFETY: the main interpreter exists after initialize(); the new thread state
+    // is bound to this thread, which has none current.
+    unsafe {
+        let tstate = ffi::PyThreadState_New(ffi::PyInterpreterState_Main());
+        ffi::PyEval_RestoreThread(tstate);
+    }
+    Attachment {
+        isolation: Isolation::SharedMain,
+    }
+}
+
+/// Releases the GIL around a blocking wait so other threads of the same
+/// interpreter (and, in the shared-main fallback, other shards) can run.
+///
+/// Unlike `Python::detach`, this takes closures that are not `Send`, which the
+/// I/O driver is. The closure must not touch Python objects.
+pub fn without_gil<T>(f: impl FnOnce() -> T) -> T {
+    // SAFETY: the caller holds the GIL (it runs inside the shard's attachment), and
+    // the closure does not use Python.
+    let tstate = unsafe { ffi::PyEval_SaveThread() };
+    let out = f();
+    // SAFETY: restores the thread state saved above.
+    unsafe { ffi::PyEval_RestoreThread(tstate) };
+    out
+}

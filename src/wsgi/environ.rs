@@ -1,0 +1,229 @@
+//! Building the environ dict for one request: a copy of the per-shard template plus
+//! the request's own keys, all native `str` decoded as latin-1 (PEP 3333).
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyString};
+
+use super::Wsgi;
+use crate::http::HttpError;
+use crate::http::parse::RequestHead;
+
+/// Per-connection values, made once and reused for every request on it.
+pub struct ConnInfo {
+    pub remote_addr: Py<PyString>,
+    pub remote_port: Py<PyString>,
+    pub server_name: Py<PyString>,
+    pub server_port: Py<PyString>,
+}
+
+impl ConnInfo {
+    pub fn new(py: Python<'_>, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Self {
+        ConnInfo {
+            remote_addr: PyString::new(py, &peer.ip().to_string()).unbind(),
+            remote_port: PyString::new(py, &peer.port().to_string()).unbind(),
+            server_name: PyString::new(py, &local.ip().to_string()).unbind(),
+            server_port: PyString::new(py, &local.port().to_string()).unbind(),
+        }
+    }
+}
+
+/// A latin-1 `str` from bytes: every byte maps to the code point of its value.
+pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        return PyString::new(py, unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    let text: String = bytes.iter().map(|&b| b as char).collect();
+    PyString::new(py, &text)
+}
+
+/// Splits a request target into its path and query. Origin-form (`/p?q`),
+/// absolute-form (`http://host/p?q`, from proxies) and `*` are accepted.
+pub fn split_target(target: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
+    let target = match target.iter().position(|&b| b == b'#') {
+        Some(i) => &target[..i],
+        None => target,
+    };
+    let path_and_query = if target.first() == Some(&b'/') || target == b"*" {
+        target
+    } else if let Some(rest) = strip_scheme(target) {
+        match rest.iter().position(|&b| b == b'/' || b == b'?') {
+            Some(i) if rest[i] == b'/' => &rest[i..],
+            Some(i) => &rest[i..],
+            None => b"/",
+        }
+    } else {
+        return Err(HttpError::bad_request("invalid request target"));
+    };
+    Ok(match path_and_query.iter().position(|&b| b == b'?') {
+        Some(i) if i == 0 => (&b"/"[..], &path_and_query[1..]),
+        Some(i) => (&path_and_query[..i], &path_and_query[i + 1..]),
+        None => (path_and_query, &b""[..]),
+    })
+}
+
+fn strip_scheme(target: &[u8]) -> Option<&[u8]> {
+    let lower = |n: usize| target.get(..n).map(|s| s.to_ascii_lowercase());
+    if lower(7).as_deref() == Some(b"http://") {
+        Some(&target[7..])
+    } else if lower(8).as_deref() == Some(b"https://") {
+        Some(&target[8..])
+    } else {
+        None
+    }
+}
+
+/// Percent-decodes a path; malformed escapes are kept as they are.
+pub fn percent_decode(path: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    if !path.contains(&b'%') {
+        return std::borrow::Cow::Borrowed(path);
+    }
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let mut out = Vec::with_capacity(path.len());
+    let mut i = 0;
+    while i < path.len() {
+        if path[i] == b'%' && i + 2 < path.len() {
+            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
+                out.push(h << 4 | l);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(path[i]);
+        i += 1;
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+impl Wsgi {
+    /// `HTTP_*` (or CONTENT_TYPE / CONTENT_LENGTH) for a header name; None for names
+    /// with an underscore, which are dropped as Gunicorn does so that `X_Forwarded`
+    /// cannot pose as `X-Forwarded`.
+    fn header_key<'py>(&self, py: Python<'py>, name: &[u8]) -> Option<Bound<'py, PyString>> {
+        if let Some(key) = self.header_keys.borrow().get(name) {
+            return Some(key.bind(py).clone());
+        }
+        if name.contains(&b'_') {
+            return None;
+        }
+        let key = if name.eq_ignore_ascii_case(b"content-type") {
+            self.keys.content_type.bind(py).clone()
+        } else if name.eq_ignore_ascii_case(b"content-length") {
+            self.keys.content_length.bind(py).clone()
+        } else {
+            let mut text = String::with_capacity(name.len() + 5);
+            text.push_str("HTTP_");
+            text.extend(name.iter().map(|&b| {
+                if b == b'-' {
+                    '_'
+                } else {
+                    b.to_ascii_uppercase() as char
+                }
+            }));
+            PyString::intern(py, &text)
+        };
+        let mut cache = self.header_keys.borrow_mut();
+        if cache.len() < 512 {
+            cache.insert(name.into(), key.clone().unbind());
+        }
+        Some(key)
+    }
+
+    /// Builds the environ for the request whose head is in `buf`.
+    pub fn environ<'py>(
+        &self,
+        py: Python<'py>,
+        buf: &[u8],
+        head: &RequestHead,
+        conn: &ConnInfo,
+        input: Bound<'py, PyAny>,
+    ) -> Result<Bound<'py, PyDict>, HttpError> {
+        let k = &self.keys;
+        let internal = |_| HttpError::new(500, "environ could not be built");
+        let env = self.template.bind(py).copy().map_err(internal)?;
+        let method = &buf[head.method.clone()];
+        let method_str = match k.methods.iter().find(|(m, _)| *m == method) {
+            Some((_, s)) => s.bind(py).clone(),
+            None => latin1(py, method),
+        };
+        let target = &buf[head.target.clone()];
+        let (path, query) = split_target(target)?;
+        let path = percent_decode(path);
+        let script_name = env
+            .get_item(k.script_name.bind(py))
+            .ok()
+            .flatten()
+            .and_then(|s| s.extract::<String>().ok())
+            .unwrap_or_default();
+        let path_info: &[u8] = match path.strip_prefix(script_name.as_bytes()) {
+            Some(rest) if !script_name.is_empty() => rest,
+            _ => &path,
+        };
+        let raw_uri = latin1(py, target);
+        let set = |key: &Py<PyString>, value: Bound<'py, PyAny>| {
+            env.set_item(key.bind(py), value).map_err(internal)
+        };
+        set(&k.request_method, method_str.into_any())?;
+        set(&k.path_info, latin1(py, path_info).into_any())?;
+        set(&k.query_string, latin1(py, query).into_any())?;
+        set(&k.raw_uri, raw_uri.clone().into_any())?;
+        set(&k.request_uri, raw_uri.into_any())?;
+        let protocol = if head.minor == 0 {
+            &k.http_10
+        } else {
+            &k.http_11
+        };
+        set(&k.server_protocol, protocol.bind(py).clone().into_any())?;
+        set(&k.server_name, conn.server_name.bind(py).clone().into_any())?;
+        set(&k.server_port, conn.server_port.bind(py).clone().into_any())?;
+        set(&k.remote_addr, conn.remote_addr.bind(py).clone().into_any())?;
+        set(&k.remote_port, conn.remote_port.bind(py).clone().into_any())?;
+        set(&k.wsgi_input, input)?;
+        for (name, value) in &head.headers {
+            let Some(key) = self.header_key(py, &buf[name.clone()]) else {
+                continue;
+            };
+            let value = &buf[value.clone()];
+            let value = match env.get_item(&key).ok().flatten() {
+                // Repeated headers are joined with a comma, as Gunicorn does.
+                Some(prev) => {
+                    let mut joined: String = prev.extract().map_err(internal)?;
+                    joined.push(',');
+                    joined.extend(value.iter().map(|&b| b as char));
+                    PyString::new(py, &joined)
+                }
+                None => latin1(py, value),
+            };
+            env.set_item(key, value).map_err(internal)?;
+        }
+        Ok(env)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn targets() {
+        assert_eq!(
+            split_target(b"/a/b?x=1").unwrap(),
+            (&b"/a/b"[..], &b"x=1"[..])
+        );
+        assert_eq!(split_target(b"/a#frag").unwrap(), (&b"/a"[..], &b""[..]));
+        assert_eq!(
+            split_target(b"http://example.com/p?q").unwrap(),
+            (&b"/p"[..], &b"q"[..])
+        );
+        assert_eq!(split_target(b"HTTPS://h").unwrap(), (&b"/"[..], &b""[..]));
+        assert_eq!(split_target(b"*").unwrap(), (&b"*"[..], &b""[..]));
+        assert!(split_target(b"foo").is_err());
+    }
+
+    #[test]
+    fn decoding() {
+        assert_eq!(&*percent_decode(b"/a%20b%2Fc"), b"/a b/c");
+        assert_eq!(&*percent_decode(b"/%zz%4"), b"/%zz%4");
+        assert_eq!(&*percent_decode(b"/%e9"), b"/\xe9");
+    }
+}

@@ -1,0 +1,197 @@
+//! The WSGI bridge (PEP 3333): one `Wsgi` per shard, built inside that shard's
+//! interpreter, holding the app and every per-interpreter object a request needs.
+
+pub mod environ;
+pub mod input;
+pub mod response;
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
+
+use crate::cli::AppSpec;
+use crate::python::Isolation;
+
+const SHIM: &std::ffi::CStr =
+    match std::ffi::CStr::from_bytes_with_nul(concat!(include_str!("shim.py"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("shim.py contains a NUL byte"),
+    };
+
+/// Why an app could not be loaded.
+pub enum LoadError {
+    /// An extension module refused to load in a sub-interpreter.
+    RefusesSubinterpreter(String),
+    /// The app failed to import or to resolve; the text is the traceback or message.
+    Failed(String),
+}
+
+/// Environ keys and constant values, made once per interpreter.
+pub struct Keys {
+    pub request_method: Py<PyString>,
+    pub script_name: Py<PyString>,
+    pub path_info: Py<PyString>,
+    pub query_string: Py<PyString>,
+    pub raw_uri: Py<PyString>,
+    pub request_uri: Py<PyString>,
+    pub server_protocol: Py<PyString>,
+    pub server_name: Py<PyString>,
+    pub server_port: Py<PyString>,
+    pub remote_addr: Py<PyString>,
+    pub remote_port: Py<PyString>,
+    pub content_type: Py<PyString>,
+    pub content_length: Py<PyString>,
+    pub wsgi_input: Py<PyString>,
+    pub http_10: Py<PyString>,
+    pub http_11: Py<PyString>,
+    pub methods: Vec<(&'static [u8], Py<PyString>)>,
+}
+
+/// Everything one shard needs to run WSGI requests in its interpreter.
+pub struct Wsgi {
+    pub app: Py<PyAny>,
+    pub start_response: Py<PyAny>,
+    pub input_stream: Py<PyAny>,
+    pub bytes_io: Py<PyAny>,
+    pub format_exception: Py<PyAny>,
+    /// The constant part of every environ, copied per request.
+    pub template: Py<PyDict>,
+    pub keys: Keys,
+    /// `HTTP_*` keys by raw header name, so common headers cost no allocation.
+    pub header_keys: RefCell<HashMap<Box<[u8]>, Py<PyString>>>,
+}
+
+fn key(py: Python<'_>, s: &str) -> Py<PyString> {
+    PyString::intern(py, s).unbind()
+}
+
+impl Wsgi {
+    /// Runs the shim in the current interpreter and imports the app.
+    pub fn load(
+        py: Python<'_>,
+        spec: &AppSpec,
+        isolation: Isolation,
+        multithread: bool,
+    ) -> Result<Wsgi, LoadError> {
+        let shim = PyModule::from_code(py, SHIM, c"turbo_wsgi.py", c"turbo_wsgi")
+            .map_err(|e| LoadError::Failed(format!("turbo's WSGI shim failed: {e}")))?;
+        let attr = |name: &str| {
+            shim.getattr(name)
+                .map(Bound::unbind)
+                .map_err(|e| LoadError::Failed(format!("turbo's WSGI shim lacks {name}: {e}")))
+        };
+        let format_exception = attr("format_exception")?;
+        if isolation == Isolation::Subinterpreter && crate::python::LINKED_VERSION == "3.12" {
+            // CPython 3.12's _zoneinfo crashes when a second interpreter imports it;
+            // zoneinfo then uses its pure-Python implementation.
+            if let Ok(modules) = py.import("sys").and_then(|s| s.getattr("modules")) {
+                let _ = modules.set_item("_zoneinfo", py.None());
+            }
+        }
+        let app = shim
+            .getattr("load_app")
+            .and_then(|f| f.call1((spec.module.as_str(), spec.expr.as_str())))
+            .map_err(|err| {
+                let refusal = shim
+                    .getattr("subinterpreter_refusal")
+                    .and_then(|f| f.call1((err.value(py),)))
+                    .ok()
+                    .filter(|r| !r.is_none());
+                match refusal {
+                    Some(module) if isolation == Isolation::Subinterpreter => {
+                        LoadError::RefusesSubinterpreter(module.to_string())
+                    }
+                    _ => LoadError::Failed(format_error(py, &format_exception, &err)),
+                }
+            })?
+            .unbind();
+
+        let failed = |e: PyErr| LoadError::Failed(format_error(py, &format_exception, &e));
+        let template = PyDict::new(py);
+        let errors = attr("Errors")?.call0(py).map_err(failed)?;
+        let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
+        for (k, v) in [
+            (
+                "wsgi.version",
+                PyTuple::new(py, [1, 0]).map_err(failed)?.into_any(),
+            ),
+            ("wsgi.url_scheme", PyString::new(py, "http").into_any()),
+            ("wsgi.errors", errors.into_bound(py)),
+            (
+                "wsgi.multithread",
+                pyo3::types::PyBool::new(py, multithread)
+                    .to_owned()
+                    .into_any(),
+            ),
+            (
+                "wsgi.multiprocess",
+                pyo3::types::PyBool::new(py, false).to_owned().into_any(),
+            ),
+            (
+                "wsgi.run_once",
+                pyo3::types::PyBool::new(py, false).to_owned().into_any(),
+            ),
+            (
+                "wsgi.input_terminated",
+                pyo3::types::PyBool::new(py, true).to_owned().into_any(),
+            ),
+            ("wsgi.file_wrapper", attr("FileWrapper")?.into_bound(py)),
+            ("SCRIPT_NAME", PyString::new(py, &script_name).into_any()),
+        ] {
+            template.set_item(key(py, k), v).map_err(failed)?;
+        }
+        let keys = Keys {
+            request_method: key(py, "REQUEST_METHOD"),
+            script_name: key(py, "SCRIPT_NAME"),
+            path_info: key(py, "PATH_INFO"),
+            query_string: key(py, "QUERY_STRING"),
+            raw_uri: key(py, "RAW_URI"),
+            request_uri: key(py, "REQUEST_URI"),
+            server_protocol: key(py, "SERVER_PROTOCOL"),
+            server_name: key(py, "SERVER_NAME"),
+            server_port: key(py, "SERVER_PORT"),
+            remote_addr: key(py, "REMOTE_ADDR"),
+            remote_port: key(py, "REMOTE_PORT"),
+            content_type: key(py, "CONTENT_TYPE"),
+            content_length: key(py, "CONTENT_LENGTH"),
+            wsgi_input: key(py, "wsgi.input"),
+            http_10: key(py, "HTTP/1.0"),
+            http_11: key(py, "HTTP/1.1"),
+            methods: ["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]
+                .into_iter()
+                .map(|m| (m.as_bytes(), key(py, m)))
+                .collect(),
+        };
+        Ok(Wsgi {
+            app,
+            start_response: attr("StartResponse")?,
+            input_stream: attr("Input")?,
+            bytes_io: py
+                .import("io")
+                .and_then(|io| io.getattr("BytesIO"))
+                .map_err(failed)?
+                .unbind(),
+            format_exception,
+            template: template.unbind(),
+            keys,
+            header_keys: RefCell::new(HashMap::new()),
+        })
+    }
+
+    /// Logs an exception raised by the app, with its traceback, at error level.
+    pub fn log_exception(&self, py: Python<'_>, context: &str, err: &PyErr) {
+        log::error!(
+            "{context}\n{}",
+            format_error(py, &self.format_exception, err).trim_end()
+        );
+    }
+}
+
+fn format_error(py: Python<'_>, format_exception: &Py<PyAny>, err: &PyErr) -> String {
+    format_exception
+        .call1(py, (err.value(py),))
+        .and_then(|s| s.extract::<String>(py))
+        .unwrap_or_else(|_| err.to_string())
+}

@@ -1,0 +1,474 @@
+//! Calling the app and turning what it returns into HTTP: start_response's status
+//! and headers (validated before anything reaches the wire), the body iterable,
+//! and `close()` on every path.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use super::Wsgi;
+use crate::http::encode::{self, Framing};
+
+/// What the connection needs to know about the request to frame the response.
+#[derive(Clone, Copy)]
+pub struct RequestMeta {
+    pub minor: u8,
+    pub is_head: bool,
+    pub keep_alive: bool,
+}
+
+/// One step of producing the response.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Output was appended; call `advance` again after writing it.
+    More,
+    /// The response is complete in the output.
+    Done,
+    /// The response cannot be completed after its head went out: close the
+    /// connection so the client sees a truncated response, never a wrong one.
+    Abort,
+}
+
+/// A response in progress.
+pub struct Response {
+    result: Py<PyAny>,
+    sr: Py<PyAny>,
+    /// The body iterator, once the app's result turned out not to be a list.
+    iter: Option<Py<PyAny>>,
+    meta: RequestMeta,
+    head_sent: bool,
+    framing: Framing,
+    /// With a Content-Length from the app: bytes it may still send.
+    remaining: Option<u64>,
+    pub keep_alive: bool,
+    pub status: u16,
+}
+
+/// Why a response head was refused.
+struct BadResponse(String);
+
+impl From<PyErr> for BadResponse {
+    fn from(e: PyErr) -> Self {
+        BadResponse(e.to_string())
+    }
+}
+
+/// Hop-by-hop headers are the server's business, never the app's (PEP 3333).
+fn is_hop_by_hop(name: &[u8]) -> bool {
+    [
+        &b"keep-alive"[..],
+        b"proxy-authenticate",
+        b"proxy-authorization",
+        b"te",
+        b"trailer",
+        b"trailers",
+        b"transfer-encoding",
+        b"upgrade",
+    ]
+    .iter()
+    .any(|h| name.eq_ignore_ascii_case(h))
+}
+
+fn is_token(name: &[u8]) -> bool {
+    !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// The latin-1 bytes of a header string, refusing CR, LF and NUL.
+fn header_bytes(value: &Bound<'_, PyAny>, what: &str) -> Result<Vec<u8>, BadResponse> {
+    let s = value
+        .cast::<PyString>()
+        .map_err(|_| BadResponse(format!("{what} must be str, not {}", type_name(value))))?;
+    let text = s.to_str()?;
+    let mut out = Vec::with_capacity(text.len());
+    for c in text.chars() {
+        let b = u8::try_from(u32::from(c))
+            .map_err(|_| BadResponse(format!("{what} {text:?} is not latin-1")))?;
+        if b == b'\r' || b == b'\n' || b == 0 {
+            return Err(BadResponse(format!(
+                "{what} {text:?} contains CR, LF or NUL"
+            )));
+        }
+        out.push(b);
+    }
+    Ok(out)
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value
+        .get_type()
+        .name()
+        .map(|n| n.to_string())
+        .unwrap_or_else(|_| "?".into())
+}
+
+impl Wsgi {
+    /// Calls the app. On an exception the traceback is logged and the 500 goes
+    /// into `out`, returned as `Err`.
+    pub fn call(
+        &self,
+        py: Python<'_>,
+        environ: Bound<'_, PyDict>,
+        meta: RequestMeta,
+        out: &mut Vec<u8>,
+        date: &[u8],
+    ) -> Result<Response, ()> {
+        let sr = match self.start_response.bind(py).call0() {
+            Ok(sr) => sr,
+            Err(e) => {
+                self.log_exception(py, "Error creating start_response", &e);
+                internal_error(out, date);
+                return Err(());
+            }
+        };
+        let result = match self.app.bind(py).call1((environ, &sr)) {
+            Ok(result) => result,
+            Err(e) => {
+                self.log_exception(py, "Error handling request", &e);
+                internal_error(out, date);
+                return Err(());
+            }
+        };
+        Ok(Response {
+            result: result.unbind(),
+            sr: sr.unbind(),
+            iter: None,
+            meta,
+            head_sent: false,
+            framing: Framing::None,
+            remaining: None,
+            keep_alive: meta.keep_alive,
+            status: 0,
+        })
+    }
+}
+
+fn internal_error(out: &mut Vec<u8>, date: &[u8]) {
+    encode::error_response(
+        out,
+        crate::http::HttpError::new(500, "the application failed"),
+        date,
+    );
+}
+
+impl Response {
+    /// Produces the next piece of the response into `out`.
+    pub fn advance(
+        &mut self,
+        py: Python<'_>,
+        wsgi: &Wsgi,
+        out: &mut Vec<u8>,
+        date: &[u8],
+    ) -> Progress {
+        match self.step(py, out, date) {
+            Ok(progress) => progress,
+            Err(err) => {
+                match err {
+                    Failure::App(e) => wsgi.log_exception(py, "Error handling request", &e),
+                    Failure::Bad(msg) => {
+                        log::error!("Invalid response from the application: {msg}")
+                    }
+                }
+                self.keep_alive = false;
+                if self.head_sent {
+                    Progress::Abort
+                } else {
+                    self.status = 500;
+                    internal_error(out, date);
+                    Progress::Done
+                }
+            }
+        }
+    }
+
+    fn step(
+        &mut self,
+        py: Python<'_>,
+        out: &mut Vec<u8>,
+        date: &[u8],
+    ) -> Result<Progress, Failure> {
+        let result = self.result.bind(py).clone();
+        let iter = match self.iter.take() {
+            Some(iter) => iter,
+            None => {
+                let writes = self.sr.bind(py).getattr("writes").map_err(Failure::App)?;
+                let writes: Vec<Bound<'_, PyAny>> = if writes.is_none() {
+                    Vec::new()
+                } else {
+                    writes
+                        .cast_into::<PyList>()
+                        .map_err(|e| Failure::Bad(e.to_string()))?
+                        .iter()
+                        .collect()
+                };
+                if let Ok(list) = result.cast::<PyList>() {
+                    return self.sequence(py, writes.into_iter().chain(list.iter()), out, date);
+                }
+                if let Ok(tuple) = result.cast::<PyTuple>() {
+                    return self.sequence(py, writes.into_iter().chain(tuple.iter()), out, date);
+                }
+                let iter = result.try_iter().map_err(Failure::App)?;
+                if !writes.is_empty() {
+                    for chunk in &writes {
+                        self.chunk(py, chunk, out, date)?;
+                    }
+                    self.iter = Some(iter.into_any().unbind());
+                    return Ok(Progress::More);
+                }
+                iter.into_any().unbind()
+            }
+        };
+        loop {
+            let next = iter.bind(py).call_method0("__next__");
+            match next {
+                Ok(chunk) => {
+                    if self.chunk(py, &chunk, out, date)? {
+                        let stop = self.meta.is_head || self.framing == Framing::None;
+                        if stop {
+                            return Ok(Progress::Done);
+                        }
+                        self.iter = Some(iter);
+                        return Ok(Progress::More);
+                    }
+                }
+                Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => break,
+                Err(e) => return Err(Failure::App(e)),
+            }
+        }
+        if !self.head_sent {
+            self.head(py, Some(0), out, date)?;
+        }
+        match (self.framing, self.remaining) {
+            (Framing::Chunked, _) if !self.meta.is_head => {
+                out.extend_from_slice(encode::LAST_CHUNK)
+            }
+            (Framing::Length(_), Some(left)) if left > 0 && !self.meta.is_head => {
+                log::error!("The application sent {left} bytes fewer than its Content-Length");
+                self.keep_alive = false;
+            }
+            _ => {}
+        }
+        Ok(Progress::Done)
+    }
+
+    /// A body made of known chunks: one write with an exact Content-Length.
+    fn sequence<'py>(
+        &mut self,
+        py: Python<'py>,
+        chunks: impl Iterator<Item = Bound<'py, PyAny>>,
+        out: &mut Vec<u8>,
+        date: &[u8],
+    ) -> Result<Progress, Failure> {
+        let chunks: Vec<Bound<'py, PyBytes>> = chunks
+            .map(|c| {
+                c.cast_into::<PyBytes>()
+                    .map_err(|e| Failure::Bad(format!("body chunks must be bytes: {e}")))
+            })
+            .collect::<Result<_, _>>()?;
+        let total: usize = chunks.iter().map(|c| c.as_bytes().len()).sum();
+        self.head(py, Some(total as u64), out, date)?;
+        if !self.meta.is_head && self.framing != Framing::None {
+            for c in &chunks {
+                self.body_bytes(c.as_bytes(), out);
+            }
+        }
+        if let Some(left) = self.remaining.filter(|&l| l > 0 && !self.meta.is_head) {
+            log::error!("The application sent {left} bytes fewer than its Content-Length");
+            self.keep_alive = false;
+        }
+        Ok(Progress::Done)
+    }
+
+    /// Appends one chunk from the iterable; returns whether it had bytes.
+    fn chunk(
+        &mut self,
+        py: Python<'_>,
+        chunk: &Bound<'_, PyAny>,
+        out: &mut Vec<u8>,
+        date: &[u8],
+    ) -> Result<bool, Failure> {
+        let bytes = chunk
+            .cast::<PyBytes>()
+            .map_err(|_| {
+                Failure::Bad(format!(
+                    "body chunks must be bytes, not {}",
+                    type_name(chunk)
+                ))
+            })?
+            .as_bytes();
+        if bytes.is_empty() {
+            return Ok(false);
+        }
+        if !self.head_sent {
+            self.head(py, None, out, date)?;
+        }
+        if !self.meta.is_head && self.framing != Framing::None {
+            self.body_bytes(bytes, out);
+        }
+        Ok(true)
+    }
+
+    fn body_bytes(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
+        match self.framing {
+            Framing::Chunked => encode::chunk(out, bytes),
+            Framing::Length(_) => {
+                let left = self.remaining.unwrap_or(0);
+                let take = (bytes.len() as u64).min(left) as usize;
+                if take < bytes.len() {
+                    log::error!(
+                        "The application sent more bytes than its Content-Length; the rest is dropped"
+                    );
+                }
+                out.extend_from_slice(&bytes[..take]);
+                self.remaining = Some(left - take as u64);
+            }
+            Framing::Close => out.extend_from_slice(bytes),
+            Framing::None => {}
+        }
+    }
+
+    /// Validates start_response's status and headers and encodes the head.
+    fn head(
+        &mut self,
+        py: Python<'_>,
+        known_length: Option<u64>,
+        out: &mut Vec<u8>,
+        date: &[u8],
+    ) -> Result<(), Failure> {
+        let sr = self.sr.bind(py);
+        let status = sr.getattr("status").map_err(Failure::App)?;
+        if status.is_none() {
+            return Err(Failure::Bad(
+                "the application did not call start_response()".into(),
+            ));
+        }
+        let status_bytes = header_bytes(&status, "status").map_err(Failure::from)?;
+        let code = status_bytes
+            .get(..3)
+            .filter(|d| d.iter().all(u8::is_ascii_digit))
+            .filter(|_| status_bytes.len() == 3 || status_bytes[3] == b' ')
+            .map(|d| d.iter().fold(0u16, |n, &b| n * 10 + u16::from(b - b'0')))
+            .filter(|c| (100..=999).contains(c))
+            .ok_or_else(|| {
+                Failure::Bad(format!(
+                    "invalid status {:?}",
+                    String::from_utf8_lossy(&status_bytes)
+                ))
+            })?;
+        let headers = sr.getattr("headers").map_err(Failure::App)?;
+        let headers = headers
+            .cast_into::<PyList>()
+            .map_err(|_| Failure::Bad("headers must be a list".into()))?;
+
+        let start = out.len();
+        encode::status_line(out, self.meta.minor, &status_bytes);
+        let mut app_length: Option<u64> = None;
+        let mut has_server = false;
+        let mut has_date = false;
+        let encoded = (|| -> Result<(), BadResponse> {
+            for item in headers.iter() {
+                let pair = item
+                    .cast::<PyTuple>()
+                    .ok()
+                    .filter(|t| t.len() == 2)
+                    .ok_or_else(|| {
+                        BadResponse(format!(
+                            "header must be a (name, value) tuple, not {}",
+                            type_name(&item)
+                        ))
+                    })?;
+                let name = header_bytes(&pair.get_item(0)?, "header name")?;
+                let value = header_bytes(&pair.get_item(1)?, "header value")?;
+                if !is_token(&name) {
+                    return Err(BadResponse(format!(
+                        "invalid header name {:?}",
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
+                if name.eq_ignore_ascii_case(b"connection") {
+                    // The server owns the connection; honour the app's wish to close it.
+                    if value
+                        .split(|&b| b == b',')
+                        .any(|t| crate::http::parse::trim(t).eq_ignore_ascii_case(b"close"))
+                    {
+                        self.keep_alive = false;
+                    }
+                    continue;
+                }
+                if is_hop_by_hop(&name) {
+                    return Err(BadResponse(format!(
+                        "hop-by-hop header {:?}",
+                        String::from_utf8_lossy(&name)
+                    )));
+                }
+                if name.eq_ignore_ascii_case(b"content-length") {
+                    let v = crate::http::parse::trim(&value);
+                    if v.is_empty() || v.len() > 18 || !v.iter().all(u8::is_ascii_digit) {
+                        return Err(BadResponse(format!(
+                            "invalid Content-Length {:?}",
+                            String::from_utf8_lossy(&value)
+                        )));
+                    }
+                    app_length = Some(v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')));
+                    continue;
+                }
+                has_server |= name.eq_ignore_ascii_case(b"server");
+                has_date |= name.eq_ignore_ascii_case(b"date");
+                encode::header(out, &name, &value);
+            }
+            Ok(())
+        })();
+        if let Err(e) = encoded {
+            out.truncate(start);
+            return Err(Failure::Bad(e.0));
+        }
+        let bodyless = encode::status_has_no_body(code);
+        let length = app_length.or(known_length);
+        self.framing = Framing::choose(self.meta.minor, length, bodyless);
+        if self.framing == Framing::Close {
+            self.keep_alive = false;
+        }
+        self.remaining = match self.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        let date = (!has_date).then_some(date);
+        encode::finish_head(
+            out,
+            self.framing,
+            self.keep_alive,
+            self.meta.minor,
+            date,
+            !has_server,
+        );
+        let _ = sr.setattr("sent", pyo3::types::PyBool::new(py, true));
+        self.status = code;
+        self.head_sent = true;
+        Ok(())
+    }
+
+    /// Calls the iterable's `close()`, as PEP 3333 requires on every path.
+    pub fn close(self, py: Python<'_>, wsgi: &Wsgi) {
+        let result = self.result.bind(py);
+        if let Ok(close) = result.getattr("close") {
+            if let Err(e) = close.call0() {
+                wsgi.log_exception(py, "Error closing the response iterable", &e);
+            }
+        } else {
+            // An AttributeError from the lookup is expected for lists.
+            let _ = PyErr::take(py);
+        }
+    }
+}
+
+enum Failure {
+    App(PyErr),
+    Bad(String),
+}
+
+impl From<BadResponse> for Failure {
+    fn from(b: BadResponse) -> Self {
+        Failure::Bad(b.0)
+    }
+}

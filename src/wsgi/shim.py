@@ -1,0 +1,223 @@
+"""The Python half of turbo's WSGI bridge, executed once in every interpreter.
+
+Only what is simpler or faster in Python lives here: the wsgi.input stream for
+bodies that do not fit in memory, start_response, wsgi.file_wrapper, wsgi.errors
+and loading the app. The Rust side holds references to these objects per shard.
+"""
+
+import ast
+import importlib
+import io
+import os
+import sys
+import traceback
+
+
+class StartResponse:
+    """start_response, with PEP 3333's exc_info rules. Rust reads status and
+    headers after the app returns, and sets `sent` once the head is on the wire."""
+
+    __slots__ = ("status", "headers", "sent", "writes")
+
+    def __init__(self):
+        self.status = None
+        self.headers = None
+        self.sent = False
+        self.writes = None
+
+    def __call__(self, status, headers, exc_info=None):
+        if exc_info is not None:
+            try:
+                if self.sent:
+                    raise exc_info[1].with_traceback(exc_info[2])
+            finally:
+                exc_info = None
+        elif self.status is not None:
+            raise AssertionError("start_response() called a second time without exc_info")
+        if type(status) is not str:
+            raise TypeError(f"status must be str, not {type(status).__name__}")
+        if type(headers) is not list:
+            raise TypeError(f"headers must be a list, not {type(headers).__name__}")
+        self.status = status
+        self.headers = headers
+        return self.write
+
+    def write(self, data):
+        """The legacy write() callable: data goes out before the returned iterable."""
+        if self.status is None:
+            raise AssertionError("write() called before start_response()")
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise TypeError(f"write() argument must be bytes, not {type(data).__name__}")
+        if self.writes is None:
+            self.writes = []
+        self.writes.append(bytes(data))
+
+
+class Input:
+    """wsgi.input for a body that streams from the socket. `pull(n)` is a Rust
+    function returning at most n body bytes, b"" at the end of the body."""
+
+    __slots__ = ("_pull", "_buf", "_eof")
+
+    CHUNK = 65536
+
+    def __init__(self, pull, initial=b""):
+        self._pull = pull
+        self._buf = initial
+        self._eof = False
+
+    def _fill(self, want):
+        while not self._eof and len(self._buf) < want:
+            data = self._pull(max(want - len(self._buf), self.CHUNK))
+            if not data:
+                self._eof = True
+            else:
+                self._buf += data
+
+    def read(self, size=-1):
+        if size is None or size < 0:
+            parts = [self._buf]
+            self._buf = b""
+            while not self._eof:
+                data = self._pull(self.CHUNK)
+                if not data:
+                    self._eof = True
+                parts.append(data)
+            return b"".join(parts)
+        if not self._buf:
+            if self._eof or size == 0:
+                return b""
+            self._buf = self._pull(size)
+            if not self._buf:
+                self._eof = True
+                return b""
+        data, self._buf = self._buf[:size], self._buf[size:]
+        return data
+
+    def readline(self, size=-1):
+        if size is None:
+            size = -1
+        while True:
+            end = self._buf.find(b"\n")
+            if end >= 0 and (size < 0 or end < size):
+                end += 1
+                break
+            if 0 <= size <= len(self._buf) or self._eof:
+                end = len(self._buf) if size < 0 else min(size, len(self._buf))
+                break
+            data = self._pull(self.CHUNK)
+            if not data:
+                self._eof = True
+            self._buf += data
+        line, self._buf = self._buf[:end], self._buf[end:]
+        return line
+
+    def readlines(self, hint=-1):
+        lines = []
+        total = 0
+        while True:
+            line = self.readline()
+            if not line:
+                return lines
+            lines.append(line)
+            total += len(line)
+            if hint is not None and 0 < hint <= total:
+                return lines
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        line = self.readline()
+        if not line:
+            raise StopIteration
+        return line
+
+
+class FileWrapper:
+    """wsgi.file_wrapper: iterates a file-like object in blocks."""
+
+    def __init__(self, filelike, blksize=8192):
+        self.filelike = filelike
+        self.blksize = blksize
+        if hasattr(filelike, "close"):
+            self.close = filelike.close
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        data = self.filelike.read(self.blksize)
+        if data:
+            return data
+        raise StopIteration
+
+
+class Errors:
+    """wsgi.errors: text written here goes to turbo's error log (stderr)."""
+
+    def write(self, text):
+        sys.stderr.write(text)
+
+    def writelines(self, lines):
+        for line in lines:
+            sys.stderr.write(line)
+
+    def flush(self):
+        sys.stderr.flush()
+
+
+class AppLoadError(Exception):
+    pass
+
+
+def load_app(module_name, expr):
+    """Imports MODULE and evaluates NAME or NAME(args) in it, as Gunicorn does."""
+    cwd = os.getcwd()
+    if cwd not in sys.path:
+        sys.path.insert(0, cwd)
+    try:
+        tree = ast.parse(expr, mode="eval").body
+    except SyntaxError:
+        raise AppLoadError(f"Failed to parse {expr!r} as an attribute name or function call.")
+    args, kwargs, call = [], {}, False
+    if isinstance(tree, ast.Call):
+        call = True
+        try:
+            args = [ast.literal_eval(a) for a in tree.args]
+            kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
+        except ValueError:
+            raise AppLoadError(f"Failed to parse arguments as literal values: {expr!r}")
+        tree = tree.func
+    if not isinstance(tree, ast.Name):
+        raise AppLoadError(f"Failed to parse {expr!r} as an attribute name or function call.")
+    name = tree.id
+    module = importlib.import_module(module_name)
+    try:
+        app = getattr(module, name)
+    except AttributeError:
+        raise AppLoadError(f"Failed to find attribute {name!r} in {module_name!r}.")
+    if call:
+        app = app(*args, **kwargs)
+        if app is None:
+            raise AppLoadError(f"The function {name!r} in {module_name!r} returned None.")
+    if not callable(app):
+        raise AppLoadError(f"Application object must be callable, got {type(app).__name__}.")
+    return app
+
+
+def format_exception(exc):
+    return "".join(traceback.format_exception(exc))
+
+
+def subinterpreter_refusal(exc):
+    """The module named in a 'does not support loading in subinterpreters' error."""
+    while exc is not None:
+        if isinstance(exc, ImportError) and "subinterpreter" in str(exc):
+            return exc.name or str(exc)
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def new_input(data):
+    return io.BytesIO(data)
