@@ -70,6 +70,7 @@ impl Conn {
     async fn run(&mut self, info: &ConnInfo) {
         let mut head = RequestHead::default();
         let cfg = self.shard.config.clone();
+        let mut first = true;
         loop {
             // A head: an idle connection waits at most keep-alive for its first
             // byte, and the whole head must arrive within the header timeout.
@@ -83,14 +84,15 @@ impl Conn {
                 if !self.out.is_empty() && !self.flush().await {
                     return;
                 }
-                let until = if self.rbuf.is_empty() {
+                let until = if self.rbuf.is_empty() && !first {
                     Instant::now() + cfg.keep_alive
                 } else {
                     *deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout)
                 };
+                let partial = !self.rbuf.is_empty();
                 match self.read(until).await {
                     Ok(()) => {}
-                    Err(ReadError::TimedOut) if !self.rbuf.is_empty() => {
+                    Err(ReadError::TimedOut) if partial => {
                         return self
                             .refuse(HttpError::new(408, "request head not received in time"))
                             .await;
@@ -99,6 +101,7 @@ impl Conn {
                 }
             }
 
+            first = false;
             let body = match self.gather_body(&head).await {
                 Ok(body) => body,
                 Err(Some(err)) => return self.refuse(err).await,
@@ -252,7 +255,9 @@ impl Conn {
                 }
             };
             let environ = wsgi.environ(py, &self.rbuf, head, info, input)?;
-            Ok(wsgi.call(py, environ, meta, &mut self.out, &date).ok())
+            Ok(wsgi
+                .call(py, environ, meta, shared.clone(), &mut self.out, &date)
+                .ok())
         });
         self.rbuf.drain(..head.len);
         let mut keep_alive = match started {

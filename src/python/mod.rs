@@ -8,7 +8,6 @@
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
-use std::ptr;
 
 use pyo3::ffi;
 
@@ -24,14 +23,9 @@ pub enum Isolation {
     SharedMain,
 }
 
-/// Whether this Python can give each shard its own GIL.
+/// Whether this Python can give each shard its own GIL (PEP 684, 3.12+).
 pub fn supports_own_gil() -> bool {
-    let minor: u32 = LINKED_VERSION
-        .split('.')
-        .nth(1)
-        .and_then(|m| m.parse().ok())
-        .unwrap_or(0);
-    minor >= 12
+    cfg!(Py_3_12)
 }
 
 /// The active virtualenv's interpreter, after checking its version matches ours.
@@ -156,6 +150,16 @@ pub struct Attachment {
 
 /// Creates an own-GIL sub-interpreter on the calling thread, which must have no
 /// Python thread state yet, and makes it current.
+#[cfg(not(Py_3_12))]
+pub fn attach_subinterpreter() -> Result<Attachment, String> {
+    Err(format!(
+        "Python {LINKED_VERSION} has no per-interpreter GIL"
+    ))
+}
+
+/// Creates an own-GIL sub-interpreter on the calling thread, which must have no
+/// Python thread state yet, and makes it current.
+#[cfg(Py_3_12)]
 pub fn attach_subinterpreter() -> Result<Attachment, String> {
     let config = ffi::PyInterpreterConfig {
         use_main_obmalloc: 0,
@@ -166,7 +170,7 @@ pub fn attach_subinterpreter() -> Result<Attachment, String> {
         check_multi_interp_extensions: 1,
         gil: ffi::PyInterpreterConfig_OWN_GIL,
     };
-    let mut tstate = ptr::null_mut();
+    let mut tstate = std::ptr::null_mut();
     // SAFETY: no thread state is current on this fresh thread; CPython creates and
     // binds one for the new interpreter and leaves its GIL held.
     let status = unsafe { ffi::Py_NewInterpreterFromConfig(&mut tstate, &config) };

@@ -6,6 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
 
 use super::Wsgi;
+use super::input::SharedBody;
 use crate::http::encode::{self, Framing};
 
 /// What the connection needs to know about the request to frame the response.
@@ -34,6 +35,9 @@ pub struct Response {
     sr: Py<PyAny>,
     /// The body iterator, once the app's result turned out not to be a list.
     iter: Option<Py<PyAny>>,
+    /// A body streaming from the socket; unless the app read all of it, the
+    /// connection cannot carry another request.
+    body: Option<SharedBody>,
     meta: RequestMeta,
     head_sent: bool,
     framing: Framing,
@@ -111,6 +115,7 @@ impl Wsgi {
         py: Python<'_>,
         environ: Bound<'_, PyDict>,
         meta: RequestMeta,
+        body: Option<SharedBody>,
         out: &mut Vec<u8>,
         date: &[u8],
     ) -> Result<Response, ()> {
@@ -134,6 +139,7 @@ impl Wsgi {
             result: result.unbind(),
             sr: sr.unbind(),
             iter: None,
+            body,
             meta,
             head_sent: false,
             framing: Framing::None,
@@ -423,6 +429,9 @@ impl Response {
             out.truncate(start);
             return Err(Failure::Bad(e.0));
         }
+        if self.body.as_ref().is_some_and(|b| !body_finished(b)) {
+            self.keep_alive = false;
+        }
         let bodyless = encode::status_has_no_body(code);
         let length = app_length.or(known_length);
         self.framing = Framing::choose(self.meta.minor, length, bodyless);
@@ -460,6 +469,13 @@ impl Response {
             let _ = PyErr::take(py);
         }
     }
+}
+
+fn body_finished(body: &SharedBody) -> bool {
+    body.lock()
+        .ok()
+        .and_then(|b| b.as_ref().map(|s| s.decoder.is_done()))
+        .unwrap_or(false)
 }
 
 enum Failure {

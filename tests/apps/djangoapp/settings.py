@@ -1,0 +1,8 @@
+SECRET_KEY = "test-only"
+DEBUG = False
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "djangoapp.urls"
+INSTALLED_APPS = []
+MIDDLEWARE = []
+USE_TZ = True
+DATA_UPLOAD_MAX_MEMORY_SIZE = 50 * 1024 * 1024

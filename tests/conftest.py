@@ -1,0 +1,184 @@
+"""Starts the real turbo binary on a free loopback port, with the test apps in
+tests/apps, and stops it after the test. TURBO_BIN names the binary; the
+interpreter running pytest is the virtualenv turbo embeds."""
+
+import os
+import re
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+BIN = os.path.abspath(os.environ.get("TURBO_BIN", str(ROOT / "target" / "release" / "turbo")))
+START_TIMEOUT = 30
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Turbo:
+    """A running turbo process whose error log is collected line by line."""
+
+    def __init__(self, app, *args, env=None, cwd=APPS, wait=True):
+        self.port = free_port()
+        self.lines = []
+        self.cond = threading.Condition()
+        full_env = dict(os.environ)
+        full_env["VIRTUAL_ENV"] = sys.prefix
+        full_env.pop("PORT", None)
+        full_env.update(env or {})
+        cmd = [BIN, app, "--bind", f"127.0.0.1:{self.port}", *args]
+        if not any(a.startswith("--cores") or a == "-w" for a in args):
+            cmd += ["--cores", "1"]
+        self.proc = subprocess.Popen(
+            cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+        )
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+        if wait:
+            self.wait_for("Ready:", START_TIMEOUT)
+
+    def _read(self):
+        for raw in self.proc.stdout:
+            with self.cond:
+                self.lines.append(raw.decode("utf-8", "replace"))
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.notify_all()
+
+    @property
+    def log(self):
+        with self.cond:
+            return "".join(self.lines)
+
+    def wait_for(self, pattern, timeout=10):
+        """Waits for a log line matching `pattern`, or fails after `timeout`."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                if any(regex.search(line) for line in self.lines):
+                    return
+                left = deadline - time.monotonic()
+                if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
+                    raise AssertionError(f"no log line matching {pattern!r}; log:\n{self.log}")
+                self.cond.wait(min(left, 0.2))
+
+    def wait_exit(self, timeout=30):
+        code = self.proc.wait(timeout)
+        self.reader.join(5)
+        return code
+
+    def url(self, path="/"):
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    def connect(self, timeout=10):
+        return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.reader.join(5)
+
+
+@pytest.fixture
+def turbo():
+    """turbo(app, *flags) starts a server; all are stopped after the test."""
+    started = []
+
+    def start(app, *args, **kwargs):
+        server = Turbo(app, *args, **kwargs)
+        started.append(server)
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def recv_all(sock, timeout=10):
+    """Reads until the peer closes the connection."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
+
+
+_LEFTOVER = weakref.WeakKeyDictionary()
+
+
+def leftover(sock):
+    """Bytes read_response read past the end of the last response."""
+    return _LEFTOVER.get(sock, b"")
+
+
+def read_response(sock, timeout=10):
+    """Reads one response with a Content-Length or chunked body from `sock`,
+    keeping what follows it for the next call. Returns (status, headers dict
+    with lower-case names, body, head)."""
+    sock.settimeout(timeout)
+    buf = _LEFTOVER.pop(sock, b"")
+    while b"\r\n\r\n" not in buf:
+        data = sock.recv(65536)
+        if not data:
+            raise ConnectionError(f"closed before a full head: {buf!r}")
+        buf += data
+    head, _, rest = buf.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    status = int(lines[0].split()[1])
+    headers = {}
+    for line in lines[1:]:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+
+    def need(n):
+        nonlocal rest
+        while len(rest) < n:
+            data = sock.recv(65536)
+            if not data:
+                raise ConnectionError("closed inside the body")
+            rest += data
+
+    if "content-length" in headers:
+        n = int(headers["content-length"])
+        need(n)
+        body, rest = rest[:n], rest[n:]
+    elif headers.get("transfer-encoding") == "chunked":
+        body = b""
+        while True:
+            while b"\r\n" not in rest:
+                need(len(rest) + 1)
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            need(size + 2)
+            body += rest[:size]
+            rest = rest[size + 2 :]
+            if size == 0:
+                break
+    else:
+        body = rest + recv_all(sock)
+        rest = b""
+    _LEFTOVER[sock] = rest
+    return status, headers, body, head

@@ -1,0 +1,238 @@
+"""HTTP/1.1 behaviour, over raw sockets and real clients."""
+
+import http.client
+import json
+import socket
+import time
+
+import pytest
+
+from conftest import read_response, recv_all
+
+
+@pytest.fixture
+def hello(turbo):
+    return turbo("hello:app")
+
+
+def test_get_with_date_and_server(hello):
+    conn = http.client.HTTPConnection("127.0.0.1", hello.port, timeout=10)
+    conn.request("GET", "/")
+    resp = conn.getresponse()
+    assert resp.status == 200
+    assert resp.read() == b"Hello, World!"
+    assert resp.getheader("Server") == "turbo"
+    date = resp.getheader("Date")
+    assert date and date.endswith(" GMT")
+    time.strptime(date, "%a, %d %b %Y %H:%M:%S GMT")
+
+
+def test_keep_alive_reuses_the_connection(hello):
+    with hello.connect() as s:
+        for _ in range(5):
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            status, headers, body, _ = read_response(s)
+            assert (status, body) == (200, b"Hello, World!")
+            assert "connection" not in headers
+
+
+def test_pipelined_requests_answered_in_order(turbo):
+    srv = turbo("echo:environ_app")
+    reqs = b"".join(f"GET /p{i} HTTP/1.1\r\nHost: x\r\n\r\n".encode() for i in range(10))
+    with srv.connect() as s:
+        s.sendall(reqs)
+        for i in range(10):
+            status, _, body, _ = read_response(s)
+            assert status == 200
+            assert json.loads(body)["PATH_INFO"] == f"/p{i}"
+
+
+def test_pipelined_responses_in_one_stream(hello):
+    n = 20
+    with hello.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n" * (n - 1) + b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = recv_all(s)
+    assert data.count(b"HTTP/1.1 200 OK\r\n") == n
+    assert data.count(b"Hello, World!") == n
+
+
+def test_http10_closes_by_default(hello):
+    with hello.connect() as s:
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        data = recv_all(s)
+    assert data.startswith(b"HTTP/1.0 200 OK\r\n")
+    assert b"Connection: close\r\n" in data
+    assert data.endswith(b"Hello, World!")
+
+
+def test_http10_keep_alive(hello):
+    with hello.connect() as s:
+        for _ in range(3):
+            s.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+            status, headers, body, _ = read_response(s)
+            assert status == 200 and body == b"Hello, World!"
+            assert headers["connection"] == "keep-alive"
+
+
+def test_connection_close_is_honoured(hello):
+    with hello.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = recv_all(s)
+    assert data.count(b"HTTP/1.1") == 1
+    assert b"Connection: close\r\n" in data
+
+
+def test_head_has_get_headers_and_no_body(turbo):
+    srv = turbo("echo:head_info")
+    with srv.connect() as s:
+        s.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = recv_all(s)
+    head_resp, get_resp = data.split(b"HTTP/1.1 200 OK\r\n")[1:]
+    assert b"Content-Length: 10\r\n" in head_resp
+    assert head_resp.endswith(b"\r\n\r\n")
+    assert get_resp.endswith(b"\r\n\r\n0123456789")
+
+
+def test_head_of_streamed_response(turbo):
+    srv = turbo("echo:generator")
+    with srv.connect() as s:
+        s.sendall(b"HEAD / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        data = recv_all(s)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert data.endswith(b"\r\n\r\n")
+    assert b"hello" not in data
+
+
+@pytest.mark.parametrize("code", ["204", "304"])
+def test_bodyless_statuses(turbo, code):
+    srv = turbo("echo:status")
+    with srv.connect() as s:
+        s.sendall(f"GET /?{code} HTTP/1.1\r\nHost: x\r\n\r\nGET /?200 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        s.settimeout(10)
+        data = b""
+        while b"body" not in data:
+            data += s.recv(4096)
+    first, _, second = data.partition(b"\r\n\r\n")
+    assert first.startswith(f"HTTP/1.1 {code} Whatever\r\n".encode())
+    assert b"Transfer-Encoding" not in first and b"Content-Length" not in first
+    # Nothing between the bodyless response and the next one.
+    assert second.startswith(b"HTTP/1.1 200 Whatever\r\n")
+
+
+def test_chunked_response_without_length(turbo):
+    srv = turbo("echo:generator")
+    with srv.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, headers, body, _ = read_response(s)
+    assert headers["transfer-encoding"] == "chunked"
+    assert body == b"hello world"
+
+
+def test_http10_response_is_close_delimited(turbo):
+    srv = turbo("echo:generator")
+    with srv.connect() as s:
+        s.sendall(b"GET / HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")
+        data = recv_all(s)
+    head, _, body = data.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding" not in head and b"Content-Length" not in head
+    assert b"Connection: close" in head
+    assert body == b"hello world"
+
+
+def test_chunked_request_body_with_trailers(turbo):
+    srv = turbo("echo:echo")
+    with srv.connect() as s:
+        s.sendall(
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"5;ext=1\r\nhello\r\n6\r\n world\r\n0\r\nX-Trailer: t\r\n\r\n"
+        )
+        status, _, body, _ = read_response(s)
+        assert (status, body) == (200, b"hello world")
+        # The connection still works after the trailers.
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\nabc")
+        status, _, body, _ = read_response(s)
+        assert (status, body) == (200, b"abc")
+
+
+def test_request_split_into_tiny_writes(turbo):
+    srv = turbo("echo:echo")
+    req = b"POST /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n"
+    with srv.connect() as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for i in range(len(req)):
+            s.sendall(req[i : i + 1])
+        status, _, body, _ = read_response(s)
+    assert (status, body) == (200, b"abcde")
+
+
+def test_expect_100_continue_sent_when_app_reads(turbo):
+    srv = turbo("echo:echo")
+    with srv.connect() as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        s.settimeout(10)
+        interim = b""
+        while b"\r\n\r\n" not in interim:
+            interim += s.recv(1)
+        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
+        s.sendall(b"hello")
+        status, _, body, _ = read_response(s)
+    assert (status, body) == (200, b"hello")
+
+
+def test_no_100_continue_when_app_ignores_body(turbo):
+    srv = turbo("hello:app")
+    with srv.connect() as s:
+        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
+        data = recv_all(s)
+    assert data.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"100 Continue" not in data
+    # The body was never read, so the connection cannot be reused.
+    assert b"Connection: close" in data
+
+
+def test_idle_keep_alive_timeout_closes(turbo):
+    srv = turbo("hello:app", "--keep-alive", "1")
+    with srv.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        read_response(s)
+        start = time.monotonic()
+        assert recv_all(s, timeout=10) == b""
+        assert time.monotonic() - start < 5
+
+
+def test_slow_headers_get_408(turbo):
+    srv = turbo("hello:app", "--header-timeout", "1", "--keep-alive", "30")
+    with srv.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        start = time.monotonic()
+        data = recv_all(s, timeout=10)
+        assert data.startswith(b"HTTP/1.1 408 ")
+        assert time.monotonic() - start < 5
+        # A trickle of bytes does not extend the deadline.
+    with srv.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\n")
+        deadline = time.monotonic() + 5
+        got = b""
+        s.settimeout(0.3)
+        while time.monotonic() < deadline:
+            try:
+                s.sendall(b"X")
+                got += s.recv(4096)
+                if got:
+                    break
+            except socket.timeout:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                break
+        assert got.startswith(b"HTTP/1.1 408 ") or got == b""
+
+
+def test_other_connections_unaffected_by_a_slow_client(turbo):
+    srv = turbo("hello:app", "--header-timeout", "30")
+    slow = srv.connect()
+    slow.sendall(b"GET / HTTP/1.1\r\nHo")
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=5)
+    for _ in range(3):
+        conn.request("GET", "/")
+        assert conn.getresponse().read() == b"Hello, World!"
+    slow.close()
