@@ -74,6 +74,17 @@ class Turbo:
                     raise AssertionError(f"no log line matching {pattern!r}; log:\n{self.log}")
                 self.cond.wait(min(left, 0.2))
 
+    def wait_for_count(self, pattern, count, timeout=10):
+        """Waits until `count` log lines match `pattern`."""
+        regex = re.compile(pattern)
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while sum(1 for line in self.lines if regex.search(line)) < count:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None:
+                    raise AssertionError(f"fewer than {count} lines matching {pattern!r}; log:\n{self.log}")
+                self.cond.wait(min(left, 0.2))
+
     def wait_exit(self, timeout=30):
         code = self.proc.wait(timeout)
         self.reader.join(5)

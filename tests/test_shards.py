@@ -1,10 +1,10 @@
 """Shards run in separate interpreters, in parallel."""
 
 import concurrent.futures
+import http.client
 import sys
 import time
 
-import httpx
 import pytest
 
 OWN_GIL = sys.version_info >= (3, 12)
@@ -15,10 +15,14 @@ def hammer(srv, clients, requests_each, n):
         seen = set()
         # A new connection per request: the kernel spreads connections, not
         # requests, over the shards' sockets.
+        # http.client keeps the client's own CPU use small next to the handler's.
         for _ in range(requests_each):
-            r = httpx.get(srv.url(f"/?{n}"), timeout=60, headers={"Connection": "close"})
-            assert r.status_code == 200
-            seen.add(tuple(r.text.split()[:2]))
+            conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=60)
+            conn.request("GET", f"/?{n}", headers={"Connection": "close"})
+            r = conn.getresponse()
+            assert r.status == 200
+            seen.add(tuple(r.read().decode().split()[:2]))
+            conn.close()
         return seen
 
     with concurrent.futures.ThreadPoolExecutor(clients) as pool:
@@ -50,16 +54,18 @@ def test_shared_main_fallback_when_no_own_gil(turbo):
 
 @pytest.mark.skipif(not OWN_GIL, reason="the per-interpreter GIL needs Python 3.12+")
 def test_cpu_bound_scales_with_cores(turbo):
-    """A CPU-bound handler runs about 2x faster on two shards than on one."""
+    """A CPU-bound handler runs about 2x faster on two shards than on one. The
+    machine is shared, so runs alternate and the best of three counts."""
     n = 300_000
-    timings = {}
-    for cores in (1, 2):
-        srv = turbo("cpu:app", "--cores", str(cores))
-        hammer(srv, 4, 1, n)  # warm up
-        start = time.monotonic()
-        hammer(srv, 8, 4, n)
-        timings[cores] = time.monotonic() - start
-        srv.stop()
-    speedup = timings[1] / timings[2]
-    print(f"1 core: {timings[1]:.2f}s, 2 cores: {timings[2]:.2f}s, speedup {speedup:.2f}x")
-    assert speedup > 1.5, timings
+    servers = {cores: turbo("cpu:app", "--cores", str(cores)) for cores in (1, 2)}
+    best = {1: float("inf"), 2: float("inf")}
+    for srv in servers.values():
+        hammer(srv, 4, 2, n)  # warm up every shard
+    for _ in range(3):
+        for cores, srv in servers.items():
+            start = time.monotonic()
+            hammer(srv, 8, 4, n)
+            best[cores] = min(best[cores], time.monotonic() - start)
+    speedup = best[1] / best[2]
+    print(f"1 core: {best[1]:.2f}s, 2 cores: {best[2]:.2f}s, speedup {speedup:.2f}x")
+    assert speedup > 1.5, best

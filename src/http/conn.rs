@@ -21,7 +21,7 @@ use super::parse::{self, RequestHead};
 use crate::shard::Shard;
 use crate::wsgi::environ::ConnInfo;
 use crate::wsgi::input::{self, BodyStream, SharedBody};
-use crate::wsgi::response::{Progress, RequestMeta};
+use crate::wsgi::response::{Progress, RequestMeta, Response, internal_error};
 
 /// Bodies up to this size are read before the app runs; larger ones stream.
 const SMALL_BODY: usize = 64 * 1024;
@@ -240,35 +240,52 @@ impl Conn {
             Body::Stream(shared, _) => Some(shared.clone()),
             Body::InMemory(_) => None,
         };
-        let started = Python::attach(|py| {
+        let prepared = Python::attach(|py| {
             let input = match body {
                 Body::InMemory(data) => wsgi.bytes_io.bind(py).call1((PyBytes::new(py, &data),)),
                 Body::Stream(shared, initial) => {
                     input::stream_input(py, &wsgi.input_stream, shared, &initial)
                 }
             };
-            let input = match input {
-                Ok(input) => input,
-                Err(e) => {
-                    wsgi.log_exception(py, "Error creating wsgi.input", &e);
-                    return Err(HttpError::new(500, "wsgi.input could not be created"));
+            let start_response = wsgi.start_response.bind(py).call0();
+            let (input, start_response) = match (input, start_response) {
+                (Ok(input), Ok(sr)) => (input, sr),
+                (Err(e), _) | (_, Err(e)) => {
+                    wsgi.log_exception(py, "Error preparing the request", &e);
+                    return Err(HttpError::new(500, "the request could not be prepared"));
                 }
             };
-            let environ = wsgi.environ(py, &self.rbuf, head, info, input)?;
-            Ok(wsgi
-                .call(py, environ, meta, shared.clone(), &mut self.out, &date)
-                .ok())
+            let environ = wsgi.environ(py, &self.rbuf, head, info, &shard.header_keys, input)?;
+            Ok((environ.unbind(), start_response.unbind()))
         });
         self.rbuf.drain(..head.len);
-        let mut keep_alive = match started {
+        let (environ, start_response) = match prepared {
+            Ok(prepared) => prepared,
             Err(err) => {
                 self.restore_body(shared);
                 encode::error_response(&mut self.out, err, &date);
                 return Some(false);
             }
-            // The app raised: the 500 is in `out`.
-            Ok(None) => false,
-            Ok(Some(mut response)) => {
+        };
+        let result = match &shard.pool {
+            Some(pool) => {
+                let (app, sr) =
+                    Python::attach(|py| (wsgi.app.clone_ref(py), start_response.clone_ref(py)));
+                pool.call(app, environ, sr).await
+            }
+            None => Python::attach(|py| {
+                wsgi.app
+                    .call1(py, (environ.bind(py), start_response.bind(py)))
+            }),
+        };
+        let mut keep_alive = match result {
+            Err(e) => {
+                Python::attach(|py| wsgi.log_exception(py, "Error handling request", &e));
+                internal_error(&mut self.out, &date);
+                false
+            }
+            Ok(result) => {
+                let mut response = Response::new(result, start_response, shared.clone(), meta);
                 let mut alive = true;
                 loop {
                     let progress =

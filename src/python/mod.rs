@@ -196,14 +196,35 @@ pub fn fall_back_to_main() -> Attachment {
 
 /// Attaches the calling thread to the main interpreter with a new thread state.
 pub fn attach_main() -> Attachment {
-    // SAFETY: the main interpreter exists after initialize(); the new thread state
-    // is bound to this thread, which has none current.
-    unsafe {
-        let tstate = ffi::PyThreadState_New(ffi::PyInterpreterState_Main());
-        ffi::PyEval_RestoreThread(tstate);
-    }
+    // SAFETY: the main interpreter exists after initialize().
+    attach_thread(InterpreterRef(unsafe { ffi::PyInterpreterState_Main() }));
     Attachment {
         isolation: Isolation::SharedMain,
+    }
+}
+
+/// The interpreter of the calling thread, which must hold its GIL.
+pub fn current_interpreter() -> InterpreterRef {
+    // SAFETY: the caller holds a GIL, so a thread state is current.
+    InterpreterRef(unsafe { ffi::PyInterpreterState_Get() })
+}
+
+/// An interpreter, passed to threads that will attach to it.
+#[derive(Clone, Copy)]
+pub struct InterpreterRef(*mut ffi::PyInterpreterState);
+
+// SAFETY: an interpreter state may be used from any thread through its own thread
+// state; the pointer is only given to PyThreadState_New.
+unsafe impl Send for InterpreterRef {}
+
+/// Attaches the calling thread, which has no thread state, to `interp` with a new
+/// thread state, and takes that interpreter's GIL.
+pub fn attach_thread(interp: InterpreterRef) {
+    // SAFETY: the interpreter outlives the process's threads (it is never ended
+    // while shards run); the new thread state is bound to this thread.
+    unsafe {
+        let tstate = ffi::PyThreadState_New(interp.0);
+        ffi::PyEval_RestoreThread(tstate);
     }
 }
 

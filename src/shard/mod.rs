@@ -16,6 +16,8 @@ use pyo3::prelude::*;
 use crate::cli::Config;
 use crate::http::encode::DateCache;
 use crate::python::{self, Isolation};
+use crate::wsgi::environ::HeaderKeys;
+use crate::wsgi::pool::Pool;
 use crate::wsgi::{LoadError, Wsgi};
 
 /// What a shard reports once its app is loaded (or failed to load).
@@ -29,6 +31,9 @@ pub struct Shard {
     pub id: usize,
     pub config: Arc<Config>,
     pub wsgi: Wsgi,
+    /// Python threads for app calls when `--threads` is above 1.
+    pub pool: Option<Pool>,
+    pub header_keys: HeaderKeys,
     pub date: RefCell<DateCache>,
 }
 
@@ -92,11 +97,24 @@ pub fn run(
                 return;
             }
         };
+        let pool = if config.threads > 1 {
+            match Pool::start(id, config.threads) {
+                Ok(pool) => Some(pool),
+                Err(e) => {
+                    let _ = ready.send(Ready::Failed(format!("cannot start Python threads: {e}")));
+                    return;
+                }
+            }
+        } else {
+            None
+        };
         let _ = ready.send(Ready::Serving(attachment.isolation));
         let shard = Rc::new(Shard {
             id,
             config,
             wsgi,
+            pool,
+            header_keys: HeaderKeys::default(),
             date: RefCell::new(DateCache::default()),
         });
         runtime::block_on(&rt, serve(shard, listeners));

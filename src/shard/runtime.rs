@@ -35,12 +35,14 @@ pub fn block_on<F: Future>(rt: &Runtime, future: F) -> F::Output {
             if let Poll::Ready(out) = future.as_mut().poll(&mut cx) {
                 return out;
             }
-            if rt.run() {
-                rt.poll_with(Some(Duration::ZERO));
+            // Even a non-blocking poll releases the GIL: the shard's Python
+            // threads (--threads) get their turn at every pass of the loop.
+            let timeout = if rt.run() {
+                Some(Duration::ZERO)
             } else {
-                let timeout = rt.current_timeout();
-                crate::python::without_gil(|| rt.poll_with(timeout));
-            }
+                rt.current_timeout()
+            };
+            crate::python::without_gil(|| rt.poll_with(timeout));
         }
     })
 }

@@ -1,6 +1,9 @@
 //! Building the environ dict for one request: a copy of the per-shard template plus
 //! the request's own keys, all native `str` decoded as latin-1 (PEP 3333).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
@@ -26,6 +29,10 @@ impl ConnInfo {
         }
     }
 }
+
+/// `HTTP_*` environ keys by raw header name, so common headers cost no
+/// allocation. One per shard thread.
+pub type HeaderKeys = RefCell<HashMap<Box<[u8]>, Py<PyString>>>;
 
 /// A latin-1 `str` from bytes: every byte maps to the code point of its value.
 pub fn latin1<'py>(py: Python<'py>, bytes: &[u8]) -> Bound<'py, PyString> {
@@ -99,8 +106,13 @@ impl Wsgi {
     /// `HTTP_*` (or CONTENT_TYPE / CONTENT_LENGTH) for a header name; None for names
     /// with an underscore, which are dropped as Gunicorn does so that `X_Forwarded`
     /// cannot pose as `X-Forwarded`.
-    fn header_key<'py>(&self, py: Python<'py>, name: &[u8]) -> Option<Bound<'py, PyString>> {
-        if let Some(key) = self.header_keys.borrow().get(name) {
+    fn header_key<'py>(
+        &self,
+        py: Python<'py>,
+        cache: &HeaderKeys,
+        name: &[u8],
+    ) -> Option<Bound<'py, PyString>> {
+        if let Some(key) = cache.borrow().get(name) {
             return Some(key.bind(py).clone());
         }
         if name.contains(&b'_') {
@@ -122,7 +134,7 @@ impl Wsgi {
             }));
             PyString::intern(py, &text)
         };
-        let mut cache = self.header_keys.borrow_mut();
+        let mut cache = cache.borrow_mut();
         if cache.len() < 512 {
             cache.insert(name.into(), key.clone().unbind());
         }
@@ -136,6 +148,7 @@ impl Wsgi {
         buf: &[u8],
         head: &RequestHead,
         conn: &ConnInfo,
+        header_keys: &HeaderKeys,
         input: Bound<'py, PyAny>,
     ) -> Result<Bound<'py, PyDict>, HttpError> {
         let k = &self.keys;
@@ -180,7 +193,7 @@ impl Wsgi {
         set(&k.remote_port, conn.remote_port.bind(py).clone().into_any())?;
         set(&k.wsgi_input, input)?;
         for (name, value) in &head.headers {
-            let Some(key) = self.header_key(py, &buf[name.clone()]) else {
+            let Some(key) = self.header_key(py, header_keys, &buf[name.clone()]) else {
                 continue;
             };
             let value = &buf[value.clone()];

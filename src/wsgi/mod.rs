@@ -3,10 +3,8 @@
 
 pub mod environ;
 pub mod input;
+pub mod pool;
 pub mod response;
-
-use std::cell::RefCell;
-use std::collections::HashMap;
 
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
@@ -59,8 +57,6 @@ pub struct Wsgi {
     /// The constant part of every environ, copied per request.
     pub template: Py<PyDict>,
     pub keys: Keys,
-    /// `HTTP_*` keys by raw header name, so common headers cost no allocation.
-    pub header_keys: RefCell<HashMap<Box<[u8]>, Py<PyString>>>,
 }
 
 fn key(py: Python<'_>, s: &str) -> Py<PyString> {
@@ -176,7 +172,6 @@ impl Wsgi {
             format_exception,
             template: template.unbind(),
             keys,
-            header_keys: RefCell::new(HashMap::new()),
         })
     }
 

@@ -3,7 +3,7 @@
 //! and `close()` on every path.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::Wsgi;
 use super::input::SharedBody;
@@ -107,37 +107,17 @@ fn type_name(value: &Bound<'_, PyAny>) -> String {
         .unwrap_or_else(|_| "?".into())
 }
 
-impl Wsgi {
-    /// Calls the app. On an exception the traceback is logged and the 500 goes
-    /// into `out`, returned as `Err`.
-    pub fn call(
-        &self,
-        py: Python<'_>,
-        environ: Bound<'_, PyDict>,
-        meta: RequestMeta,
+impl Response {
+    /// A response for what the app returned from `app(environ, start_response)`.
+    pub fn new(
+        result: Py<PyAny>,
+        start_response: Py<PyAny>,
         body: Option<SharedBody>,
-        out: &mut Vec<u8>,
-        date: &[u8],
-    ) -> Result<Response, ()> {
-        let sr = match self.start_response.bind(py).call0() {
-            Ok(sr) => sr,
-            Err(e) => {
-                self.log_exception(py, "Error creating start_response", &e);
-                internal_error(out, date);
-                return Err(());
-            }
-        };
-        let result = match self.app.bind(py).call1((environ, &sr)) {
-            Ok(result) => result,
-            Err(e) => {
-                self.log_exception(py, "Error handling request", &e);
-                internal_error(out, date);
-                return Err(());
-            }
-        };
-        Ok(Response {
-            result: result.unbind(),
-            sr: sr.unbind(),
+        meta: RequestMeta,
+    ) -> Response {
+        Response {
+            result,
+            sr: start_response,
             iter: None,
             body,
             meta,
@@ -146,11 +126,12 @@ impl Wsgi {
             remaining: None,
             keep_alive: meta.keep_alive,
             status: 0,
-        })
+        }
     }
 }
 
-fn internal_error(out: &mut Vec<u8>, date: &[u8]) {
+/// The plain 500 turbo sends when the app fails before its head went out.
+pub fn internal_error(out: &mut Vec<u8>, date: &[u8]) {
     encode::error_response(
         out,
         crate::http::HttpError::new(500, "the application failed"),

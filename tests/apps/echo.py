@@ -250,7 +250,11 @@ def errors_stream(environ, start_response):
 
 
 def sleeper(environ, start_response):
-    time.sleep(float(environ.get("QUERY_STRING") or "1"))
+    seconds = float(environ.get("QUERY_STRING") or "1")
+    if seconds:
+        environ["wsgi.errors"].write("sleeping\n")
+        environ["wsgi.errors"].flush()
+    time.sleep(seconds)
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [b"slept"]
 
