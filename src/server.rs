@@ -103,33 +103,49 @@ pub fn run(config: Config) -> ! {
     // initialise the same extension module at once.
     for (id, listeners) in per_shard.into_iter().enumerate() {
         let cpu = (!cpus.is_empty()).then(|| cpus[id % cpus.len()]);
-        let (tx, rx) = mpsc::channel();
-        let cfg = config.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("turbo-shard-{id}"))
-            .spawn(move || shard::run(id, cpu, cfg, listeners, isolation, tx));
-        if let Err(e) = spawned {
-            log::error!("Cannot start shard {id}: {e}");
-            exit_now(1);
-        }
-        match rx.recv() {
-            Ok(Ready::Serving(chosen)) => {
-                isolation = chosen;
-                let mode = match chosen {
-                    Isolation::Subinterpreter => "own sub-interpreter",
-                    Isolation::SharedMain => "main interpreter",
-                };
-                let on = cpu.map_or("any CPU".to_string(), |c| format!("CPU {}", c.id));
-                log::info!("Booting shard {id} on {on} ({mode})");
-            }
-            Ok(Ready::Failed(msg)) => {
-                eprintln!("{}", msg.trim_end());
-                log::error!("App failed to load: {}", config.app.module);
-                exit_now(APP_LOAD_ERROR);
-            }
-            Err(_) => {
-                log::error!("Shard {id} stopped while starting");
+        loop {
+            let (tx, rx) = mpsc::channel();
+            let cfg = config.clone();
+            let socks = match listeners.iter().map(TcpListener::try_clone).collect() {
+                Ok(socks) => socks,
+                Err(e) => {
+                    log::error!("Cannot share a listening socket with shard {id}: {e}");
+                    exit_now(1);
+                }
+            };
+            let spawned = std::thread::Builder::new()
+                .name(format!("turbo-shard-{id}"))
+                .spawn(move || shard::run(id, cpu, cfg, socks, isolation, tx));
+            if let Err(e) = spawned {
+                log::error!("Cannot start shard {id}: {e}");
                 exit_now(1);
+            }
+            match rx.recv() {
+                Ok(Ready::Serving(chosen)) => {
+                    let mode = match chosen {
+                        Isolation::Subinterpreter => "own sub-interpreter",
+                        Isolation::SharedMain => "main interpreter",
+                    };
+                    let on = cpu.map_or("any CPU".to_string(), |c| format!("CPU {}", c.id));
+                    log::info!("Booting shard {id} on {on} ({mode})");
+                    break;
+                }
+                Ok(Ready::RefusesSubinterpreter(reason)) => {
+                    log::info!(
+                        "The app cannot load in a sub-interpreter ({reason}); \
+                         all shards share the main interpreter"
+                    );
+                    isolation = Isolation::SharedMain;
+                }
+                Ok(Ready::Failed(msg)) => {
+                    eprintln!("{}", msg.trim_end());
+                    log::error!("App failed to load: {}", config.app.module);
+                    exit_now(APP_LOAD_ERROR);
+                }
+                Err(_) => {
+                    log::error!("Shard {id} stopped while starting");
+                    exit_now(1);
+                }
             }
         }
     }

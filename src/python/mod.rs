@@ -183,17 +183,6 @@ pub fn attach_subinterpreter() -> Result<Attachment, String> {
     })
 }
 
-/// Ends the current sub-interpreter (after its app refused to load there) and
-/// attaches the thread to the main interpreter instead.
-pub fn fall_back_to_main() -> Attachment {
-    // SAFETY: called with the sub-interpreter from attach_subinterpreter current
-    // and its GIL held; Py_EndInterpreter leaves no thread state current.
-    unsafe {
-        ffi::Py_EndInterpreter(ffi::PyThreadState_Get());
-    }
-    attach_main()
-}
-
 /// Attaches the calling thread to the main interpreter with a new thread state.
 pub fn attach_main() -> Attachment {
     // SAFETY: the main interpreter exists after initialize().

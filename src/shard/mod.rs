@@ -23,6 +23,9 @@ use crate::wsgi::{LoadError, Wsgi};
 /// What a shard reports once its app is loaded (or failed to load).
 pub enum Ready {
     Serving(Isolation),
+    /// The app refused to load in a sub-interpreter, for the reason given; the
+    /// shard's thread has ended and must be started again in the main interpreter.
+    RefusesSubinterpreter(String),
     Failed(String),
 }
 
@@ -49,7 +52,7 @@ pub fn run(
     if let Some(cpu) = cpu {
         core_affinity::set_for_current(cpu);
     }
-    let mut attachment = match isolation {
+    let attachment = match isolation {
         Isolation::Subinterpreter => match python::attach_subinterpreter() {
             Ok(a) => a,
             Err(e) => {
@@ -66,24 +69,11 @@ pub fn run(
             config.threads > 1 || (isolation == Isolation::SharedMain && config.cores > 1);
         let wsgi = match Wsgi::load(py, &config.app, attachment.isolation, multithread) {
             Ok(wsgi) => wsgi,
-            Err(LoadError::RefusesSubinterpreter(module)) => {
-                log::info!(
-                    "The app cannot load in a sub-interpreter ({module} refuses them); \
-                     all shards share the main interpreter"
-                );
-                attachment = python::fall_back_to_main();
-                match Wsgi::load(
-                    py,
-                    &config.app,
-                    attachment.isolation,
-                    config.cores > 1 || config.threads > 1,
-                ) {
-                    Ok(wsgi) => wsgi,
-                    Err(LoadError::Failed(msg) | LoadError::RefusesSubinterpreter(msg)) => {
-                        let _ = ready.send(Ready::Failed(msg));
-                        return;
-                    }
-                }
+            Err(LoadError::RefusesSubinterpreter(reason)) => {
+                // Ending the sub-interpreter crashes CPython 3.12, so it is left
+                // behind, unused, and this thread ends.
+                let _ = ready.send(Ready::RefusesSubinterpreter(reason));
+                return;
             }
             Err(LoadError::Failed(msg)) => {
                 let _ = ready.send(Ready::Failed(msg));

@@ -211,10 +211,11 @@ def format_exception(exc):
 
 
 def subinterpreter_refusal(exc):
-    """The module named in a 'does not support loading in subinterpreters' error."""
+    """The text of a 'does not support loading in subinterpreters' error, which
+    names the module that refused."""
     while exc is not None:
         if isinstance(exc, ImportError) and "subinterpreter" in str(exc):
-            return exc.name or str(exc)
+            return str(exc)
         exc = exc.__cause__ or exc.__context__
     return None
 
