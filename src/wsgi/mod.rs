@@ -186,7 +186,7 @@ impl Wsgi {
 
 fn format_error(py: Python<'_>, format_exception: &Py<PyAny>, err: &PyErr) -> String {
     format_exception
-        .call1(py, (err.value(py),))
+        .call1(py, (err.value(py), err.traceback(py)))
         .and_then(|s| s.extract::<String>(py))
         .unwrap_or_else(|_| err.to_string())
 }

@@ -206,8 +206,9 @@ def load_app(module_name, expr):
     return app
 
 
-def format_exception(exc):
-    return "".join(traceback.format_exception(exc))
+def format_exception(exc, tb):
+    # Before 3.12 a fetched exception may not carry its traceback itself.
+    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
 
 
 def subinterpreter_refusal(exc):
