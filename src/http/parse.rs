@@ -10,8 +10,9 @@ use crate::cli::Limits;
 const STACK_FIELDS: usize = 128;
 
 /// How the body of a request is delimited.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum BodyKind {
+    #[default]
     None,
     Length(u64),
     Chunked,
@@ -31,12 +32,6 @@ pub struct RequestHead {
     pub body: BodyKind,
     pub keep_alive: bool,
     pub expect_continue: bool,
-}
-
-impl Default for BodyKind {
-    fn default() -> Self {
-        BodyKind::None
-    }
 }
 
 impl RequestHead {
@@ -166,10 +161,10 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<Opti
                 connection_close |= token.eq_ignore_ascii_case(b"close");
                 connection_keep_alive |= token.eq_ignore_ascii_case(b"keep-alive");
             }
-        } else if name.eq_ignore_ascii_case(b"expect") {
-            if trim(h.value).eq_ignore_ascii_case(b"100-continue") {
-                head.expect_continue = head.minor == 1;
-            }
+        } else if name.eq_ignore_ascii_case(b"expect")
+            && trim(h.value).eq_ignore_ascii_case(b"100-continue")
+        {
+            head.expect_continue = head.minor == 1;
         }
         head.headers
             .push((range_of(buf, name), range_of(buf, h.value)));

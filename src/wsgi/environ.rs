@@ -63,7 +63,7 @@ pub fn split_target(target: &[u8]) -> Result<(&[u8], &[u8]), HttpError> {
         return Err(HttpError::bad_request("invalid request target"));
     };
     Ok(match path_and_query.iter().position(|&b| b == b'?') {
-        Some(i) if i == 0 => (&b"/"[..], &path_and_query[1..]),
+        Some(0) => (&b"/"[..], &path_and_query[1..]),
         Some(i) => (&path_and_query[..i], &path_and_query[i + 1..]),
         None => (path_and_query, &b""[..]),
     })
@@ -89,12 +89,13 @@ pub fn percent_decode(path: &[u8]) -> std::borrow::Cow<'_, [u8]> {
     let mut out = Vec::with_capacity(path.len());
     let mut i = 0;
     while i < path.len() {
-        if path[i] == b'%' && i + 2 < path.len() {
-            if let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2])) {
-                out.push(h << 4 | l);
-                i += 3;
-                continue;
-            }
+        if path[i] == b'%'
+            && i + 2 < path.len()
+            && let (Some(h), Some(l)) = (hex(path[i + 1]), hex(path[i + 2]))
+        {
+            out.push(h << 4 | l);
+            i += 3;
+            continue;
         }
         out.push(path[i]);
         i += 1;
