@@ -163,13 +163,8 @@ impl Wsgi {
         let target = &buf[head.target.clone()];
         let (path, query) = split_target(target)?;
         let path = percent_decode(path);
-        let script_name = env
-            .get_item(k.script_name.bind(py))
-            .ok()
-            .flatten()
-            .and_then(|s| s.extract::<String>().ok())
-            .unwrap_or_default();
-        let path_info: &[u8] = match path.strip_prefix(script_name.as_bytes()) {
+        let script_name = self.script_name.as_bytes();
+        let path_info: &[u8] = match path.strip_prefix(script_name) {
             Some(rest) if !script_name.is_empty() => rest,
             _ => &path,
         };

@@ -29,7 +29,6 @@ pub enum LoadError {
 /// Environ keys and constant values, made once per interpreter.
 pub struct Keys {
     pub request_method: Py<PyString>,
-    pub script_name: Py<PyString>,
     pub path_info: Py<PyString>,
     pub query_string: Py<PyString>,
     pub raw_uri: Py<PyString>,
@@ -57,6 +56,8 @@ pub struct Wsgi {
     /// The constant part of every environ, copied per request.
     pub template: Py<PyDict>,
     pub keys: Keys,
+    /// `$SCRIPT_NAME`, stripped from the front of PATH_INFO.
+    pub script_name: String,
 }
 
 fn key(py: Python<'_>, s: &str) -> Py<PyString> {
@@ -140,7 +141,6 @@ impl Wsgi {
         }
         let keys = Keys {
             request_method: key(py, "REQUEST_METHOD"),
-            script_name: key(py, "SCRIPT_NAME"),
             path_info: key(py, "PATH_INFO"),
             query_string: key(py, "QUERY_STRING"),
             raw_uri: key(py, "RAW_URI"),
@@ -172,6 +172,7 @@ impl Wsgi {
             format_exception,
             template: template.unbind(),
             keys,
+            script_name,
         })
     }
 
