@@ -79,9 +79,9 @@ def rss_pss(proc):
     return total
 
 
-def wrk(port, duration, connections):
+def wrk(port, duration, connections, cpus="1"):
     out = subprocess.run(
-        ["taskset", "-c", "1", "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
+        ["taskset", "-c", cpus, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
          f"http://127.0.0.1:{port}/"],
         capture_output=True, text=True, check=True,
     ).stdout
@@ -121,6 +121,32 @@ def measure(name, argv, duration, connections):
             proc.wait()
 
 
+def scaling(turbo, duration, rounds):
+    """Req/s of a CPU-bound handler on one shard and on two, alternating. The
+    handler is so slow that wrk, on either CPU, takes little from the shards."""
+    results = {1: [], 2: []}
+    for r in range(rounds):
+        for cores in (1, 2) if r % 2 == 0 else (2, 1):
+            port = free_port()
+            env = dict(os.environ, VIRTUAL_ENV=str(BIN.parent))
+            proc = subprocess.Popen([turbo, "cpu:app", "--cores", str(cores), "--bind", f"127.0.0.1:{port}",
+                                     "--log-level", "warning"], cwd=APPS, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            try:
+                wait_port(port, proc)
+                wrk(port, 2, 8, cpus="0,1")
+                rps = wrk(port, duration, 8, cpus="0,1")[0]
+            finally:
+                proc.terminate()
+                proc.wait(10)
+            results[cores].append(rps)
+            print(f"  round {r + 1} --cores {cores}: {rps:.1f} req/s", file=sys.stderr)
+    one, two = (statistics.median(results[c]) for c in (1, 2))
+    print(f"\n### CPU-bound handler, --cores 1 vs 2 (wrk -c8, {duration}s x {rounds} rounds, medians)\n")
+    print("| shards | req/s | speed-up |\n|---|---|---|")
+    print(f"| 1 | {one:.1f} | 1.00x |\n| 2 | {two:.1f} | {two / one:.2f}x |")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--turbo", required=True)
@@ -129,7 +155,11 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--apps", default="hello:app,flaskhello:app")
     ap.add_argument("--servers", default="turbo,granian,bjoern,gunicorn")
+    ap.add_argument("--scaling", action="store_true", help="measure turbo on 1 and 2 shards instead")
     args = ap.parse_args()
+    if args.scaling:
+        scaling(os.path.abspath(args.turbo), args.duration, args.rounds)
+        return
     table = servers(os.path.abspath(args.turbo))
     names = args.servers.split(",")
     print(__doc__)
