@@ -1,48 +1,53 @@
-"""--threads: a shard keeps serving while app calls block on I/O."""
+"""--threads: a shard keeps serving while app calls block on I/O.
+
+The blocked calls wait on events, not clocks: a test fails by a call finishing
+in the wrong order, never by being slow."""
 
 import concurrent.futures
-import time
 
 import httpx
 
 from conftest import read_response
 
 
+def blocked(srv, pool, n):
+    """Starts n calls that block in the app until /release; returns their
+    futures once all n are inside the app."""
+    calls = [pool.submit(httpx.get, srv.url("/wait"), timeout=60) for _ in range(n)]
+    srv.wait_for_count("waiting", n, timeout=10)
+    return calls
+
+
 def test_threads_keep_the_shard_responsive(turbo):
-    srv = turbo("echo:sleeper", "--threads", "4")
+    srv = turbo("echo:blocker", "--threads", "4")
     with concurrent.futures.ThreadPoolExecutor(3) as pool:
-        slow = [pool.submit(httpx.get, srv.url("/?3"), timeout=30) for _ in range(3)]
-        srv.wait_for_count("sleeping", 3, timeout=10)
-        # Three calls are blocked in time.sleep; the fourth thread answers at once.
-        start = time.monotonic()
-        r = httpx.get(srv.url("/?0"), timeout=10)
-        fast = time.monotonic() - start
-        assert r.content == b"slept"
-        assert fast < 1.5, fast
-        assert all(f.result().content == b"slept" for f in slow)
+        calls = blocked(srv, pool, 3)
+        # The fourth thread answers while three calls are still blocked.
+        assert httpx.get(srv.url("/now"), timeout=10).content == b"fast"
+        assert not any(c.done() for c in calls)
+        assert httpx.get(srv.url("/release"), timeout=10).content == b"ok"
+        assert [c.result().content for c in calls] == [b"released"] * 3
 
 
 def test_blocked_calls_run_concurrently(turbo):
-    srv = turbo("echo:sleeper", "--threads", "4")
-    start = time.monotonic()
+    # /meet returns only when four calls are inside the app at the same time.
+    srv = turbo("echo:blocker", "--threads", "4")
     with concurrent.futures.ThreadPoolExecutor(4) as pool:
-        results = list(pool.map(lambda _: httpx.get(srv.url("/?1"), timeout=30).content, range(4)))
-    elapsed = time.monotonic() - start
-    assert results == [b"slept"] * 4
-    assert elapsed < 3, elapsed
+        results = list(pool.map(lambda _: httpx.get(srv.url("/meet"), timeout=60).content, range(4)))
+    assert results == [b"met"] * 4
 
 
 def test_shard_parses_while_threads_are_busy(turbo):
     # Bad input is answered by the shard itself even when every thread is busy.
-    srv = turbo("echo:sleeper", "--threads", "2")
+    srv = turbo("echo:blocker", "--threads", "2")
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
-        slow = [pool.submit(httpx.get, srv.url("/?3"), timeout=30) for _ in range(2)]
-        srv.wait_for_count("sleeping", 2, timeout=10)
+        calls = blocked(srv, pool, 2)
         with srv.connect() as s:
             s.sendall(b"GET / HTTP/9.9\r\nHost: x\r\n\r\n")
             status = read_response(s)[0]
         assert status == 505
-        assert all(f.result().status_code == 200 for f in slow)
+        assert not any(c.done() for c in calls)
+        srv.stop()  # nothing can release the blocked calls now
 
 
 def test_multithread_flag_is_true_with_threads(turbo):

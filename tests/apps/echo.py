@@ -2,6 +2,7 @@
 
 import json
 import sys
+import threading
 import time
 
 
@@ -249,14 +250,31 @@ def errors_stream(environ, start_response):
     return [b"logged"]
 
 
-def sleeper(environ, start_response):
-    seconds = float(environ.get("QUERY_STRING") or "1")
-    if seconds:
-        environ["wsgi.errors"].write("sleeping\n")
+_released = threading.Event()
+_barrier = threading.Barrier(4)
+
+
+def blocker(environ, start_response):
+    """/wait blocks its thread until /release; /meet returns only once four
+    calls are inside the app together; anything else answers at once."""
+    path = environ["PATH_INFO"]
+    if path == "/wait":
+        environ["wsgi.errors"].write("waiting\n")
         environ["wsgi.errors"].flush()
-    time.sleep(seconds)
+        body = b"released" if _released.wait(30) else b"timed out"
+    elif path == "/meet":
+        try:
+            _barrier.wait(20)
+            body = b"met"
+        except threading.BrokenBarrierError:
+            body = b"alone"
+    elif path == "/release":
+        _released.set()
+        body = b"ok"
+    else:
+        body = b"fast"
     start_response("200 OK", [("Content-Type", "text/plain")])
-    return [b"slept"]
+    return [body]
 
 
 def factory(greeting="hi"):
