@@ -18,6 +18,9 @@ ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 BIN = os.path.abspath(os.environ.get("TURBO_BIN", str(ROOT / "target" / "release" / "turbo")))
 START_TIMEOUT = 30
+# TURBO_THREADS=N runs every server with --threads N (unless a test sets it),
+# so the same tests cover responses made on a shard's Python threads.
+THREADS = int(os.environ.get("TURBO_THREADS", "1"))
 
 
 def free_port():
@@ -40,6 +43,8 @@ class Turbo:
         cmd = [BIN, app, "--bind", f"127.0.0.1:{self.port}", *args]
         if not any(a.startswith("--cores") or a == "-w" for a in args):
             cmd += ["--cores", "1"]
+        if "--threads" not in args:
+            cmd += ["--threads", str(THREADS)]
         self.proc = subprocess.Popen(
             cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
         )

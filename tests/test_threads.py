@@ -29,6 +29,24 @@ def test_threads_keep_the_shard_responsive(turbo):
         assert [c.result().content for c in calls] == [b"released"] * 3
 
 
+def test_a_blocking_body_iterator_does_not_stall_the_shard(turbo):
+    srv = turbo("echo:blocker", "--threads", "2")
+    with srv.connect() as s:
+        s.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\n")
+        s.settimeout(10)
+        got = b""
+        while b"first;" not in got:
+            got += s.recv(4096)
+        # The body's generator now waits for /release; the shard answers meanwhile.
+        assert httpx.get(srv.url("/now"), timeout=10).content == b"fast"
+        assert httpx.get(srv.url("/release"), timeout=10).content == b"ok"
+        while not got.endswith(b"\r\n0\r\n\r\n"):
+            got += s.recv(4096)
+    assert got.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"Transfer-Encoding: chunked\r\n" in got
+    assert b"\r\n6\r\nfirst;\r\n8\r\nreleased\r\n0\r\n\r\n" in got
+
+
 def test_blocked_calls_run_concurrently(turbo):
     # /meet returns only when four calls are inside the app at the same time.
     srv = turbo("echo:blocker", "--threads", "4")

@@ -8,7 +8,7 @@ import socket
 import httpx
 import pytest
 
-from conftest import read_response, recv_all
+from conftest import THREADS, read_response, recv_all
 
 
 def get_json(srv, path="/", **kw):
@@ -40,7 +40,7 @@ def test_environ_has_every_required_key(turbo):
     assert env["wsgi.version"] == [1, 0]
     assert env["wsgi.url_scheme"] == "http"
     assert env["wsgi.input_terminated"] is True
-    assert env["wsgi.multithread"] is False
+    assert env["wsgi.multithread"] is (THREADS > 1)
     assert env["wsgi.multiprocess"] is False
     assert env["wsgi.run_once"] is False
     assert env["errors_has_write"] is True

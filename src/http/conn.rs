@@ -21,6 +21,7 @@ use super::parse::{self, RequestHead};
 use crate::shard::Shard;
 use crate::wsgi::environ::ConnInfo;
 use crate::wsgi::input::{self, BodyStream, SharedBody};
+use crate::wsgi::pool::{Job, Pieces};
 use crate::wsgi::response::{Progress, RequestMeta, Response, internal_error};
 
 /// Bodies up to this size are read before the app runs; larger ones stream.
@@ -267,56 +268,101 @@ impl Conn {
                 return Some(false);
             }
         };
-        let result = match &shard.pool {
+        let mut keep_alive = match &shard.pool {
             Some(pool) => {
-                let (app, sr) =
-                    Python::attach(|py| (wsgi.app.clone_ref(py), start_response.clone_ref(py)));
-                pool.call(app, environ, sr).await
-            }
-            None => Python::attach(|py| {
-                wsgi.app
-                    .call1(py, (environ.bind(py), start_response.bind(py)))
-            }),
-        };
-        let mut keep_alive = match result {
-            Err(e) => {
-                Python::attach(|py| wsgi.log_exception(py, "Error handling request", &e));
-                internal_error(&mut self.out, &date);
-                false
-            }
-            Ok(result) => {
-                let mut response = Response::new(result, start_response, shared.clone(), meta);
-                let mut alive = true;
-                loop {
-                    let progress =
-                        Python::attach(|py| response.advance(py, wsgi, &mut self.out, &date));
-                    match progress {
-                        Progress::More => {
-                            if !self.flush().await {
-                                alive = false;
-                                break;
-                            }
-                        }
-                        Progress::Done => break,
-                        Progress::Abort => {
-                            let _ = self.flush().await;
-                            alive = false;
-                            break;
-                        }
+                let job = Job {
+                    environ,
+                    start_response,
+                    body: shared.clone(),
+                    meta,
+                    date: date.clone(),
+                };
+                match pool.respond(job) {
+                    Some(pieces) => self.write_pieces(pieces).await?,
+                    None => {
+                        log::error!("The shard's Python threads have stopped");
+                        internal_error(&mut self.out, &date);
+                        false
                     }
                 }
-                let keep = response.keep_alive;
-                Python::attach(|py| response.close(py, wsgi));
-                if !alive {
-                    return None;
+            }
+            None => {
+                let result = Python::attach(|py| {
+                    wsgi.app
+                        .call1(py, (environ.bind(py), start_response.bind(py)))
+                });
+                match result {
+                    Err(e) => {
+                        Python::attach(|py| wsgi.log_exception(py, "Error handling request", &e));
+                        internal_error(&mut self.out, &date);
+                        false
+                    }
+                    Ok(result) => {
+                        let response = Response::new(result, start_response, shared.clone(), meta);
+                        self.write_response(response, &date).await?
+                    }
                 }
-                keep
             }
         };
         if !self.restore_body(shared) {
             keep_alive = false;
         }
         Some(keep_alive)
+    }
+
+    /// Produces the response on this thread, writing each piece as it comes.
+    /// Returns whether the connection may carry another request, or `None` if
+    /// it must close at once.
+    async fn write_response(&mut self, mut response: Response, date: &[u8]) -> Option<bool> {
+        let wsgi = &self.shard.clone().wsgi;
+        let mut alive = true;
+        loop {
+            match Python::attach(|py| response.advance(py, wsgi, &mut self.out, date)) {
+                Progress::More => {
+                    if !self.flush().await {
+                        alive = false;
+                        break;
+                    }
+                }
+                Progress::Done => break,
+                Progress::Abort => {
+                    let _ = self.flush().await;
+                    alive = false;
+                    break;
+                }
+            }
+        }
+        let keep_alive = response.keep_alive;
+        Python::attach(|py| response.close(py, wsgi));
+        alive.then_some(keep_alive)
+    }
+
+    /// Writes a response made on a pool thread, piece by piece.
+    async fn write_pieces(&mut self, mut pieces: Pieces) -> Option<bool> {
+        loop {
+            let Some(mut piece) = pieces.recv().await else {
+                log::error!("A Python thread ended without finishing its response");
+                return None;
+            };
+            if self.out.is_empty() {
+                std::mem::swap(&mut self.out, &mut piece.bytes);
+            } else {
+                self.out.extend_from_slice(&piece.bytes);
+            }
+            match piece.progress {
+                Progress::More => {
+                    if !self.flush().await {
+                        return None;
+                    }
+                    pieces.next(piece.bytes);
+                }
+                Progress::Done => return Some(piece.keep_alive),
+                Progress::Abort => {
+                    let _ = self.flush().await;
+                    return None;
+                }
+            }
+        }
     }
 
     /// Takes a streamed body back from the app. Bytes read past its end belong to

@@ -33,7 +33,7 @@ pub enum Ready {
 pub struct Shard {
     pub id: usize,
     pub config: Arc<Config>,
-    pub wsgi: Wsgi,
+    pub wsgi: Arc<Wsgi>,
     /// Python threads for app calls when `--threads` is above 1.
     pub pool: Option<Pool>,
     pub header_keys: HeaderKeys,
@@ -68,7 +68,7 @@ pub fn run(
         let multithread =
             config.threads > 1 || (isolation == Isolation::SharedMain && config.cores > 1);
         let wsgi = match Wsgi::load(py, &config.app, attachment.isolation, multithread) {
-            Ok(wsgi) => wsgi,
+            Ok(wsgi) => Arc::new(wsgi),
             Err(LoadError::RefusesSubinterpreter(reason)) => {
                 // Ending the sub-interpreter crashes CPython 3.12, so it is left
                 // behind, unused, and this thread ends.
@@ -88,7 +88,7 @@ pub fn run(
             }
         };
         let pool = if config.threads > 1 {
-            match Pool::start(id, config.threads) {
+            match Pool::start(id, config.threads, wsgi.clone()) {
                 Ok(pool) => Some(pool),
                 Err(e) => {
                     let _ = ready.send(Ready::Failed(format!("cannot start Python threads: {e}")));

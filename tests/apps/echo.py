@@ -254,8 +254,14 @@ _released = threading.Event()
 _barrier = threading.Barrier(4)
 
 
+def _stream_until_released():
+    yield b"first;"
+    yield b"released" if _released.wait(30) else b"timed out"
+
+
 def blocker(environ, start_response):
-    """/wait blocks its thread until /release; /meet returns only once four
+    """/wait blocks its thread until /release, and /stream does the same between
+    two chunks of its body; /meet returns only once four
     calls are inside the app together; anything else answers at once."""
     path = environ["PATH_INFO"]
     if path == "/wait":
@@ -268,6 +274,9 @@ def blocker(environ, start_response):
             body = b"met"
         except threading.BrokenBarrierError:
             body = b"alone"
+    elif path == "/stream":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+        return _stream_until_released()
     elif path == "/release":
         _released.set()
         body = b"ok"
