@@ -87,9 +87,54 @@ struct Args {
     )]
     limit_request_field_size: usize,
 
+    /// How shards are isolated: `subinterpreter` (one worker process, one
+    /// own-GIL sub-interpreter per shard), `process` (one worker process per
+    /// shard) or `auto` (sub-interpreters where Python and the app allow them).
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    isolation: IsolationMode,
+
+    /// Workers stuck in one request for more than this many seconds are killed
+    /// and replaced (0 disables).
+    #[arg(short = 't', long, value_name = "SECONDS", default_value_t = 30)]
+    timeout: u64,
+
+    /// Seconds a stopping worker may take to finish its requests before it is
+    /// killed.
+    #[arg(
+        long = "graceful-timeout",
+        value_name = "SECONDS",
+        default_value_t = 30
+    )]
+    graceful_timeout: u64,
+
+    /// Replace a worker after it has served this many requests (0 disables).
+    #[arg(long = "max-requests", value_name = "INT", default_value_t = 0)]
+    max_requests: u64,
+
+    /// Add a random number of requests, up to this, to each worker's
+    /// --max-requests, so workers do not all restart at once.
+    #[arg(long = "max-requests-jitter", value_name = "INT", default_value_t = 0)]
+    max_requests_jitter: u64,
+
+    /// Import the app in the supervisor before starting workers.
+    #[arg(long = "preload", visible_alias = "preload-app")]
+    preload: bool,
+
+    /// Write the supervisor's process id to this file.
+    #[arg(short = 'p', long = "pid", value_name = "FILE")]
+    pid: Option<std::path::PathBuf>,
+
     /// The error log level: debug, info, warning, error or critical.
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info")]
     log_level: String,
+}
+
+/// `--isolation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationMode {
+    Auto,
+    Subinterpreter,
+    Process,
 }
 
 /// Limits on a request head, after Gunicorn's semantics for 0.
@@ -112,6 +157,14 @@ pub struct Config {
     pub header_timeout: Duration,
     pub limits: Limits,
     pub log_level: LevelFilter,
+    pub isolation: IsolationMode,
+    /// Zero when off.
+    pub timeout: Duration,
+    pub graceful_timeout: Duration,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub preload: bool,
+    pub pidfile: Option<std::path::PathBuf>,
 }
 
 /// `module:expression`, split; the expression is checked again in Python.
@@ -259,6 +312,13 @@ impl Args {
                 },
             },
             log_level: crate::logging::parse_level(&self.log_level)?,
+            isolation: self.isolation,
+            timeout: Duration::from_secs(self.timeout),
+            graceful_timeout: Duration::from_secs(self.graceful_timeout),
+            max_requests: self.max_requests,
+            max_requests_jitter: self.max_requests_jitter,
+            preload: self.preload,
+            pidfile: self.pid,
         })
     }
 }

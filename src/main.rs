@@ -1,15 +1,20 @@
 //! turbo: serve Python WSGI apps from thread-per-core io_uring shards.
 //!
-//! `cli` reads the Gunicorn-compatible command line, `server` starts Python and
-//! the shards, `shard` runs one core's event loop, `http` speaks HTTP/1.1, `python`
-//! manages interpreters and `wsgi` bridges requests to the app.
+//! `cli` reads the Gunicorn-compatible command line. The `supervisor` owns the
+//! sockets and signals and forks `worker` processes; a worker starts Python and
+//! its shards. A `shard` runs one core's event loop, `http` speaks HTTP/1.1,
+//! `python` manages interpreters and `wsgi` bridges requests to the app. The
+//! `scoreboard` is the memory a worker shares with the supervisor.
 
 mod cli;
 mod http;
 mod logging;
 mod python;
-mod server;
+mod scoreboard;
 mod shard;
+mod signals;
+mod supervisor;
+mod worker;
 mod wsgi;
 
 #[global_allocator]
@@ -18,5 +23,5 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let config = cli::from_args();
     logging::init(config.log_level);
-    server::run(config);
+    supervisor::run(config);
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use compio::buf::BufResult;
 use compio::io::{AsyncReadExt, AsyncWriteExt};
 use compio::net::TcpStream;
+use futures_util::future::Either;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
@@ -58,6 +59,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         Err(_) => return,
     };
     let info = Python::attach(|py| ConnInfo::new(py, peer, local));
+    let counted = shard.clone();
+    let _live = counted.drain.connection();
     let mut conn = Conn {
         shard,
         stream,
@@ -91,7 +94,13 @@ impl Conn {
                     *deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout)
                 };
                 let partial = !self.rbuf.is_empty();
-                match self.read(until).await {
+                // Between requests a draining shard closes the connection; a
+                // new connection still gets its first request answered.
+                let idle = !partial && !first;
+                if idle && self.shard.drain.is_draining() {
+                    return;
+                }
+                match self.read(until, idle).await {
                     Ok(()) => {}
                     Err(ReadError::TimedOut) if partial => {
                         return self
@@ -112,7 +121,10 @@ impl Conn {
             if keep_alive.is_none() {
                 return;
             }
-            if keep_alive == Some(false) || cfg.keep_alive.is_zero() {
+            if keep_alive == Some(false)
+                || cfg.keep_alive.is_zero()
+                || self.shard.drain.is_draining()
+            {
                 let _ = self.flush().await;
                 return self.linger().await;
             }
@@ -122,12 +134,23 @@ impl Conn {
         }
     }
 
-    /// Reads more input into `rbuf`, appending.
-    async fn read(&mut self, until: Instant) -> Result<(), ReadError> {
+    /// Reads more input into `rbuf`, appending. An `idle` read also ends, as
+    /// Closed, when the shard starts draining.
+    async fn read(&mut self, until: Instant, idle: bool) -> Result<(), ReadError> {
         // A read into zero spare bytes would look like EOF.
         self.rbuf.reserve(8192);
         let buf = std::mem::take(&mut self.rbuf);
-        match compio::time::timeout_at(until, self.stream.append(buf)).await {
+        let read = compio::time::timeout_at(until, self.stream.append(buf));
+        let read = if idle {
+            let drain = self.shard.drain.started();
+            match futures_util::future::select(std::pin::pin!(read), std::pin::pin!(drain)).await {
+                Either::Left((read, _)) => read,
+                Either::Right(_) => return Err(ReadError::Closed),
+            }
+        } else {
+            read.await
+        };
+        match read {
             Ok(BufResult(res, buf)) => {
                 self.rbuf = buf;
                 match res {
@@ -171,7 +194,7 @@ impl Conn {
         let mut drained = 0usize;
         while drained < 1 << 20 {
             self.rbuf.clear();
-            match self.read(until).await {
+            match self.read(until, false).await {
                 Ok(()) => drained += self.rbuf.len(),
                 Err(_) => break,
             }
@@ -213,7 +236,7 @@ impl Conn {
                 return Ok(Body::Stream(Arc::new(Mutex::new(Some(stream))), body));
             }
             let until = Instant::now() + cfg.header_timeout;
-            match self.read(until).await {
+            match self.read(until, false).await {
                 Ok(()) => {}
                 Err(ReadError::TimedOut) => {
                     return Err(Some(HttpError::new(
@@ -234,8 +257,11 @@ impl Conn {
         let meta = RequestMeta {
             minor: head.minor,
             is_head: head.is_head(&self.rbuf),
-            keep_alive: head.keep_alive,
+            // A draining shard says Connection: close on its last responses.
+            keep_alive: head.keep_alive && !shard.drain.is_draining(),
         };
+        let slot = shard.board.slot_index(shard.local, 0);
+        shard.board.count_request(slot);
         let date = shard.date.borrow_mut().get().to_vec();
         let shared = match &body {
             Body::Stream(shared, _) => Some(shared.clone()),
@@ -288,6 +314,7 @@ impl Conn {
             }
             None => {
                 let result = Python::attach(|py| {
+                    let _busy = shard.board.busy(slot);
                     wsgi.app
                         .call1(py, (environ.bind(py), start_response.bind(py)))
                 });
@@ -299,7 +326,7 @@ impl Conn {
                     }
                     Ok(result) => {
                         let response = Response::new(result, start_response, shared.clone(), meta);
-                        self.write_response(response, &date).await?
+                        self.write_response(response, &date, slot).await?
                     }
                 }
             }
@@ -313,11 +340,21 @@ impl Conn {
     /// Produces the response on this thread, writing each piece as it comes.
     /// Returns whether the connection may carry another request, or `None` if
     /// it must close at once.
-    async fn write_response(&mut self, mut response: Response, date: &[u8]) -> Option<bool> {
-        let wsgi = &self.shard.clone().wsgi;
+    async fn write_response(
+        &mut self,
+        mut response: Response,
+        date: &[u8],
+        slot: usize,
+    ) -> Option<bool> {
+        let shard = self.shard.clone();
+        let wsgi = &shard.wsgi;
         let mut alive = true;
         loop {
-            match Python::attach(|py| response.advance(py, wsgi, &mut self.out, date)) {
+            let progress = Python::attach(|py| {
+                let _busy = shard.board.busy(slot);
+                response.advance(py, wsgi, &mut self.out, date)
+            });
+            match progress {
                 Progress::More => {
                     if !self.flush().await {
                         alive = false;

@@ -1,6 +1,6 @@
 //! The embedded CPython: start-up against the active virtualenv, one own-GIL
-//! sub-interpreter per shard (PEP 684), and the shared main interpreter as the
-//! fallback where sub-interpreters cannot serve the app.
+//! sub-interpreter per shard (PEP 684), and the main interpreter of a worker
+//! process as the fallback where sub-interpreters cannot serve the app.
 //!
 //! pyo3 keeps some process-wide caches that break across interpreters, so this
 //! module and the bridges use only per-interpreter objects: no `intern!`, no
@@ -19,8 +19,8 @@ pub const LINKED_VERSION: &str = env!("TURBO_PYTHON_VERSION");
 pub enum Isolation {
     /// One own-GIL sub-interpreter per shard.
     Subinterpreter,
-    /// Every shard shares the main interpreter and its GIL.
-    SharedMain,
+    /// The worker process's main interpreter: one shard per process.
+    Main,
 }
 
 /// Whether this Python can give each shard its own GIL (PEP 684, 3.12+).
@@ -142,16 +142,10 @@ unsafe fn preimport_for_312() {
     }
 }
 
-/// A shard thread's attachment to its interpreter. The thread holds that
-/// interpreter's GIL for its whole life, releasing it only while it waits on I/O.
-pub struct Attachment {
-    pub isolation: Isolation,
-}
-
 /// Creates an own-GIL sub-interpreter on the calling thread, which must have no
 /// Python thread state yet, and makes it current.
 #[cfg(not(Py_3_12))]
-pub fn attach_subinterpreter() -> Result<Attachment, String> {
+pub fn attach_subinterpreter() -> Result<(), String> {
     Err(format!(
         "Python {LINKED_VERSION} has no per-interpreter GIL"
     ))
@@ -160,7 +154,7 @@ pub fn attach_subinterpreter() -> Result<Attachment, String> {
 /// Creates an own-GIL sub-interpreter on the calling thread, which must have no
 /// Python thread state yet, and makes it current.
 #[cfg(Py_3_12)]
-pub fn attach_subinterpreter() -> Result<Attachment, String> {
+pub fn attach_subinterpreter() -> Result<(), String> {
     let config = ffi::PyInterpreterConfig {
         use_main_obmalloc: 0,
         allow_fork: 0,
@@ -178,18 +172,13 @@ pub fn attach_subinterpreter() -> Result<Attachment, String> {
     if unsafe { ffi::PyStatus_Exception(status) } != 0 || tstate.is_null() {
         return Err("Python could not create a sub-interpreter".into());
     }
-    Ok(Attachment {
-        isolation: Isolation::Subinterpreter,
-    })
+    Ok(())
 }
 
 /// Attaches the calling thread to the main interpreter with a new thread state.
-pub fn attach_main() -> Attachment {
+pub fn attach_main() {
     // SAFETY: the main interpreter exists after initialize().
     attach_thread(InterpreterRef(unsafe { ffi::PyInterpreterState_Main() }));
-    Attachment {
-        isolation: Isolation::SharedMain,
-    }
 }
 
 /// The interpreter of the calling thread, which must hold its GIL.
@@ -218,7 +207,7 @@ pub fn attach_thread(interp: InterpreterRef) {
 }
 
 /// Releases the GIL around a blocking wait so other threads of the same
-/// interpreter (and, in the shared-main fallback, other shards) can run.
+/// interpreter can run.
 ///
 /// Unlike `Python::detach`, this takes closures that are not `Send`, which the
 /// I/O driver is. The closure must not touch Python objects.
@@ -230,4 +219,25 @@ pub fn without_gil<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: restores the thread state saved above.
     unsafe { ffi::PyEval_RestoreThread(tstate) };
     out
+}
+
+/// Forks a process in which Python is running (the supervisor after
+/// `--preload`), following CPython's protocol: the GIL is held across the fork,
+/// and the child leaves with it released, like `initialize`.
+pub fn fork_with_python() -> libc::pid_t {
+    // SAFETY: the calling thread is the main thread, which owns the main
+    // interpreter's thread state; the calls bracket fork() as CPython documents.
+    unsafe {
+        let gil = ffi::PyGILState_Ensure();
+        ffi::PyOS_BeforeFork();
+        let pid = libc::fork();
+        if pid == 0 {
+            ffi::PyOS_AfterFork_Child();
+            ffi::PyEval_SaveThread();
+        } else {
+            ffi::PyOS_AfterFork_Parent();
+            ffi::PyGILState_Release(gil);
+        }
+        pid
+    }
 }

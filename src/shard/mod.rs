@@ -2,35 +2,42 @@
 //! sockets and its own Python interpreter. Shards share nothing on the request
 //! path; the kernel spreads connections between their SO_REUSEPORT sockets.
 
+pub mod drain;
 pub mod runtime;
 
 use std::cell::RefCell;
 use std::net::TcpListener as StdListener;
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
-use compio::net::TcpListener;
+use compio::driver::op::{Interest, PollOnce};
+use compio::net::TcpStream;
+use futures_channel::oneshot;
+use futures_util::future::Either;
 use pyo3::prelude::*;
 
 use crate::cli::Config;
 use crate::http::encode::DateCache;
 use crate::python::{self, Isolation};
+use crate::scoreboard::Scoreboard;
 use crate::wsgi::environ::HeaderKeys;
 use crate::wsgi::pool::Pool;
 use crate::wsgi::{LoadError, Wsgi};
+use drain::Drain;
 
 /// What a shard reports once its app is loaded (or failed to load).
 pub enum Ready {
-    Serving(Isolation),
-    /// The app refused to load in a sub-interpreter, for the reason given; the
-    /// shard's thread has ended and must be started again in the main interpreter.
+    Serving,
+    /// The app refused to load in a sub-interpreter, for the reason given.
     RefusesSubinterpreter(String),
     Failed(String),
 }
 
 /// Per-shard state shared by all of the shard's connections.
 pub struct Shard {
+    /// The shard's number in the server, which picks its CPU.
     pub id: usize,
     pub config: Arc<Config>,
     pub wsgi: Arc<Wsgi>,
@@ -38,40 +45,65 @@ pub struct Shard {
     pub pool: Option<Pool>,
     pub header_keys: HeaderKeys,
     pub date: RefCell<DateCache>,
+    pub drain: Drain,
+    /// Shared with the supervisor: busy times and request counts.
+    pub board: Arc<Scoreboard>,
+    /// This shard's position in its worker process.
+    pub local: usize,
 }
 
-/// Runs shard `id` on the current thread; never returns while the server runs.
-pub fn run(
-    id: usize,
-    cpu: Option<core_affinity::CoreId>,
-    config: Arc<Config>,
-    listeners: Vec<StdListener>,
-    isolation: Isolation,
-    ready: Sender<Ready>,
-) {
+/// Everything a shard thread starts from.
+pub struct Spec {
+    pub id: usize,
+    pub local: usize,
+    pub cpu: Option<core_affinity::CoreId>,
+    pub config: Arc<Config>,
+    pub listeners: Vec<StdListener>,
+    pub isolation: Isolation,
+    pub board: Arc<Scoreboard>,
+    /// Resolves (or is dropped) when the worker stops gracefully.
+    pub stop: oneshot::Receiver<()>,
+    /// The app as the supervisor imported it (`--preload`, main interpreter).
+    pub preloaded: Option<Arc<Wsgi>>,
+}
+
+/// Runs a shard on the current thread until it has drained after `stop`.
+pub fn run(spec: Spec, ready: Sender<Ready>) {
+    let Spec {
+        id,
+        local,
+        cpu,
+        config,
+        listeners,
+        isolation,
+        board,
+        stop,
+        preloaded,
+    } = spec;
     if let Some(cpu) = cpu {
         core_affinity::set_for_current(cpu);
     }
-    let attachment = match isolation {
-        Isolation::Subinterpreter => match python::attach_subinterpreter() {
-            Ok(a) => a,
-            Err(e) => {
+    match isolation {
+        Isolation::Subinterpreter => {
+            if let Err(e) = python::attach_subinterpreter() {
                 let _ = ready.send(Ready::Failed(e));
                 return;
             }
-        },
-        Isolation::SharedMain => python::attach_main(),
-    };
+        }
+        Isolation::Main => python::attach_main(),
+    }
     // One attachment for the thread's life: pyo3 sees the GIL held throughout,
     // and the event loop releases it only around kernel waits.
     Python::attach(|py| {
-        let multithread =
-            config.threads > 1 || (isolation == Isolation::SharedMain && config.cores > 1);
-        let wsgi = match Wsgi::load(py, &config.app, attachment.isolation, multithread) {
-            Ok(wsgi) => Arc::new(wsgi),
+        let loaded = match preloaded {
+            Some(wsgi) => Ok(wsgi),
+            None => Wsgi::load(py, &config, isolation).map(Arc::new),
+        };
+        let wsgi = match loaded {
+            Ok(wsgi) => wsgi,
             Err(LoadError::RefusesSubinterpreter(reason)) => {
                 // Ending the sub-interpreter crashes CPython 3.12, so it is left
-                // behind, unused, and this thread ends.
+                // behind, unused; the worker exits.
                 let _ = ready.send(Ready::RefusesSubinterpreter(reason));
                 return;
             }
@@ -88,7 +120,7 @@ pub fn run(
             }
         };
         let pool = if config.threads > 1 {
-            match Pool::start(id, config.threads, wsgi.clone()) {
+            match Pool::start(id, config.threads, wsgi.clone(), board.clone(), local) {
                 Ok(pool) => Some(pool),
                 Err(e) => {
                     let _ = ready.send(Ready::Failed(format!("cannot start Python threads: {e}")));
@@ -98,7 +130,7 @@ pub fn run(
         } else {
             None
         };
-        let _ = ready.send(Ready::Serving(attachment.isolation));
+        let _ = ready.send(Ready::Serving);
         let shard = Rc::new(Shard {
             id,
             config,
@@ -106,38 +138,87 @@ pub fn run(
             pool,
             header_keys: HeaderKeys::default(),
             date: RefCell::new(DateCache::default()),
+            drain: Drain::default(),
+            board,
+            local,
         });
-        runtime::block_on(&rt, serve(shard, listeners));
+        runtime::block_on(&rt, serve(shard, listeners, stop));
     });
 }
 
-async fn serve(shard: Rc<Shard>, listeners: Vec<StdListener>) {
+async fn serve(shard: Rc<Shard>, listeners: Vec<StdListener>, stop: oneshot::Receiver<()>) {
     let mut tasks = Vec::new();
-    for std_listener in listeners {
-        match TcpListener::from_std(std_listener) {
-            Ok(listener) => {
-                tasks.push(compio::runtime::spawn(accept_loop(shard.clone(), listener)))
-            }
-            Err(e) => log::error!("Shard {}: cannot use a listening socket: {e}", shard.id),
+    for listener in listeners {
+        if let Err(e) = listener.set_nonblocking(true) {
+            log::error!("Shard {}: cannot use a listening socket: {e}", shard.id);
+            continue;
         }
+        tasks.push(compio::runtime::spawn(accept_loop(
+            shard.clone(),
+            Rc::new(listener),
+        )));
     }
+    // A dropped sender means the worker is going away: drain as well.
+    let _ = stop.await;
+    shard.drain.start();
     for task in tasks {
         let _ = task.await;
     }
+    shard.drain.finished().await;
 }
 
-async fn accept_loop(shard: Rc<Shard>, listener: TcpListener) {
+/// Accepts connections while the shard runs. It waits for readiness and then
+/// accepts without blocking, rather than keeping an accept in flight: during a
+/// reload the old and new workers share this socket, and an accept cancelled
+/// at the drain could swallow a connection.
+async fn accept_loop(shard: Rc<Shard>, listener: Rc<StdListener>) {
     loop {
-        match listener.accept().await {
+        accept_queued(&shard, &listener).await;
+        if shard.drain.is_draining() {
+            break;
+        }
+        let ready = compio::runtime::submit(PollOnce::new(listener.clone(), Interest::Readable));
+        let drain = shard.drain.started();
+        let ready = std::pin::pin!(ready);
+        let drain = std::pin::pin!(drain);
+        if let Either::Right(_) = futures_util::future::select(ready, drain).await {
+            break;
+        }
+    }
+    if shard.board.retiring(shard.local) {
+        // This socket dies with the worker (TTOU): take what is queued, then stop
+        // listening, so the kernel sends new connections to the other shards.
+        accept_queued(&shard, &listener).await;
+        // SAFETY: shutdown on our own listening descriptor.
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+    }
+}
+
+async fn accept_queued(shard: &Rc<Shard>, listener: &StdListener) {
+    loop {
+        match listener.accept() {
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                compio::runtime::spawn(crate::http::conn::serve(shard.clone(), stream, peer))
-                    .detach();
+                match TcpStream::from_std(stream) {
+                    Ok(stream) => {
+                        compio::runtime::spawn(crate::http::conn::serve(
+                            shard.clone(),
+                            stream,
+                            peer,
+                        ))
+                        .detach();
+                    }
+                    Err(e) => log::error!("Shard {}: cannot serve a connection: {e}", shard.id),
+                }
             }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
             Err(e) => {
                 // Out of descriptors or memory: back off briefly instead of spinning.
                 log::error!("Shard {}: accept failed: {e}", shard.id);
                 compio::time::sleep(std::time::Duration::from_millis(100)).await;
+                return;
             }
         }
     }

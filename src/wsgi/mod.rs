@@ -9,7 +9,7 @@ pub mod response;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
-use crate::cli::AppSpec;
+use crate::cli::Config;
 use crate::python::Isolation;
 
 const SHIM: &std::ffi::CStr =
@@ -66,12 +66,11 @@ fn key(py: Python<'_>, s: &str) -> Py<PyString> {
 
 impl Wsgi {
     /// Runs the shim in the current interpreter and imports the app.
-    pub fn load(
-        py: Python<'_>,
-        spec: &AppSpec,
-        isolation: Isolation,
-        multithread: bool,
-    ) -> Result<Wsgi, LoadError> {
+    pub fn load(py: Python<'_>, config: &Config, isolation: Isolation) -> Result<Wsgi, LoadError> {
+        let spec = &config.app;
+        // Sub-interpreters share no Python state, so to the app they are processes.
+        let multiprocess = config.cores > 1;
+        let multithread = config.threads > 1;
         let shim = PyModule::from_code(py, SHIM, c"turbo_wsgi.py", c"turbo_wsgi")
             .map_err(|e| LoadError::Failed(format!("turbo's WSGI shim failed: {e}")))?;
         let attr = |name: &str| {
@@ -124,7 +123,9 @@ impl Wsgi {
             ),
             (
                 "wsgi.multiprocess",
-                pyo3::types::PyBool::new(py, false).to_owned().into_any(),
+                pyo3::types::PyBool::new(py, multiprocess)
+                    .to_owned()
+                    .into_any(),
             ),
             (
                 "wsgi.run_once",

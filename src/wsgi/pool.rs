@@ -20,6 +20,7 @@ use super::Wsgi;
 use super::input::SharedBody;
 use super::response::{Progress, RequestMeta, Response, internal_error};
 use crate::python;
+use crate::scoreboard::Scoreboard;
 
 /// One request for a pool thread.
 pub struct Job {
@@ -74,18 +75,27 @@ pub struct Pool {
 
 impl Pool {
     /// Starts `threads` Python threads in the calling thread's interpreter.
-    pub fn start(shard: usize, threads: usize, wsgi: Arc<Wsgi>) -> std::io::Result<Pool> {
+    /// Thread `n` reports its app calls in slot `n` of the shard's scoreboard slots.
+    pub fn start(
+        shard: usize,
+        threads: usize,
+        wsgi: Arc<Wsgi>,
+        board: Arc<Scoreboard>,
+        local: usize,
+    ) -> std::io::Result<Pool> {
         let (tasks, rx) = channel::<Task>();
         let rx = Arc::new(Mutex::new(rx));
         let interp = python::current_interpreter();
         for n in 0..threads {
             let rx = rx.clone();
             let wsgi = wsgi.clone();
+            let board = board.clone();
+            let slot = board.slot_index(local, n);
             std::thread::Builder::new()
                 .name(format!("turbo-shard-{shard}-py{n}"))
                 .spawn(move || {
                     python::attach_thread(interp);
-                    Python::attach(|py| worker(py, &wsgi, &rx));
+                    Python::attach(|py| worker(py, &wsgi, &board, slot, &rx));
                 })?;
         }
         Ok(Pool { tasks })
@@ -105,18 +115,24 @@ impl Pool {
     }
 }
 
-fn worker(py: Python<'_>, wsgi: &Wsgi, tasks: &Mutex<Receiver<Task>>) {
+fn worker(
+    py: Python<'_>,
+    wsgi: &Wsgi,
+    board: &Scoreboard,
+    slot: usize,
+    tasks: &Mutex<Receiver<Task>>,
+) {
     loop {
         // Wait without the GIL, so the shard and the other threads can run.
         let task = python::without_gil(|| tasks.lock().ok().and_then(|rx| rx.recv().ok()));
         match task {
-            Some(task) => run(py, wsgi, task),
+            Some(task) => run(py, wsgi, board, slot, task),
             None => return,
         }
     }
 }
 
-fn run(py: Python<'_>, wsgi: &Wsgi, task: Task) {
+fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task) {
     let Task {
         job,
         pieces,
@@ -141,7 +157,10 @@ fn run(py: Python<'_>, wsgi: &Wsgi, task: Task) {
     };
     let mut response = Response::new(result, job.start_response, job.body, job.meta);
     loop {
-        let progress = response.advance(py, wsgi, &mut out, &job.date);
+        let progress = {
+            let _busy = board.busy(slot);
+            response.advance(py, wsgi, &mut out, &job.date)
+        };
         if progress != Progress::More {
             // close() runs before the shard hears the end, as it would inline.
             let keep_alive = response.keep_alive;

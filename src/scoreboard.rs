@@ -1,0 +1,153 @@
+//! Memory shared between the supervisor and one worker process, mapped before
+//! the fork. Each thread that runs app code owns one slot, on its own cache line,
+//! where it records when its current app call began and how many requests it
+//! has served. The supervisor reads the slots to kill workers stuck in a request
+//! (`--timeout`) and to recycle workers (`--max-requests`); the request path
+//! only ever writes its own slot.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+#[repr(C, align(64))]
+struct Slot {
+    /// Milliseconds on CLOCK_MONOTONIC when the current app call began; 0 when idle.
+    busy_since: AtomicU64,
+    requests: AtomicU64,
+}
+
+#[repr(C, align(64))]
+struct Header {
+    /// Set by the supervisor when the shard's sockets die with this worker
+    /// (`TTOU`): the shard accepts what is queued and then stops listening.
+    retire: [AtomicBool; 64],
+}
+
+/// The shared mapping; the supervisor and the worker each hold one after the fork.
+pub struct Scoreboard {
+    base: *mut u8,
+    len: usize,
+    slots: usize,
+    per_shard: usize,
+}
+
+// SAFETY: the mapping is only accessed through atomics.
+unsafe impl Send for Scoreboard {}
+unsafe impl Sync for Scoreboard {}
+
+/// Milliseconds on CLOCK_MONOTONIC, which the supervisor and workers share.
+pub fn now_ms() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only to `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
+}
+
+impl Scoreboard {
+    /// A zeroed board for `shards` shards of `threads` app threads each.
+    pub fn new(shards: usize, threads: usize) -> std::io::Result<Scoreboard> {
+        let slots = shards * threads;
+        let len = std::mem::size_of::<Header>() + slots * std::mem::size_of::<Slot>();
+        // SAFETY: a fresh anonymous shared mapping; zero bytes are valid atomics.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Scoreboard {
+            base: base.cast(),
+            len,
+            slots,
+            per_shard: threads,
+        })
+    }
+
+    fn header(&self) -> &Header {
+        // SAFETY: the mapping starts with a Header and lives as long as self.
+        unsafe { &*self.base.cast::<Header>() }
+    }
+
+    fn slot(&self, index: usize) -> &Slot {
+        assert!(index < self.slots);
+        // SAFETY: index is in bounds of the slots that follow the header.
+        unsafe {
+            &*self
+                .base
+                .add(std::mem::size_of::<Header>())
+                .cast::<Slot>()
+                .add(index)
+        }
+    }
+
+    /// The slot of thread `thread` of the worker's `shard`-th shard.
+    pub fn slot_index(&self, shard: usize, thread: usize) -> usize {
+        shard * self.per_shard + thread
+    }
+
+    /// Marks an app call as running in `slot` until the guard drops.
+    pub fn busy(&self, slot: usize) -> Busy<'_> {
+        let slot = self.slot(slot);
+        slot.busy_since.store(now_ms().max(1), Ordering::Relaxed);
+        Busy(slot)
+    }
+
+    /// Counts a request; only the slot's own thread writes it.
+    pub fn count_request(&self, slot: usize) {
+        let requests = &self.slot(slot).requests;
+        requests.store(requests.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// The longest-running app call, in milliseconds, if any is running.
+    pub fn longest_busy(&self, now: u64) -> Option<u64> {
+        (0..self.slots)
+            .map(|i| self.slot(i).busy_since.load(Ordering::Relaxed))
+            .filter(|&since| since != 0)
+            .map(|since| now.saturating_sub(since))
+            .max()
+    }
+
+    /// Requests served by the whole worker.
+    pub fn requests(&self) -> u64 {
+        (0..self.slots)
+            .map(|i| self.slot(i).requests.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    pub fn set_retire(&self, shard: usize) {
+        if let Some(flag) = self.header().retire.get(shard) {
+            flag.store(true, Ordering::Release);
+        }
+    }
+
+    pub fn retiring(&self, shard: usize) -> bool {
+        self.header()
+            .retire
+            .get(shard)
+            .is_some_and(|f| f.load(Ordering::Acquire))
+    }
+}
+
+impl Drop for Scoreboard {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly what `new` mapped.
+        unsafe { libc::munmap(self.base.cast(), self.len) };
+    }
+}
+
+/// An app call in progress; dropping it marks the slot idle.
+pub struct Busy<'a>(&'a Slot);
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        self.0.busy_since.store(0, Ordering::Relaxed);
+    }
+}

@@ -1,0 +1,533 @@
+//! The supervisor, Gunicorn's arbiter: it owns the configuration, the listening
+//! sockets and the signals, forks the worker processes and keeps the service up.
+//! It replaces workers that die, kills workers stuck in a request
+//! (`--timeout`), recycles them (`--max-requests`), reloads on HUP with new
+//! workers up before the old ones drain, resizes on TTIN/TTOU and re-executes
+//! itself on USR2. It imports no app code unless `--preload` is given.
+
+mod sockets;
+mod workers;
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use pyo3::prelude::*;
+
+use crate::cli::{Config, IsolationMode};
+use crate::python::{self, Isolation};
+use crate::signals::{self, exit_now};
+use crate::worker::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
+use crate::wsgi::Wsgi;
+use sockets::Sockets;
+use workers::Worker;
+
+/// How long a worker gets between SIGABRT and SIGKILL after a timeout.
+const ABORT_GRACE: Duration = Duration::from_secs(2);
+
+struct Supervisor {
+    config: Arc<Config>,
+    sockets: Sockets,
+    signals: OwnedFd,
+    isolation: Isolation,
+    /// `auto` chose sub-interpreters and no worker has proven them yet.
+    probing: bool,
+    cores: usize,
+    workers: Vec<Worker>,
+    /// The app preloaded in this process (`--preload`).
+    preloaded: Option<Arc<Wsgi>>,
+    python_running: bool,
+    /// Set once TERM, INT or QUIT arrived: the time by which workers must be gone.
+    stopping: Option<Instant>,
+    /// A new supervisor started by USR2.
+    successor: Option<libc::pid_t>,
+    /// Whether every shard was served by a ready worker at the last check.
+    all_ready: bool,
+}
+
+pub fn run(config: Config) -> ! {
+    let signal_fd = match signals::supervisor() {
+        Ok(fd) => fd,
+        Err(e) => {
+            log::error!("Cannot set up signal handling: {e}");
+            exit_now(1);
+        }
+    };
+    log::info!("Starting turbo {}", env!("CARGO_PKG_VERSION"));
+    let mut sockets = Sockets::new(&config.binds, config.backlog);
+    if let Err(e) = sockets.ensure(config.cores) {
+        log::error!("{e}");
+        exit_now(1);
+    }
+    for addr in &config.binds {
+        log::info!("Listening at: http://{addr} ({})", std::process::id());
+    }
+    if let Some(path) = &config.pidfile {
+        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
+            log::error!("Cannot write the pidfile {}: {e}", path.display());
+            exit_now(1);
+        }
+    }
+
+    let (isolation, probing) = match config.isolation {
+        IsolationMode::Process => (Isolation::Main, false),
+        IsolationMode::Subinterpreter if python::supports_own_gil() => {
+            (Isolation::Subinterpreter, false)
+        }
+        IsolationMode::Subinterpreter => {
+            log::error!(
+                "--isolation subinterpreter needs Python 3.12 or newer; this turbo is built \
+                 for Python {}",
+                python::LINKED_VERSION
+            );
+            exit_now(2);
+        }
+        IsolationMode::Auto if python::supports_own_gil() => (Isolation::Subinterpreter, true),
+        IsolationMode::Auto => {
+            log::info!(
+                "Python {} has no per-interpreter GIL; one worker process per shard",
+                python::LINKED_VERSION
+            );
+            (Isolation::Main, false)
+        }
+    };
+
+    let config = Arc::new(config);
+    let preloaded = config.preload.then(|| preload(&config));
+    let mut supervisor = Supervisor {
+        cores: config.cores,
+        config,
+        sockets,
+        signals: signal_fd,
+        isolation,
+        probing,
+        workers: Vec::new(),
+        python_running: preloaded.is_some(),
+        preloaded,
+        stopping: None,
+        successor: None,
+        all_ready: false,
+    };
+    supervisor.run()
+}
+
+/// Imports the app in this process's main interpreter, before any fork.
+fn preload(config: &Config) -> Arc<Wsgi> {
+    if let Err(e) = python::initialize() {
+        log::error!("{e}");
+        exit_now(1);
+    }
+    match Python::attach(|py| Wsgi::load(py, config, Isolation::Main)) {
+        Ok(wsgi) => Arc::new(wsgi),
+        Err(crate::wsgi::LoadError::Failed(msg)) => {
+            eprintln!("{}", msg.trim_end());
+            log::error!("App failed to load: {}", config.app.module);
+            exit_now(APP_LOAD_ERROR);
+        }
+        Err(crate::wsgi::LoadError::RefusesSubinterpreter(reason)) => {
+            log::error!("App failed to load: {reason}");
+            exit_now(APP_LOAD_ERROR);
+        }
+    }
+}
+
+impl Supervisor {
+    fn run(&mut self) -> ! {
+        loop {
+            self.reconcile();
+            if self.stopping.is_some() && self.workers.is_empty() {
+                self.shut_down();
+            }
+            self.wait();
+            while let Some(sig) = signals::read(&self.signals) {
+                self.on_signal(sig);
+            }
+            self.read_reports();
+            self.reap();
+            self.check_workers();
+        }
+    }
+
+    /// Sleeps until a signal, a worker report, or the next periodic check.
+    fn wait(&self) {
+        let mut fds = vec![libc::pollfd {
+            fd: self.signals.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        }];
+        fds.extend(
+            self.workers
+                .iter()
+                .filter_map(Worker::report_fd)
+                .map(|fd| libc::pollfd {
+                    fd,
+                    events: libc::POLLIN,
+                    revents: 0,
+                }),
+        );
+        // Recycling needs a closer look than timeouts do.
+        let tick = if self.config.max_requests > 0 || self.stopping.is_some() {
+            100
+        } else {
+            500
+        };
+        // SAFETY: polls an array of valid pollfd structs of the given length.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, tick) };
+    }
+
+    fn on_signal(&mut self, sig: i32) {
+        if sig != libc::SIGCHLD {
+            log::info!("Handling signal: {}", signals::name(sig));
+        }
+        match sig {
+            libc::SIGCHLD => {}
+            libc::SIGTERM => self.stop(libc::SIGTERM),
+            libc::SIGINT | libc::SIGQUIT => self.stop(libc::SIGQUIT),
+            _ if self.stopping.is_some() => {}
+            libc::SIGHUP => {
+                log::info!("Hang up: Master");
+                self.replace_all();
+            }
+            libc::SIGTTIN => {
+                if let Err(e) = self.sockets.ensure(self.cores + 1) {
+                    log::error!("Cannot add a shard: {e}");
+                    return;
+                }
+                self.cores += 1;
+                log::info!("Shards: {}", self.cores);
+                if self.isolation == Isolation::Subinterpreter {
+                    self.replace_all();
+                }
+            }
+            libc::SIGTTOU => {
+                if self.cores == 1 {
+                    log::info!("Shards: 1 (already the fewest)");
+                    return;
+                }
+                self.cores -= 1;
+                log::info!("Shards: {}", self.cores);
+                match self.isolation {
+                    Isolation::Subinterpreter => self.replace_all(),
+                    Isolation::Main => {
+                        let cores = self.cores;
+                        for w in self.workers.iter_mut().filter(|w| w.shards[0] >= cores) {
+                            w.retiring = true;
+                        }
+                    }
+                }
+            }
+            libc::SIGUSR1 => {
+                for w in &self.workers {
+                    w.signal(libc::SIGUSR1);
+                }
+            }
+            libc::SIGUSR2 => self.reexec(),
+            _ => {}
+        }
+    }
+
+    /// New workers for every shard; the current ones stop once those are ready.
+    fn replace_all(&mut self) {
+        for w in self.workers.iter_mut().filter(|w| w.stopped_at.is_none()) {
+            w.retiring = true;
+        }
+    }
+
+    fn stop(&mut self, sig: i32) {
+        if self.stopping.is_none() {
+            self.stopping = Some(Instant::now() + self.config.graceful_timeout);
+        }
+        for w in self.workers.iter_mut() {
+            w.stop(sig);
+        }
+    }
+
+    fn shut_down(&self) -> ! {
+        log::info!("Shutting down: Master");
+        self.remove_pidfile();
+        exit_now(0);
+    }
+
+    fn remove_pidfile(&self) {
+        if let Some(path) = &self.config.pidfile {
+            let ours = std::fs::read_to_string(path)
+                .is_ok_and(|s| s.trim() == std::process::id().to_string());
+            if ours {
+                let _ = std::fs::remove_file(path);
+            }
+        }
+    }
+
+    /// Starts workers for shards no live worker serves, and stops retiring
+    /// workers whose shards are now served by ready successors.
+    fn reconcile(&mut self) {
+        if self.stopping.is_some() {
+            return;
+        }
+        let cores = self.cores;
+        let serving = |workers: &[Worker], shard: usize, ready: bool| {
+            workers.iter().any(|w| {
+                !w.retiring
+                    && w.stopped_at.is_none()
+                    && (w.ready || !ready)
+                    && w.shards.contains(&shard)
+            })
+        };
+        match self.isolation {
+            Isolation::Subinterpreter => {
+                if (0..cores).any(|s| !serving(&self.workers, s, false)) {
+                    self.spawn((0..cores).collect());
+                }
+            }
+            Isolation::Main => {
+                for shard in 0..cores {
+                    if !serving(&self.workers, shard, false) {
+                        self.spawn(vec![shard]);
+                    }
+                }
+            }
+        }
+        let covered: Vec<bool> = (0..cores)
+            .map(|s| serving(&self.workers, s, true))
+            .collect();
+        for w in self.workers.iter_mut() {
+            if w.retiring
+                && w.stopped_at.is_none()
+                && w.shards.iter().all(|&s| s >= cores || covered[s])
+            {
+                for (local, &shard) in w.shards.iter().enumerate() {
+                    if shard >= cores {
+                        w.board.set_retire(local);
+                    }
+                }
+                log::info!("Stopping worker (pid:{}) gracefully", w.pid);
+                w.stop(libc::SIGTERM);
+            }
+        }
+        let all_ready = covered.iter().all(|&c| c) && self.workers.iter().all(|w| !w.retiring);
+        if all_ready && !self.all_ready {
+            let mode = match self.isolation {
+                Isolation::Subinterpreter => "one sub-interpreter per shard in one worker process",
+                Isolation::Main => "one worker process per shard",
+            };
+            log::info!(
+                "Ready: {} shard(s), {} thread(s) each, {mode}",
+                cores,
+                self.config.threads
+            );
+        }
+        self.all_ready = all_ready;
+        if self
+            .workers
+            .iter()
+            .all(|w| w.shards.iter().all(|&s| s < cores))
+        {
+            self.sockets.truncate(cores);
+        }
+    }
+
+    fn spawn(&mut self, shards: Vec<usize>) {
+        let others: Vec<i32> = self
+            .workers
+            .iter()
+            .filter_map(Worker::report_fd)
+            .chain([self.signals.as_raw_fd()])
+            .collect();
+        let spawned = workers::spawn(workers::Fork {
+            config: &self.config,
+            sockets: &mut self.sockets,
+            shards,
+            isolation: self.isolation,
+            python_running: self.python_running,
+            preloaded: self.preloaded.clone(),
+            close_in_child: &others,
+        });
+        match spawned {
+            Ok(worker) => {
+                log::info!(
+                    "Started worker (pid:{}) for shard(s) {:?}",
+                    worker.pid,
+                    worker.shards
+                );
+                self.workers.push(worker);
+            }
+            Err(e) => log::error!("Cannot start a worker: {e}"),
+        }
+    }
+
+    fn read_reports(&mut self) {
+        let mut refused = None;
+        for w in self.workers.iter_mut() {
+            for line in w.read_reports() {
+                if line == "ready" {
+                    w.ready = true;
+                } else if let Some(reason) = line.strip_prefix("refused ") {
+                    refused = Some(reason.to_string());
+                    w.gone_quietly = true;
+                }
+            }
+        }
+        if self.probing && self.workers.iter().any(|w| w.ready) {
+            self.probing = false;
+        }
+        if let Some(reason) = refused {
+            if self.probing {
+                log::info!(
+                    "The app cannot load in a sub-interpreter ({reason}); \
+                     one worker process per shard"
+                );
+                self.isolation = Isolation::Main;
+                self.probing = false;
+            } else if self.isolation == Isolation::Subinterpreter {
+                log::error!(
+                    "The app cannot load in a sub-interpreter ({reason}); \
+                     use --isolation process or auto"
+                );
+                self.halt(APP_LOAD_ERROR, "App failed to load.");
+            }
+        }
+    }
+
+    /// Collects exited children and decides what their exit means.
+    fn reap(&mut self) {
+        loop {
+            let mut status = 0;
+            // SAFETY: non-blocking wait for any child, writing only `status`.
+            let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+            if pid <= 0 {
+                return;
+            }
+            if Some(pid) == self.successor {
+                log::info!("The new supervisor (pid:{pid}) exited");
+                self.successor = None;
+                self.restore_pidfile();
+                continue;
+            }
+            let Some(i) = self.workers.iter().position(|w| w.pid == pid) else {
+                continue;
+            };
+            let w = self.workers.swap_remove(i);
+            w.log_exit(status);
+            let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
+            let expected = w.stopped_at.is_some() || w.gone_quietly;
+            if expected || self.stopping.is_some() {
+                continue;
+            }
+            if !w.ready && matches!(code, Some(APP_LOAD_ERROR | WORKER_BOOT_ERROR)) {
+                let reason = if code == Some(APP_LOAD_ERROR) {
+                    "App failed to load."
+                } else {
+                    "Worker failed to boot."
+                };
+                let old_serving = self.workers.iter().any(|o| o.ready && o.retiring);
+                if old_serving {
+                    // A reload with a broken app: keep the workers that run.
+                    log::error!(
+                        "{reason} The running workers keep serving; fix the app and send HUP."
+                    );
+                    for o in self.workers.iter_mut() {
+                        if o.stopped_at.is_none() {
+                            o.retiring = false;
+                        }
+                    }
+                    self.workers.retain(|o| o.ready || o.stopped_at.is_some());
+                    continue;
+                }
+                self.halt(code.unwrap_or(1), reason);
+            }
+            if !w.retiring {
+                log::info!("Replacing worker (pid:{pid}) for shard(s) {:?}", w.shards);
+            }
+        }
+    }
+
+    /// Enforces --timeout, --max-requests and --graceful-timeout.
+    fn check_workers(&mut self) {
+        let now = Instant::now();
+        let timeout = self.config.timeout;
+        for w in self.workers.iter_mut() {
+            if let Some(aborted) = w.aborted_at {
+                if now.duration_since(aborted) > ABORT_GRACE {
+                    w.signal(libc::SIGKILL);
+                }
+                continue;
+            }
+            if !timeout.is_zero() {
+                let busy = w.board.longest_busy(crate::scoreboard::now_ms());
+                if busy.is_some_and(|ms| ms > timeout.as_millis() as u64) {
+                    log::error!("WORKER TIMEOUT (pid:{})", w.pid);
+                    w.signal(libc::SIGABRT);
+                    w.aborted_at = Some(now);
+                    continue;
+                }
+            }
+            let grace_over = self.stopping.map_or_else(
+                || {
+                    w.stopped_at
+                        .is_some_and(|t| now.duration_since(t) > self.config.graceful_timeout)
+                },
+                |deadline| now > deadline,
+            );
+            if grace_over {
+                w.signal(libc::SIGKILL);
+                continue;
+            }
+            if w.ready && !w.retiring && w.max_requests > 0 && w.board.requests() >= w.max_requests
+            {
+                log::info!(
+                    "Worker (pid:{}) served its {} requests (--max-requests); replacing it",
+                    w.pid,
+                    w.max_requests
+                );
+                w.retiring = true;
+            }
+        }
+    }
+
+    fn halt(&self, code: i32, reason: &str) -> ! {
+        log::error!("Reason: {reason}");
+        for w in &self.workers {
+            w.signal(libc::SIGKILL);
+        }
+        self.remove_pidfile();
+        exit_now(code);
+    }
+
+    /// USR2: starts a new supervisor from the binary on disk, handing it the
+    /// listening sockets, as Gunicorn does. Both serve until this one is told
+    /// to stop.
+    fn reexec(&mut self) {
+        if self.successor.is_some() {
+            log::warn!("USR2 ignored: a new supervisor is already running");
+            return;
+        }
+        let fds = self.sockets.raw_fds();
+        if let Some(path) = &self.config.pidfile {
+            let _ = std::fs::rename(path, oldbin(path));
+        }
+        match workers::exec_successor(&fds, &[self.signals.as_raw_fd()]) {
+            Ok(pid) => {
+                log::info!("Started a new supervisor (pid:{pid})");
+                self.successor = Some(pid);
+            }
+            Err(e) => {
+                log::error!("Cannot start a new supervisor: {e}");
+                self.restore_pidfile();
+            }
+        }
+    }
+
+    fn restore_pidfile(&self) {
+        if let Some(path) = &self.config.pidfile {
+            if oldbin(path).exists() {
+                let _ = std::fs::rename(oldbin(path), path);
+            }
+        }
+    }
+}
+
+fn oldbin(path: &std::path::Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".oldbin");
+    name.into()
+}

@@ -1,0 +1,145 @@
+//! A worker process, forked by the supervisor: it starts Python (unless the
+//! supervisor preloaded it), boots its shards one by one, tells the supervisor
+//! it is ready, then waits for a signal. TERM drains the shards gracefully; INT
+//! and QUIT leave at once.
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use futures_channel::oneshot;
+
+use crate::cli::Config;
+use crate::python::{self, Isolation};
+use crate::scoreboard::Scoreboard;
+use crate::shard::{self, Ready};
+use crate::signals;
+use crate::wsgi::Wsgi;
+
+/// Gunicorn's exit status for a worker that could not boot.
+pub const WORKER_BOOT_ERROR: i32 = 3;
+/// Gunicorn's exit status when the app cannot be loaded.
+pub const APP_LOAD_ERROR: i32 = 4;
+
+/// What the supervisor hands a new worker process.
+pub struct Spec {
+    pub config: Arc<Config>,
+    /// Shard numbers with their listening sockets, one per bind.
+    pub shards: Vec<(usize, Vec<TcpListener>)>,
+    pub isolation: Isolation,
+    pub board: Arc<Scoreboard>,
+    /// The pipe on which the worker reports to the supervisor.
+    pub report: std::fs::File,
+    /// Python already runs in this process (`--preload`).
+    pub python_running: bool,
+    /// The app the supervisor imported (`--preload`), for main-interpreter shards.
+    pub preloaded: Option<Arc<Wsgi>>,
+}
+
+/// Reports one line to the supervisor (`ready`, or `refused REASON`).
+fn report(pipe: &mut std::fs::File, line: &str) {
+    // One short write, so the line arrives whole.
+    let _ = pipe.write_all(format!("{line}\n").as_bytes());
+}
+
+pub fn run(spec: Spec) -> ! {
+    let Spec {
+        config,
+        shards,
+        isolation,
+        board,
+        report: mut report_pipe,
+        python_running,
+        preloaded,
+    } = spec;
+    let waits = signals::worker();
+    log::info!("Booting worker with pid: {}", std::process::id());
+    if !python_running {
+        if let Err(e) = python::initialize() {
+            log::error!("{e}");
+            signals::exit_now(WORKER_BOOT_ERROR);
+        }
+    }
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let mut stops = Vec::new();
+    let mut threads = Vec::new();
+    // Shards boot one at a time: CPython 3.12 is unsafe when two interpreters
+    // initialise the same extension module at once.
+    for (local, (id, listeners)) in shards.into_iter().enumerate() {
+        let cpu = (!cpus.is_empty()).then(|| cpus[id % cpus.len()]);
+        let (stop_tx, stop) = oneshot::channel();
+        let (ready_tx, ready) = mpsc::channel();
+        let spec = shard::Spec {
+            id,
+            local,
+            cpu,
+            config: config.clone(),
+            listeners,
+            isolation,
+            board: board.clone(),
+            stop,
+            preloaded: preloaded.clone().filter(|_| isolation == Isolation::Main),
+        };
+        let spawned = std::thread::Builder::new()
+            .name(format!("turbo-shard-{id}"))
+            .spawn(move || shard::run(spec, ready_tx));
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(e) => {
+                log::error!("Cannot start shard {id}: {e}");
+                signals::exit_now(WORKER_BOOT_ERROR);
+            }
+        }
+        stops.push(stop_tx);
+        match ready.recv() {
+            Ok(Ready::Serving) => {
+                let mode = match isolation {
+                    Isolation::Subinterpreter => "own sub-interpreter",
+                    Isolation::Main => "main interpreter",
+                };
+                let on = cpu.map_or("any CPU".to_string(), |c| format!("CPU {}", c.id));
+                log::info!("Booting shard {id} on {on} ({mode})");
+            }
+            Ok(Ready::RefusesSubinterpreter(reason)) => {
+                report(&mut report_pipe, &format!("refused {reason}"));
+                signals::exit_now(0);
+            }
+            Ok(Ready::Failed(msg)) => {
+                eprintln!("{}", msg.trim_end());
+                log::error!("App failed to load: {}", config.app.module);
+                signals::exit_now(APP_LOAD_ERROR);
+            }
+            Err(_) => {
+                log::error!("Shard {id} stopped while starting");
+                signals::exit_now(WORKER_BOOT_ERROR);
+            }
+        }
+    }
+    report(&mut report_pipe, "ready");
+
+    loop {
+        match signals::wait(&waits) {
+            libc::SIGTERM => {
+                log::info!("Worker exiting (pid: {})", std::process::id());
+                for stop in stops.drain(..) {
+                    let _ = stop.send(());
+                }
+                // Shards end once their connections have; INT or QUIT still
+                // cut the wait short, and the supervisor kills after
+                // --graceful-timeout.
+                let joining = std::mem::take(&mut threads);
+                let _ = std::thread::Builder::new()
+                    .name("turbo-drain".into())
+                    .spawn(move || {
+                        for thread in joining {
+                            let _ = thread.join();
+                        }
+                        signals::exit_now(0);
+                    });
+            }
+            libc::SIGINT | libc::SIGQUIT => signals::exit_now(0),
+            _ => {}
+        }
+    }
+}
