@@ -19,6 +19,9 @@ struct Header {
     /// Set by the supervisor when the shard's sockets die with this worker
     /// (`TTOU`): the shard accepts what is queued and then stops listening.
     retire: [AtomicBool; 64],
+    /// Set by the worker when it starts a graceful stop, so responses still in
+    /// the making say `Connection: close`.
+    stopping: AtomicBool,
 }
 
 /// The shared mapping; the supervisor and the worker each hold one after the fork.
@@ -120,6 +123,14 @@ impl Scoreboard {
         (0..self.slots)
             .map(|i| self.slot(i).requests.load(Ordering::Relaxed))
             .sum()
+    }
+
+    pub fn set_stopping(&self) {
+        self.header().stopping.store(true, Ordering::Relaxed);
+    }
+
+    pub fn stopping(&self) -> bool {
+        self.header().stopping.load(Ordering::Relaxed)
     }
 
     pub fn set_retire(&self, shard: usize) {

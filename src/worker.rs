@@ -122,6 +122,7 @@ pub fn run(spec: Spec) -> ! {
         match signals::wait(&waits) {
             libc::SIGTERM => {
                 log::info!("Worker exiting (pid: {})", std::process::id());
+                board.set_stopping();
                 for stop in stops.drain(..) {
                     let _ = stop.send(());
                 }

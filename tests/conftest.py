@@ -67,13 +67,15 @@ class Turbo:
             return "".join(self.lines)
 
     def wait_for(self, pattern, timeout=10):
-        """Waits for a log line matching `pattern`, or fails after `timeout`."""
+        """Returns the first log line matching `pattern`, waiting for it for at
+        most `timeout` seconds."""
         regex = re.compile(pattern)
         deadline = time.monotonic() + timeout
         with self.cond:
             while True:
-                if any(regex.search(line) for line in self.lines):
-                    return
+                found = next((line for line in self.lines if regex.search(line)), None)
+                if found is not None:
+                    return found
                 left = deadline - time.monotonic()
                 if left <= 0 or (self.proc.poll() is not None and not self.reader.is_alive()):
                     raise AssertionError(f"no log line matching {pattern!r}; log:\n{self.log}")

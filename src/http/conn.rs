@@ -121,9 +121,7 @@ impl Conn {
             if keep_alive.is_none() {
                 return;
             }
-            if keep_alive == Some(false)
-                || cfg.keep_alive.is_zero()
-                || self.shard.drain.is_draining()
+            if keep_alive == Some(false) || cfg.keep_alive.is_zero() || self.shard.board.stopping()
             {
                 let _ = self.flush().await;
                 return self.linger().await;
@@ -258,7 +256,7 @@ impl Conn {
             minor: head.minor,
             is_head: head.is_head(&self.rbuf),
             // A draining shard says Connection: close on its last responses.
-            keep_alive: head.keep_alive && !shard.drain.is_draining(),
+            keep_alive: head.keep_alive && !shard.board.stopping(),
         };
         let slot = shard.board.slot_index(shard.local, 0);
         shard.board.count_request(slot);
@@ -320,7 +318,7 @@ impl Conn {
                 });
                 match result {
                     Err(e) => {
-                        Python::attach(|py| wsgi.log_exception(py, "Error handling request", &e));
+                        Python::attach(|py| wsgi.app_failed(py, &e));
                         internal_error(&mut self.out, &date);
                         false
                     }
@@ -350,6 +348,9 @@ impl Conn {
         let wsgi = &shard.wsgi;
         let mut alive = true;
         loop {
+            if shard.board.stopping() {
+                response.keep_alive = false;
+            }
             let progress = Python::attach(|py| {
                 let _busy = shard.board.busy(slot);
                 response.advance(py, wsgi, &mut self.out, date)

@@ -178,6 +178,21 @@ impl Wsgi {
     }
 
     /// Logs an exception raised by the app, with its traceback, at error level.
+    /// An exception from the app while it handled a request. SystemExit ends
+    /// the worker, as it does under Gunicorn; the supervisor replaces it.
+    pub fn app_failed(&self, py: Python<'_>, err: &PyErr) {
+        if err.is_instance_of::<pyo3::exceptions::PySystemExit>(py) {
+            let code = err
+                .value(py)
+                .getattr("code")
+                .and_then(|c| c.extract::<i32>())
+                .unwrap_or(1);
+            log::error!("The app called sys.exit({code}); the worker exits");
+            crate::signals::exit_now(code);
+        }
+        self.log_exception(py, "Error handling request", err);
+    }
+
     pub fn log_exception(&self, py: Python<'_>, context: &str, err: &PyErr) {
         log::error!(
             "{context}\n{}",

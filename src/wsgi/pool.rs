@@ -145,7 +145,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
     let result = match result {
         Ok(result) => result,
         Err(e) => {
-            wsgi.log_exception(py, "Error handling request", &e);
+            wsgi.app_failed(py, &e);
             internal_error(&mut out, &job.date);
             let _ = pieces.unbounded_send(Piece {
                 bytes: out,
@@ -157,6 +157,9 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
     };
     let mut response = Response::new(result, job.start_response, job.body, job.meta);
     loop {
+        if board.stopping() {
+            response.keep_alive = false;
+        }
         let progress = {
             let _busy = board.busy(slot);
             response.advance(py, wsgi, &mut out, &job.date)

@@ -152,7 +152,7 @@ impl Response {
             Ok(progress) => progress,
             Err(err) => {
                 match err {
-                    Failure::App(e) => wsgi.log_exception(py, "Error handling request", &e),
+                    Failure::App(e) => wsgi.app_failed(py, &e),
                     Failure::Bad(msg) => {
                         log::error!("Invalid response from the application: {msg}")
                     }

@@ -1,0 +1,255 @@
+"""The supervisor keeps the service up: crashed and hung workers are replaced,
+TERM drains, HUP and --max-requests swap workers without a failed request,
+TTIN/TTOU resize, USR2 hands the sockets to a new supervisor."""
+
+import concurrent.futures
+import http.client
+import os
+import re
+import signal
+import sys
+import threading
+import time
+
+import pytest
+
+from conftest import read_response
+
+OWN_GIL = sys.version_info >= (3, 12)
+
+
+def get(srv, path="/", timeout=10):
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=timeout)
+    try:
+        conn.request("GET", path, headers={"Connection": "close"})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def worker_pid(srv):
+    status, body = get(srv)
+    assert status == 200
+    return int(body)
+
+
+class Load:
+    """Clients sending requests on fresh connections until stopped, counting
+    every request and every failure."""
+
+    def __init__(self, srv, clients=4):
+        self.srv = srv
+        self.sent = 0
+        self.failures = []
+        self.pids = set()
+        self.lock = threading.Lock()
+        self.running = True
+        self.threads = [threading.Thread(target=self.client, daemon=True) for _ in range(clients)]
+        for t in self.threads:
+            t.start()
+
+    def client(self):
+        while self.running:
+            try:
+                status, body = get(self.srv)
+                ok = status == 200
+            except Exception as e:  # noqa: BLE001 - every failure counts
+                ok, body = False, repr(e).encode()
+            with self.lock:
+                self.sent += 1
+                if ok:
+                    self.pids.add(int(body))
+                else:
+                    self.failures.append(body)
+
+    def wait_for_sent(self, n, timeout=30):
+        deadline = time.monotonic() + timeout
+        while self.sent < n:
+            assert time.monotonic() < deadline, f"only {self.sent} requests sent"
+            time.sleep(0.01)
+
+    def stop(self):
+        self.running = False
+        for t in self.threads:
+            t.join(30)
+
+
+@pytest.mark.parametrize("path, exit_line", [
+    ("/abort", "was sent SIGABRT!"),
+    ("/segfault", "was sent SIGSEGV!"),
+    ("/exit", "exited with code 3"),
+])
+def test_a_dead_worker_is_logged_and_replaced(turbo, path, exit_line):
+    srv = turbo("lifecycle:app")
+    old = worker_pid(srv)
+    start = time.monotonic()
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        get(srv, path)
+    srv.wait_for(re.escape(f"Worker (pid:{old}) {exit_line}"))
+    srv.wait_for_count("Ready:", 2)
+    new = worker_pid(srv)
+    print(f"{path}: serving again {time.monotonic() - start:.3f}s after the crash")
+    assert new != old
+    assert f"Replacing worker (pid:{old})" in srv.log
+    assert re.search(rf"Started worker \(pid:{new}\)", srv.log)
+
+
+def test_in_process_mode_the_other_workers_keep_serving(turbo):
+    srv = turbo("lifecycle:app", "--isolation", "process", "--cores", "2")
+    assert srv.log.count("Booting worker with pid") == 2
+    pids = set()
+    while len(pids) < 2:
+        pids.add(worker_pid(srv))
+    victim = min(pids)
+    os.kill(victim, signal.SIGKILL)
+    srv.wait_for(re.escape(f"Worker (pid:{victim}) was sent SIGKILL!"))
+    survivor = (pids - {victim}).pop()
+    srv.wait_for_count("Ready:", 2)
+    seen = set()
+    for _ in range(40):
+        seen.add(worker_pid(srv))
+        if len(seen) == 2:
+            break
+    assert survivor in seen and victim not in seen
+
+
+def test_a_hung_worker_is_killed_after_timeout(turbo):
+    srv = turbo("lifecycle:app", "--timeout", "1")
+    old = worker_pid(srv)
+    with pytest.raises((ConnectionError, http.client.HTTPException)):
+        get(srv, "/hang", timeout=30)
+    assert f"WORKER TIMEOUT (pid:{old})" in srv.log
+    srv.wait_for(re.escape(f"Worker (pid:{old}) was sent SIGABRT!"))
+    srv.wait_for_count("Ready:", 2)
+    assert worker_pid(srv) != old
+
+
+def test_term_finishes_the_request_in_flight(turbo):
+    srv = turbo("lifecycle:app")
+    with srv.connect() as idle, srv.connect(timeout=30) as busy:
+        idle.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(idle)[0] == 200
+        busy.sendall(b"GET /slow?2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        srv.wait_for("slow request started")
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.wait_for("Worker exiting")
+        status, headers, body, _ = read_response(busy, timeout=30)
+        assert status == 200 and body.isdigit()
+        assert headers["connection"] == "close"
+        # The idle keep-alive connection was closed, not left to time out.
+        idle.settimeout(10)
+        assert idle.recv(100) == b""
+    assert srv.wait_exit() == 0
+    assert "Shutting down: Master" in srv.log
+
+
+def test_int_exits_at_once(turbo):
+    srv = turbo("lifecycle:app")
+    with srv.connect(timeout=30) as busy:
+        busy.sendall(b"GET /slow?60 HTTP/1.1\r\nHost: x\r\n\r\n")
+        srv.wait_for("slow request started")
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.wait_exit(timeout=10) == 0
+
+
+def test_hup_reloads_with_zero_failed_requests(turbo):
+    srv = turbo("lifecycle:app", "--cores", "2")
+    load = Load(srv)
+    try:
+        load.wait_for_sent(100)
+        before = set(load.pids)
+        srv.proc.send_signal(signal.SIGHUP)
+        srv.wait_for("Hang up: Master")
+        srv.wait_for_count("Ready:", 2, timeout=30)
+        for pid in before:
+            srv.wait_for(re.escape(f"Worker (pid:{pid}) exited"), timeout=30)
+        sent = load.sent
+        load.wait_for_sent(sent + 100)
+    finally:
+        load.stop()
+    print(f"HUP: {load.sent} requests, {len(load.failures)} failed")
+    assert load.failures == []
+    assert load.pids - before, "no request reached a new worker"
+
+
+def test_max_requests_recycles_without_failures(turbo):
+    srv = turbo("lifecycle:app", "--max-requests", "50", "--max-requests-jitter", "10")
+    load = Load(srv)
+    try:
+        srv.wait_for("--max-requests", timeout=30)
+        srv.wait_for_count("Ready:", 2, timeout=30)
+        load.wait_for_sent(load.sent + 50)
+    finally:
+        load.stop()
+    assert load.failures == []
+    assert len(load.pids) >= 2
+
+
+def test_ttin_and_ttou_change_the_shard_count(turbo):
+    srv = turbo("lifecycle:app", "--cores", "1")
+    load = Load(srv, clients=2)
+    try:
+        srv.proc.send_signal(signal.SIGTTIN)
+        srv.wait_for(r"Ready: 2 shard\(s\)", timeout=30)
+        assert "Booting shard 1 on" in srv.log
+        srv.proc.send_signal(signal.SIGTTOU)
+        srv.wait_for(r"Ready: 1 shard\(s\)", timeout=30)
+        load.wait_for_sent(load.sent + 50)
+    finally:
+        load.stop()
+    assert load.failures == []
+
+
+@pytest.mark.skipif(not OWN_GIL, reason="sub-interpreters need Python 3.12+")
+def test_auto_falls_back_to_processes_naming_the_module(turbo):
+    srv = turbo("refuses:app", "--cores", "2")
+    assert srv.log.count("cannot load in a sub-interpreter") == 1
+    assert "_testsinglephase" in srv.log
+    assert "one worker process per shard" in srv.log
+    assert srv.log.count("(main interpreter)") == 2
+    status, body = get(srv)
+    assert (status, body) == (200, b"served from the main interpreter")
+
+
+@pytest.mark.skipif(not OWN_GIL, reason="sub-interpreters need Python 3.12+")
+def test_explicit_subinterpreter_mode_refuses_such_an_app(turbo):
+    srv = turbo("refuses:app", "--isolation", "subinterpreter", wait=False)
+    assert srv.wait_exit() == 4
+    assert "App failed to load" in srv.log
+
+
+def test_preload_imports_the_app_in_the_supervisor(turbo):
+    srv = turbo("lifecycle:app", "--preload", "--isolation", "process", "--cores", "2")
+    imported = re.findall(r"lifecycle imported in pid (\d+)", srv.log)
+    # Once, in the supervisor; the workers inherit it.
+    assert imported == [str(srv.proc.pid)]
+    assert worker_pid(srv) != srv.proc.pid
+
+
+def test_without_preload_the_supervisor_imports_nothing(turbo):
+    srv = turbo("lifecycle:app")
+    imported = re.findall(r"lifecycle imported in pid (\d+)", srv.log)
+    assert str(srv.proc.pid) not in imported
+    assert imported
+
+
+def test_usr2_starts_a_new_supervisor_on_the_same_sockets(turbo, tmp_path):
+    pidfile = tmp_path / "turbo.pid"
+    srv = turbo("lifecycle:app", "--pid", str(pidfile))
+    old = srv.proc.pid
+    assert pidfile.read_text().strip() == str(old)
+    srv.proc.send_signal(signal.SIGUSR2)
+    line = srv.wait_for(r"Started a new supervisor \(pid:\d+\)")
+    new = int(re.search(r"pid:(\d+)", line).group(1))
+    try:
+        srv.wait_for_count("Ready:", 2, timeout=30)
+        assert (tmp_path / "turbo.pid.oldbin").read_text().strip() == str(old)
+        assert pidfile.read_text().strip() == str(new)
+        # Both supervisors serve; stopping the old one leaves the new one.
+        srv.proc.send_signal(signal.SIGTERM)
+        srv.wait_for(re.escape(f"[{old}] [INFO] Shutting down: Master"))
+        assert get(srv)[0] == 200
+    finally:
+        os.kill(new, signal.SIGTERM)
+    srv.wait_for(re.escape(f"[{new}] [INFO] Shutting down: Master"))
