@@ -253,3 +253,13 @@ def test_usr2_starts_a_new_supervisor_on_the_same_sockets(turbo, tmp_path):
     finally:
         os.kill(new, signal.SIGTERM)
     srv.wait_for(re.escape(f"[{new}] [INFO] Shutting down: Master"))
+
+
+@pytest.mark.skipif(not OWN_GIL, reason="sub-interpreters need Python 3.12+")
+def test_a_pydantic_app_just_works_with_no_flag(turbo):
+    srv = turbo("pydantic_app:app", "--cores", "2")
+    assert "pydantic_core" in srv.log
+    assert "one worker process per shard" in srv.log
+    status, body = get(srv, "/?name=pen&price=1.5")
+    assert status == 200 and b'"price":1.5' in body
+    assert get(srv, "/?name=pen&price=cheap")[0] == 422
