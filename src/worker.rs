@@ -55,11 +55,9 @@ pub fn run(spec: Spec) -> ! {
     } = spec;
     let waits = signals::worker();
     log::info!("Booting worker with pid: {}", std::process::id());
-    if !python_running {
-        if let Err(e) = python::initialize() {
-            log::error!("{e}");
-            signals::exit_now(WORKER_BOOT_ERROR);
-        }
+    if !python_running && let Err(e) = python::initialize() {
+        log::error!("{e}");
+        signals::exit_now(WORKER_BOOT_ERROR);
     }
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let mut stops = Vec::new();

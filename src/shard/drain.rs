@@ -118,11 +118,11 @@ impl Future for Started<'_> {
 
 impl Drop for Started<'_> {
     fn drop(&mut self) {
-        if let Some(t) = self.ticket {
-            if let Some(slot) = self.drain.waiters.borrow_mut().get_mut(t) {
-                *slot = None;
-                self.drain.free.borrow_mut().push(t);
-            }
+        if let Some(t) = self.ticket
+            && let Some(slot) = self.drain.waiters.borrow_mut().get_mut(t)
+        {
+            *slot = None;
+            self.drain.free.borrow_mut().push(t);
         }
     }
 }

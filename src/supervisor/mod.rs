@@ -62,11 +62,11 @@ pub fn run(config: Config) -> ! {
     for addr in &config.binds {
         log::info!("Listening at: http://{addr} ({})", std::process::id());
     }
-    if let Some(path) = &config.pidfile {
-        if let Err(e) = std::fs::write(path, format!("{}\n", std::process::id())) {
-            log::error!("Cannot write the pidfile {}: {e}", path.display());
-            exit_now(1);
-        }
+    if let Some(path) = &config.pidfile
+        && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
+    {
+        log::error!("Cannot write the pidfile {}: {e}", path.display());
+        exit_now(1);
     }
 
     let (isolation, probing) = match config.isolation {
@@ -518,10 +518,10 @@ impl Supervisor {
     }
 
     fn restore_pidfile(&self) {
-        if let Some(path) = &self.config.pidfile {
-            if oldbin(path).exists() {
-                let _ = std::fs::rename(oldbin(path), path);
-            }
+        if let Some(path) = &self.config.pidfile
+            && oldbin(path).exists()
+        {
+            let _ = std::fs::rename(oldbin(path), path);
         }
     }
 }
