@@ -124,6 +124,15 @@ struct Args {
     #[arg(short = 'p', long = "pid", value_name = "FILE")]
     pid: Option<std::path::PathBuf>,
 
+    /// The error log file; `-` is standard error. USR1 reopens it.
+    #[arg(
+        long = "error-logfile",
+        visible_alias = "log-file",
+        value_name = "FILE",
+        default_value = "-"
+    )]
+    error_logfile: String,
+
     /// The error log level: debug, info, warning, error or critical.
     #[arg(long = "log-level", value_name = "LEVEL", default_value = "info")]
     log_level: String,
@@ -165,6 +174,8 @@ pub struct Config {
     pub max_requests_jitter: u64,
     pub preload: bool,
     pub pidfile: Option<std::path::PathBuf>,
+    /// None for standard error.
+    pub error_logfile: Option<std::path::PathBuf>,
 }
 
 /// `module:expression`, split; the expression is checked again in Python.
@@ -319,6 +330,7 @@ impl Args {
             max_requests_jitter: self.max_requests_jitter,
             preload: self.preload,
             pidfile: self.pid,
+            error_logfile: (self.error_logfile != "-").then(|| self.error_logfile.into()),
         })
     }
 }

@@ -28,6 +28,25 @@ pub fn init(level: LevelFilter) {
     log::set_max_level(level);
 }
 
+/// Points standard error at the error log file (`--error-logfile`), so the
+/// log and anything else written to stderr land there; workers inherit it.
+/// Called again on USR1 to reopen the file after log rotation.
+pub fn open_error_log(path: Option<&std::path::Path>) -> std::io::Result<()> {
+    let Some(path) = path else {
+        return Ok(());
+    };
+    use std::os::fd::AsRawFd;
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    // SAFETY: dup2 onto our own standard error descriptor.
+    if unsafe { libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Local time as Gunicorn prints it: `%Y-%m-%d %H:%M:%S %z`.
 fn timestamp() -> String {
     // SAFETY: time(NULL) and localtime_r only write to the struct we pass.
@@ -79,4 +98,15 @@ impl Log for ErrorLog {
     }
 
     fn flush(&self) {}
+}
+
+/// USR1: reopens `--error-logfile` after rotation, if there is one.
+pub fn reopen_error_log(path: Option<&std::path::Path>) {
+    if path.is_none() {
+        return;
+    }
+    match open_error_log(path) {
+        Ok(()) => log::info!("Reopened the error log"),
+        Err(e) => log::error!("Cannot reopen the error log: {e}"),
+    }
 }

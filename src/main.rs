@@ -23,5 +23,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let config = cli::from_args();
     logging::init(config.log_level);
+    if let Err(e) = logging::open_error_log(config.error_logfile.as_deref()) {
+        eprintln!("turbo: error: cannot open the error log: {e}");
+        std::process::exit(1);
+    }
     supervisor::run(config);
 }

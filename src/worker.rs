@@ -138,6 +138,9 @@ pub fn run(spec: Spec) -> ! {
                     });
             }
             libc::SIGINT | libc::SIGQUIT => signals::exit_now(0),
+            libc::SIGUSR1 => {
+                crate::logging::reopen_error_log(config.error_logfile.as_deref());
+            }
             _ => {}
         }
     }

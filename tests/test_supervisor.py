@@ -114,8 +114,9 @@ def test_in_process_mode_the_other_workers_keep_serving(turbo):
     assert survivor in seen and victim not in seen
 
 
-def test_a_hung_worker_is_killed_after_timeout(turbo):
-    srv = turbo("lifecycle:app", "--timeout", "1")
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_a_hung_worker_is_killed_after_timeout(turbo, threads):
+    srv = turbo("lifecycle:app", "--timeout", "1", "--threads", threads)
     old = worker_pid(srv)
     with pytest.raises((ConnectionError, http.client.HTTPException)):
         get(srv, "/hang", timeout=30)
@@ -263,3 +264,44 @@ def test_a_pydantic_app_just_works_with_no_flag(turbo):
     status, body = get(srv, "/?name=pen&price=1.5")
     assert status == 200 and b'"price":1.5' in body
     assert get(srv, "/?name=pen&price=cheap")[0] == 422
+
+
+def test_connections_wait_in_the_backlog_while_a_worker_restarts(turbo):
+    srv = turbo("lifecycle:app")
+    old = worker_pid(srv)
+    # Freeze the supervisor so the dead worker cannot be replaced yet.
+    srv.proc.send_signal(signal.SIGSTOP)
+    try:
+        os.kill(old, signal.SIGKILL)
+        with srv.connect(timeout=30) as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            srv.proc.send_signal(signal.SIGCONT)
+            status, _, body, _ = read_response(s, timeout=30)
+    finally:
+        srv.proc.send_signal(signal.SIGCONT)
+    assert status == 200 and int(body) != old
+
+
+def wait_in_file(path, text, count=1, timeout=10):
+    """Waits, with a bound, until `text` appears `count` times in the file."""
+    deadline = time.monotonic() + timeout
+    while True:
+        content = path.read_text() if path.exists() else ""
+        if content.count(text) >= count:
+            return content
+        assert time.monotonic() < deadline, f"{text!r} not in {path}:\n{content}"
+        time.sleep(0.05)
+
+
+def test_usr1_reopens_the_error_log(turbo, tmp_path):
+    log = tmp_path / "error.log"
+    srv = turbo("lifecycle:app", "--error-logfile", str(log), wait=False)
+    wait_in_file(log, "Ready:")
+    rotated = tmp_path / "error.log.1"
+    log.rename(rotated)
+    srv.proc.send_signal(signal.SIGUSR1)
+    # The supervisor and its one worker each reopen the file.
+    wait_in_file(log, "Reopened the error log", count=2)
+    get(srv, "/slow?0")
+    assert "slow request started" in wait_in_file(log, "slow request started")
+    assert "slow request started" not in rotated.read_text()

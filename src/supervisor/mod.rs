@@ -217,6 +217,7 @@ impl Supervisor {
                 }
             }
             libc::SIGUSR1 => {
+                crate::logging::reopen_error_log(self.config.error_logfile.as_deref());
                 for w in &self.workers {
                     w.signal(libc::SIGUSR1);
                 }

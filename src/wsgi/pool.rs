@@ -139,9 +139,11 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
         buffers,
     } = task;
     let mut out = Vec::with_capacity(8192);
-    let result = wsgi
-        .app
-        .call1(py, (job.environ.bind(py), job.start_response.bind(py)));
+    let result = {
+        let _busy = board.busy(slot);
+        wsgi.app
+            .call1(py, (job.environ.bind(py), job.start_response.bind(py)))
+    };
     let result = match result {
         Ok(result) => result,
         Err(e) => {
