@@ -11,11 +11,11 @@ use std::sync::mpsc;
 use futures_channel::oneshot;
 
 use crate::cli::Config;
+use crate::python::app::Loaded;
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;
 use crate::shard::{self, Ready};
 use crate::signals;
-use crate::wsgi::Wsgi;
 
 /// Gunicorn's exit status for a worker that could not boot.
 pub const WORKER_BOOT_ERROR: i32 = 3;
@@ -34,7 +34,7 @@ pub struct Spec {
     /// Python already runs in this process (`--preload`).
     pub python_running: bool,
     /// The app the supervisor imported (`--preload`), for main-interpreter shards.
-    pub preloaded: Option<Arc<Wsgi>>,
+    pub preloaded: Option<Arc<Loaded>>,
 }
 
 /// Reports one line to the supervisor (`ready`, or `refused REASON`).

@@ -6,6 +6,8 @@
 //! module and the bridges use only per-interpreter objects: no `intern!`, no
 //! `#[pyclass]`, no once-cells (see DESIGN.md).
 
+pub mod app;
+
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
 

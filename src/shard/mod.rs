@@ -20,11 +20,12 @@ use pyo3::prelude::*;
 
 use crate::cli::Config;
 use crate::http::encode::DateCache;
+use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;
+use crate::wsgi::Wsgi;
 use crate::wsgi::environ::HeaderKeys;
 use crate::wsgi::pool::Pool;
-use crate::wsgi::{LoadError, Wsgi};
 use drain::Drain;
 
 /// What a shard reports once its app is loaded (or failed to load).
@@ -64,7 +65,7 @@ pub struct Spec {
     /// Resolves (or is dropped) when the worker stops gracefully.
     pub stop: oneshot::Receiver<()>,
     /// The app as the supervisor imported it (`--preload`, main interpreter).
-    pub preloaded: Option<Arc<Wsgi>>,
+    pub preloaded: Option<Arc<Loaded>>,
 }
 
 /// Runs a shard on the current thread until it has drained after `stop`.
@@ -96,11 +97,11 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
     // and the event loop releases it only around kernel waits.
     Python::attach(|py| {
         let loaded = match preloaded {
-            Some(wsgi) => Ok(wsgi),
-            None => Wsgi::load(py, &config, isolation).map(Arc::new),
+            Some(loaded) => Ok(loaded),
+            None => Loaded::load(py, &config.app, isolation).map(Arc::new),
         };
-        let wsgi = match loaded {
-            Ok(wsgi) => wsgi,
+        let loaded = match loaded {
+            Ok(loaded) => loaded,
             Err(LoadError::RefusesSubinterpreter(reason)) => {
                 // Ending the sub-interpreter crashes CPython 3.12, so it is left
                 // behind, unused; the worker exits.
@@ -108,6 +109,13 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                 return;
             }
             Err(LoadError::Failed(msg)) => {
+                let _ = ready.send(Ready::Failed(msg));
+                return;
+            }
+        };
+        let wsgi = match Wsgi::new(py, &config, loaded) {
+            Ok(wsgi) => Arc::new(wsgi),
+            Err(msg) => {
                 let _ = ready.send(Ready::Failed(msg));
                 return;
             }

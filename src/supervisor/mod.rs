@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use crate::cli::{Config, IsolationMode};
+use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
 use crate::signals::{self, exit_now};
 use crate::worker::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
-use crate::wsgi::Wsgi;
 use sockets::Sockets;
 use workers::Worker;
 
@@ -35,7 +35,7 @@ struct Supervisor {
     cores: usize,
     workers: Vec<Worker>,
     /// The app preloaded in this process (`--preload`).
-    preloaded: Option<Arc<Wsgi>>,
+    preloaded: Option<Arc<Loaded>>,
     python_running: bool,
     /// Set once TERM, INT or QUIT arrived: the time by which workers must be gone.
     stopping: Option<Instant>,
@@ -112,19 +112,19 @@ pub fn run(config: Config) -> ! {
 }
 
 /// Imports the app in this process's main interpreter, before any fork.
-fn preload(config: &Config) -> Arc<Wsgi> {
+fn preload(config: &Config) -> Arc<Loaded> {
     if let Err(e) = python::initialize() {
         log::error!("{e}");
         exit_now(1);
     }
-    match Python::attach(|py| Wsgi::load(py, config, Isolation::Main)) {
-        Ok(wsgi) => Arc::new(wsgi),
-        Err(crate::wsgi::LoadError::Failed(msg)) => {
+    match Python::attach(|py| Loaded::load(py, &config.app, Isolation::Main)) {
+        Ok(loaded) => Arc::new(loaded),
+        Err(LoadError::Failed(msg)) => {
             eprintln!("{}", msg.trim_end());
             log::error!("App failed to load: {}", config.app.module);
             exit_now(APP_LOAD_ERROR);
         }
-        Err(crate::wsgi::LoadError::RefusesSubinterpreter(reason)) => {
+        Err(LoadError::RefusesSubinterpreter(reason)) => {
             log::error!("App failed to load: {reason}");
             exit_now(APP_LOAD_ERROR);
         }

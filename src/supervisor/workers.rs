@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use super::sockets::{INHERIT_VAR, Sockets};
 use crate::cli::Config;
+use crate::python::app::Loaded;
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;
 use crate::signals;
 use crate::worker;
-use crate::wsgi::Wsgi;
 
 pub struct Worker {
     pub pid: libc::pid_t,
@@ -43,7 +43,7 @@ pub struct Fork<'a> {
     pub shards: Vec<usize>,
     pub isolation: Isolation,
     pub python_running: bool,
-    pub preloaded: Option<Arc<Wsgi>>,
+    pub preloaded: Option<Arc<Loaded>>,
     /// Supervisor descriptors the worker must not keep.
     pub close_in_child: &'a [RawFd],
 }

@@ -9,22 +9,16 @@ pub mod response;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
+use std::sync::Arc;
+
 use crate::cli::Config;
-use crate::python::Isolation;
+use crate::python::app::Loaded;
 
 const SHIM: &std::ffi::CStr =
     match std::ffi::CStr::from_bytes_with_nul(concat!(include_str!("shim.py"), "\0").as_bytes()) {
         Ok(s) => s,
         Err(_) => panic!("shim.py contains a NUL byte"),
     };
-
-/// Why an app could not be loaded.
-pub enum LoadError {
-    /// An extension module refused to load in a sub-interpreter.
-    RefusesSubinterpreter(String),
-    /// The app failed to import or to resolve; the text is the traceback or message.
-    Failed(String),
-}
 
 /// Environ keys and constant values, made once per interpreter.
 pub struct Keys {
@@ -52,7 +46,8 @@ pub struct Wsgi {
     pub start_response: Py<PyAny>,
     pub input_stream: Py<PyAny>,
     pub bytes_io: Py<PyAny>,
-    pub format_exception: Py<PyAny>,
+    /// The app as loaded, which formats its errors.
+    pub loaded: Arc<Loaded>,
     /// The constant part of every environ, copied per request.
     pub template: Py<PyDict>,
     pub keys: Keys,
@@ -65,46 +60,20 @@ fn key(py: Python<'_>, s: &str) -> Py<PyString> {
 }
 
 impl Wsgi {
-    /// Runs the shim in the current interpreter and imports the app.
-    pub fn load(py: Python<'_>, config: &Config, isolation: Isolation) -> Result<Wsgi, LoadError> {
-        let spec = &config.app;
+    /// Builds the bridge for an app loaded in the current interpreter.
+    pub fn new(py: Python<'_>, config: &Config, loaded: Arc<Loaded>) -> Result<Wsgi, String> {
         // Sub-interpreters share no Python state, so to the app they are processes.
         let multiprocess = config.cores > 1;
         let multithread = config.threads > 1;
         let shim = PyModule::from_code(py, SHIM, c"turbo_wsgi.py", c"turbo_wsgi")
-            .map_err(|e| LoadError::Failed(format!("turbo's WSGI shim failed: {e}")))?;
+            .map_err(|e| format!("turbo's WSGI shim failed: {e}"))?;
         let attr = |name: &str| {
             shim.getattr(name)
                 .map(Bound::unbind)
-                .map_err(|e| LoadError::Failed(format!("turbo's WSGI shim lacks {name}: {e}")))
+                .map_err(|e| format!("turbo's WSGI shim lacks {name}: {e}"))
         };
-        let format_exception = attr("format_exception")?;
-        if isolation == Isolation::Subinterpreter && crate::python::LINKED_VERSION == "3.12" {
-            // CPython 3.12's _zoneinfo crashes when a second interpreter imports it;
-            // zoneinfo then uses its pure-Python implementation.
-            if let Ok(modules) = py.import("sys").and_then(|s| s.getattr("modules")) {
-                let _ = modules.set_item("_zoneinfo", py.None());
-            }
-        }
-        let app = shim
-            .getattr("load_app")
-            .and_then(|f| f.call1((spec.module.as_str(), spec.expr.as_str())))
-            .map_err(|err| {
-                let refusal = shim
-                    .getattr("subinterpreter_refusal")
-                    .and_then(|f| f.call1((err.value(py),)))
-                    .ok()
-                    .filter(|r| !r.is_none());
-                match refusal {
-                    Some(module) if isolation == Isolation::Subinterpreter => {
-                        LoadError::RefusesSubinterpreter(module.to_string())
-                    }
-                    _ => LoadError::Failed(format_error(py, &format_exception, &err)),
-                }
-            })?
-            .unbind();
-
-        let failed = |e: PyErr| LoadError::Failed(format_error(py, &format_exception, &e));
+        let app = loaded.app.clone_ref(py);
+        let failed = |e: PyErr| loaded.format(py, &e);
         let template = PyDict::new(py);
         let errors = attr("Errors")?.call0(py).map_err(failed)?;
         let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
@@ -170,40 +139,19 @@ impl Wsgi {
                 .and_then(|io| io.getattr("BytesIO"))
                 .map_err(failed)?
                 .unbind(),
-            format_exception,
+            loaded: loaded.clone(),
             template: template.unbind(),
             keys,
             script_name,
         })
     }
 
-    /// Logs an exception raised by the app, with its traceback, at error level.
-    /// An exception from the app while it handled a request. SystemExit ends
-    /// the worker, as it does under Gunicorn; the supervisor replaces it.
+    /// An exception from the app while it handled a request.
     pub fn app_failed(&self, py: Python<'_>, err: &PyErr) {
-        if err.is_instance_of::<pyo3::exceptions::PySystemExit>(py) {
-            let code = err
-                .value(py)
-                .getattr("code")
-                .and_then(|c| c.extract::<i32>())
-                .unwrap_or(1);
-            log::error!("The app called sys.exit({code}); the worker exits");
-            crate::signals::exit_now(code);
-        }
-        self.log_exception(py, "Error handling request", err);
+        self.loaded.app_failed(py, err);
     }
 
     pub fn log_exception(&self, py: Python<'_>, context: &str, err: &PyErr) {
-        log::error!(
-            "{context}\n{}",
-            format_error(py, &self.format_exception, err).trim_end()
-        );
+        self.loaded.log_exception(py, context, err);
     }
-}
-
-fn format_error(py: Python<'_>, format_exception: &Py<PyAny>, err: &PyErr) -> String {
-    format_exception
-        .call1(py, (err.value(py), err.traceback(py)))
-        .and_then(|s| s.extract::<String>(py))
-        .unwrap_or_else(|_| err.to_string())
 }

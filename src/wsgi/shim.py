@@ -1,16 +1,12 @@
 """The Python half of turbo's WSGI bridge, executed once in every interpreter.
 
 Only what is simpler or faster in Python lives here: the wsgi.input stream for
-bodies that do not fit in memory, start_response, wsgi.file_wrapper, wsgi.errors
-and loading the app. The Rust side holds references to these objects per shard.
+bodies that do not fit in memory, start_response, wsgi.file_wrapper and
+wsgi.errors. The Rust side holds references to these objects per shard.
 """
 
-import ast
-import importlib
 import io
-import os
 import sys
-import traceback
 
 
 class StartResponse:
@@ -165,60 +161,6 @@ class Errors:
 
     def flush(self):
         sys.stderr.flush()
-
-
-class AppLoadError(Exception):
-    pass
-
-
-def load_app(module_name, expr):
-    """Imports MODULE and evaluates NAME or NAME(args) in it, as Gunicorn does."""
-    cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
-    try:
-        tree = ast.parse(expr, mode="eval").body
-    except SyntaxError:
-        raise AppLoadError(f"Failed to parse {expr!r} as an attribute name or function call.")
-    args, kwargs, call = [], {}, False
-    if isinstance(tree, ast.Call):
-        call = True
-        try:
-            args = [ast.literal_eval(a) for a in tree.args]
-            kwargs = {k.arg: ast.literal_eval(k.value) for k in tree.keywords}
-        except ValueError:
-            raise AppLoadError(f"Failed to parse arguments as literal values: {expr!r}")
-        tree = tree.func
-    if not isinstance(tree, ast.Name):
-        raise AppLoadError(f"Failed to parse {expr!r} as an attribute name or function call.")
-    name = tree.id
-    module = importlib.import_module(module_name)
-    try:
-        app = getattr(module, name)
-    except AttributeError:
-        raise AppLoadError(f"Failed to find attribute {name!r} in {module_name!r}.")
-    if call:
-        app = app(*args, **kwargs)
-        if app is None:
-            raise AppLoadError(f"The function {name!r} in {module_name!r} returned None.")
-    if not callable(app):
-        raise AppLoadError(f"Application object must be callable, got {type(app).__name__}.")
-    return app
-
-
-def format_exception(exc, tb):
-    # Before 3.12 a fetched exception may not carry its traceback itself.
-    return "".join(traceback.format_exception(type(exc), exc, tb or exc.__traceback__))
-
-
-def subinterpreter_refusal(exc):
-    """The text of a 'does not support loading in subinterpreters' error, which
-    names the module that refused."""
-    while exc is not None:
-        if isinstance(exc, ImportError) and "subinterpreter" in str(exc):
-            return str(exc)
-        exc = exc.__cause__ or exc.__context__
-    return None
 
 
 def new_input(data):

@@ -1,0 +1,109 @@
+//! Loading the app in the current interpreter, for either bridge: the module
+//! and expression from the command line, the interface it speaks, and the
+//! traceback formatting every error log line uses.
+
+use pyo3::prelude::*;
+use pyo3::types::PyModule;
+
+use super::Isolation;
+use crate::cli::AppSpec;
+
+const LOADER: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
+    concat!(include_str!("loader.py"), "\0").as_bytes(),
+) {
+    Ok(s) => s,
+    Err(_) => panic!("loader.py contains a NUL byte"),
+};
+
+/// Why an app could not be loaded.
+pub enum LoadError {
+    /// An extension module refused to load in a sub-interpreter.
+    RefusesSubinterpreter(String),
+    /// The app failed to import or to resolve; the text is the traceback or message.
+    Failed(String),
+}
+
+/// The app object and what the bridges need to report its errors.
+pub struct Loaded {
+    pub app: Py<PyAny>,
+    /// ASGI 3 rather than WSGI, as detected.
+    pub asgi: bool,
+    format_exception: Py<PyAny>,
+}
+
+impl Loaded {
+    /// Imports the app as `spec` says, in the current interpreter.
+    pub fn load(py: Python<'_>, spec: &AppSpec, isolation: Isolation) -> Result<Loaded, LoadError> {
+        let loader = PyModule::from_code(py, LOADER, c"turbo_loader.py", c"turbo_loader")
+            .map_err(|e| LoadError::Failed(format!("turbo's loader failed: {e}")))?;
+        let format_exception = loader
+            .getattr("format_exception")
+            .map_err(|e| LoadError::Failed(format!("turbo's loader is broken: {e}")))?
+            .unbind();
+        if isolation == Isolation::Subinterpreter && super::LINKED_VERSION == "3.12" {
+            // CPython 3.12's _zoneinfo crashes when a second interpreter imports it;
+            // zoneinfo then uses its pure-Python implementation.
+            if let Ok(modules) = py.import("sys").and_then(|s| s.getattr("modules")) {
+                let _ = modules.set_item("_zoneinfo", py.None());
+            }
+        }
+        let app = loader
+            .getattr("load_app")
+            .and_then(|f| f.call1((spec.module.as_str(), spec.expr.as_str())))
+            .map_err(|err| {
+                let refusal = loader
+                    .getattr("subinterpreter_refusal")
+                    .and_then(|f| f.call1((err.value(py),)))
+                    .ok()
+                    .filter(|r| !r.is_none());
+                match refusal {
+                    Some(module) if isolation == Isolation::Subinterpreter => {
+                        LoadError::RefusesSubinterpreter(module.to_string())
+                    }
+                    _ => LoadError::Failed(format_error(py, &format_exception, &err)),
+                }
+            })?;
+        let asgi = loader
+            .getattr("is_asgi")
+            .and_then(|f| f.call1((&app,)))
+            .and_then(|r| r.is_truthy())
+            .map_err(|e| LoadError::Failed(format_error(py, &format_exception, &e)))?;
+        Ok(Loaded {
+            app: app.unbind(),
+            asgi,
+            format_exception,
+        })
+    }
+
+    /// A Python exception with its traceback, as text.
+    pub fn format(&self, py: Python<'_>, err: &PyErr) -> String {
+        format_error(py, &self.format_exception, err)
+    }
+
+    /// Logs an exception with its traceback at error level.
+    pub fn log_exception(&self, py: Python<'_>, context: &str, err: &PyErr) {
+        log::error!("{context}\n{}", self.format(py, err).trim_end());
+    }
+
+    /// An exception from the app while it handled a request. SystemExit ends
+    /// the worker, as it does under Gunicorn; the supervisor replaces it.
+    pub fn app_failed(&self, py: Python<'_>, err: &PyErr) {
+        if err.is_instance_of::<pyo3::exceptions::PySystemExit>(py) {
+            let code = err
+                .value(py)
+                .getattr("code")
+                .and_then(|c| c.extract::<i32>())
+                .unwrap_or(1);
+            log::error!("The app called sys.exit({code}); the worker exits");
+            crate::signals::exit_now(code);
+        }
+        self.log_exception(py, "Error handling request", err);
+    }
+}
+
+fn format_error(py: Python<'_>, format_exception: &Py<PyAny>, err: &PyErr) -> String {
+    format_exception
+        .call1(py, (err.value(py), err.traceback(py)))
+        .and_then(|s| s.extract::<String>(py))
+        .unwrap_or_else(|_| err.to_string())
+}
