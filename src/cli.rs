@@ -87,6 +87,22 @@ struct Args {
     )]
     limit_request_field_size: usize,
 
+    /// The app's interface: `wsgi`, `asgi`, or `auto` (a coroutine function,
+    /// or an object whose __call__ is async, means ASGI 3).
+    #[arg(long, value_name = "INTERFACE", default_value = "auto")]
+    interface: InterfaceMode,
+
+    /// Gunicorn's worker class, mapped to an interface: `sync` and `gthread`
+    /// mean WSGI; `asgi`, `uvicorn.workers.UvicornWorker` and
+    /// `uvicorn_worker.UvicornWorker` mean ASGI.
+    #[arg(short = 'k', long = "worker-class", value_name = "CLASS")]
+    worker_class: Option<String>,
+
+    /// ASGI lifespan events: `on` requires them, `off` never sends them, `auto`
+    /// sends them and carries on if the app does not support them.
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    lifespan: LifespanMode,
+
     /// How shards are isolated: `subinterpreter` (one worker process, one
     /// own-GIL sub-interpreter per shard), `process` (one worker process per
     /// shard) or `auto` (sub-interpreters where Python and the app allow them).
@@ -138,6 +154,22 @@ struct Args {
     log_level: String,
 }
 
+/// `--interface`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InterfaceMode {
+    Auto,
+    Wsgi,
+    Asgi,
+}
+
+/// `--lifespan`, as in Uvicorn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LifespanMode {
+    Auto,
+    On,
+    Off,
+}
+
 /// `--isolation`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum IsolationMode {
@@ -167,6 +199,8 @@ pub struct Config {
     pub limits: Limits,
     pub log_level: LevelFilter,
     pub isolation: IsolationMode,
+    pub interface: InterfaceMode,
+    pub lifespan: LifespanMode,
     /// Zero when off.
     pub timeout: Duration,
     pub graceful_timeout: Duration,
@@ -324,6 +358,20 @@ impl Args {
             },
             log_level: crate::logging::parse_level(&self.log_level)?,
             isolation: self.isolation,
+            interface: match self.worker_class.as_deref() {
+                None => self.interface,
+                Some("sync" | "gthread") => InterfaceMode::Wsgi,
+                Some("asgi" | "uvicorn.workers.UvicornWorker" | "uvicorn_worker.UvicornWorker") => {
+                    InterfaceMode::Asgi
+                }
+                Some(other) => {
+                    return Err(format!(
+                        "unsupported worker class '{other}' (turbo accepts sync, gthread, asgi \
+                         and uvicorn.workers.UvicornWorker)"
+                    ));
+                }
+            },
+            lifespan: self.lifespan,
             timeout: Duration::from_secs(self.timeout),
             graceful_timeout: Duration::from_secs(self.graceful_timeout),
             max_requests: self.max_requests,

@@ -98,9 +98,19 @@ impl Scoreboard {
 
     /// Marks an app call as running in `slot` until the guard drops.
     pub fn busy(&self, slot: usize) -> Busy<'_> {
-        let slot = self.slot(slot);
-        slot.busy_since.store(now_ms().max(1), Ordering::Relaxed);
-        Busy(slot)
+        self.mark_busy(slot);
+        Busy(self.slot(slot))
+    }
+
+    /// Python code runs in `slot` from now on (an event loop between waits).
+    pub fn mark_busy(&self, slot: usize) {
+        self.slot(slot)
+            .busy_since
+            .store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    pub fn mark_idle(&self, slot: usize) {
+        self.slot(slot).busy_since.store(0, Ordering::Relaxed);
     }
 
     /// Counts a request; only the slot's own thread writes it.

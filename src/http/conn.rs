@@ -19,9 +19,12 @@ use super::HttpError;
 use super::body::Decoder;
 use super::encode;
 use super::parse::{self, RequestHead};
-use crate::shard::Shard;
+use crate::asgi::http::{self as asgi_http, Peers};
+use crate::shard::{App, Shard};
+use crate::wsgi::Wsgi;
 use crate::wsgi::environ::ConnInfo;
 use crate::wsgi::input::{self, BodyStream, SharedBody};
+use crate::wsgi::pool::Pool;
 use crate::wsgi::pool::{Job, Pieces};
 use crate::wsgi::response::{Progress, RequestMeta, Response, internal_error};
 
@@ -38,6 +41,12 @@ const LINGER: Duration = Duration::from_secs(2);
 enum Body {
     InMemory(Vec<u8>),
     Stream(SharedBody, Vec<u8>),
+}
+
+/// Per-connection values for the bridge in use.
+enum PeerInfo {
+    Wsgi(ConnInfo),
+    Asgi(Peers),
 }
 
 enum ReadError {
@@ -58,7 +67,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
         Ok(local) => local,
         Err(_) => return,
     };
-    let info = Python::attach(|py| ConnInfo::new(py, peer, local));
+    let info = match &shard.app {
+        App::Wsgi { .. } => PeerInfo::Wsgi(Python::attach(|py| ConnInfo::new(py, peer, local))),
+        App::Asgi(_) => match Python::attach(|py| Peers::new(py, peer, local)) {
+            Ok(peers) => PeerInfo::Asgi(peers),
+            Err(_) => return,
+        },
+    };
     let counted = shard.clone();
     let _live = counted.drain.connection();
     let mut conn = Conn {
@@ -71,7 +86,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
 }
 
 impl Conn {
-    async fn run(&mut self, info: &ConnInfo) {
+    async fn run(&mut self, info: &PeerInfo) {
         let mut head = RequestHead::default();
         let cfg = self.shard.config.clone();
         let mut first = true;
@@ -112,12 +127,41 @@ impl Conn {
             }
 
             first = false;
-            let body = match self.gather_body(&head).await {
-                Ok(body) => body,
-                Err(Some(err)) => return self.refuse(err).await,
-                Err(None) => return,
+            let shard = self.shard.clone();
+            let keep_alive = match (&shard.app, info) {
+                (App::Wsgi { wsgi, pool }, PeerInfo::Wsgi(info)) => {
+                    let body = match self.gather_body(&head).await {
+                        Ok(body) => body,
+                        Err(Some(err)) => return self.refuse(err).await,
+                        Err(None) => return,
+                    };
+                    self.respond(&head, info, body, wsgi, pool.as_ref()).await
+                }
+                (App::Asgi(asgi), PeerInfo::Asgi(peers)) => {
+                    let board = &shard.board;
+                    board.count_request(board.slot_index(shard.local, 0));
+                    let req = asgi_http::Request {
+                        head: &head,
+                        meta: asgi_http::Meta {
+                            minor: head.minor,
+                            is_head: head.is_head(&self.rbuf),
+                            keep_alive: head.keep_alive && !board.stopping(),
+                        },
+                        date: shard.date.borrow_mut().get().to_vec(),
+                    };
+                    asgi_http::respond(
+                        asgi,
+                        &self.stream,
+                        &mut self.rbuf,
+                        &mut self.out,
+                        peers,
+                        req,
+                        cfg.header_timeout,
+                    )
+                    .await
+                }
+                _ => return,
             };
-            let keep_alive = self.respond(&head, info, body).await;
             if keep_alive.is_none() {
                 return;
             }
@@ -249,9 +293,15 @@ impl Conn {
 
     /// Runs the app and writes its response. Returns whether the connection may
     /// serve another request, or None when it is already unusable.
-    async fn respond(&mut self, head: &RequestHead, info: &ConnInfo, body: Body) -> Option<bool> {
+    async fn respond(
+        &mut self,
+        head: &RequestHead,
+        info: &ConnInfo,
+        body: Body,
+        wsgi: &Wsgi,
+        pool: Option<&Pool>,
+    ) -> Option<bool> {
         let shard = self.shard.clone();
-        let wsgi = &shard.wsgi;
         let meta = RequestMeta {
             minor: head.minor,
             is_head: head.is_head(&self.rbuf),
@@ -292,7 +342,7 @@ impl Conn {
                 return Some(false);
             }
         };
-        let mut keep_alive = match &shard.pool {
+        let mut keep_alive = match pool {
             Some(pool) => {
                 let job = Job {
                     environ,
@@ -324,7 +374,7 @@ impl Conn {
                     }
                     Ok(result) => {
                         let response = Response::new(result, start_response, shared.clone(), meta);
-                        self.write_response(response, &date, slot).await?
+                        self.write_response(response, wsgi, &date, slot).await?
                     }
                 }
             }
@@ -341,11 +391,11 @@ impl Conn {
     async fn write_response(
         &mut self,
         mut response: Response,
+        wsgi: &Wsgi,
         date: &[u8],
         slot: usize,
     ) -> Option<bool> {
         let shard = self.shard.clone();
-        let wsgi = &shard.wsgi;
         let mut alive = true;
         loop {
             if shard.board.stopping() {

@@ -18,7 +18,8 @@ use futures_channel::oneshot;
 use futures_util::future::Either;
 use pyo3::prelude::*;
 
-use crate::cli::Config;
+use crate::asgi::Asgi;
+use crate::cli::{Config, InterfaceMode};
 use crate::http::encode::DateCache;
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
@@ -36,14 +37,22 @@ pub enum Ready {
     Failed(String),
 }
 
+/// The app behind one of the two interfaces.
+pub enum App {
+    Wsgi {
+        wsgi: Arc<Wsgi>,
+        /// Python threads for app calls when `--threads` is above 1.
+        pool: Option<Pool>,
+    },
+    Asgi(Asgi),
+}
+
 /// Per-shard state shared by all of the shard's connections.
 pub struct Shard {
     /// The shard's number in the server, which picks its CPU.
     pub id: usize,
     pub config: Arc<Config>,
-    pub wsgi: Arc<Wsgi>,
-    /// Python threads for app calls when `--threads` is above 1.
-    pub pool: Option<Pool>,
+    pub app: App,
     pub header_keys: HeaderKeys,
     pub date: RefCell<DateCache>,
     pub drain: Drain,
@@ -113,13 +122,6 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                 return;
             }
         };
-        let wsgi = match Wsgi::new(py, &config, loaded) {
-            Ok(wsgi) => Arc::new(wsgi),
-            Err(msg) => {
-                let _ = ready.send(Ready::Failed(msg));
-                return;
-            }
-        };
         let rt = match runtime::build() {
             Ok(rt) => rt,
             Err(e) => {
@@ -127,31 +129,79 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                 return;
             }
         };
-        let pool = if config.threads > 1 {
-            match Pool::start(id, config.threads, wsgi.clone(), board.clone(), local) {
-                Ok(pool) => Some(pool),
-                Err(e) => {
-                    let _ = ready.send(Ready::Failed(format!("cannot start Python threads: {e}")));
-                    return;
-                }
-            }
-        } else {
-            None
+        let asgi = match config.interface {
+            InterfaceMode::Auto => loaded.asgi,
+            InterfaceMode::Asgi => true,
+            InterfaceMode::Wsgi => false,
         };
-        let _ = ready.send(Ready::Serving);
+        let app = if asgi {
+            rt.enter(|| Asgi::new(py, &config, loaded).map(App::Asgi))
+        } else {
+            wsgi_app(py, id, &config, loaded, &board, local)
+        };
+        let app = match app {
+            Ok(app) => app,
+            Err(msg) => {
+                let _ = ready.send(Ready::Failed(msg));
+                return;
+            }
+        };
         let shard = Rc::new(Shard {
             id,
             config,
-            wsgi,
-            pool,
+            app,
             header_keys: HeaderKeys::default(),
             date: RefCell::new(DateCache::default()),
             drain: Drain::default(),
             board,
             local,
         });
-        runtime::block_on(&rt, serve(shard, listeners, stop));
+        match &shard.app {
+            App::Wsgi { .. } => {
+                let _ = ready.send(Ready::Serving);
+                runtime::block_on(&rt, serve(shard.clone(), listeners, stop));
+            }
+            App::Asgi(asgi) => {
+                // The event loop runs the shard; accepting starts once lifespan
+                // startup has completed.
+                let serving = ready.clone();
+                let for_serve = shard.clone();
+                let ran = rt.enter(|| {
+                    asgi.reactor
+                        .set_board(shard.board.clone(), shard.board.slot_index(local, 0));
+                    asgi.run(
+                        py,
+                        move || {
+                            let _ = serving.send(Ready::Serving);
+                        },
+                        move || Box::pin(serve(for_serve, listeners, stop)),
+                    )
+                });
+                if let Err(msg) = ran {
+                    let _ = ready.send(Ready::Failed(msg));
+                }
+            }
+        }
     });
+}
+
+fn wsgi_app(
+    py: Python<'_>,
+    id: usize,
+    config: &Config,
+    loaded: Arc<Loaded>,
+    board: &Arc<Scoreboard>,
+    local: usize,
+) -> Result<App, String> {
+    let wsgi = Arc::new(Wsgi::new(py, config, loaded)?);
+    let pool = if config.threads > 1 {
+        let pool = Pool::start(id, config.threads, wsgi.clone(), board.clone(), local)
+            .map_err(|e| format!("cannot start Python threads: {e}"))?;
+        Some(pool)
+    } else {
+        None
+    };
+    Ok(App::Wsgi { wsgi, pool })
 }
 
 async fn serve(shard: Rc<Shard>, listeners: Vec<StdListener>, stop: oneshot::Receiver<()>) {

@@ -1,0 +1,763 @@
+//! One HTTP request through an ASGI app: the scope, the `receive` and `send`
+//! callables the app gets, and the connection's side, which feeds the request
+//! body to `receive` as the app asks for it, writes what `send` produced as it
+//! comes, and watches for the client going away.
+//!
+//! The app's task and the connection's task run on the same thread and meet
+//! in an `Exchange`: the callables change it and wake the connection; the
+//! connection changes it and resolves the futures the app awaits.
+
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::{Duration, Instant};
+
+use compio::buf::BufResult;
+use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::net::TcpStream;
+use futures_util::future::{Either, LocalBoxFuture};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyTuple};
+
+use super::{Asgi, ThreadBound};
+use crate::http::body::Decoder;
+use crate::http::encode::{self, Framing};
+use crate::http::parse::RequestHead;
+use crate::http::{HttpError, reason};
+use crate::wsgi::environ::{percent_decode, split_target};
+
+/// send() makes the app wait once this much output is queued.
+const HIGH_WATER: usize = 64 * 1024;
+/// Bytes of a following (pipelined) request kept while the app runs.
+const PIPELINE_LIMIT: usize = 64 * 1024;
+/// The longest a client may stall reading a response.
+const WRITE_STALL: Duration = Duration::from_secs(30);
+
+/// Per-connection values for the scope.
+pub struct Peers {
+    client: Py<PyTuple>,
+    server: Py<PyTuple>,
+}
+
+impl Peers {
+    pub fn new(py: Python<'_>, peer: SocketAddr, local: SocketAddr) -> PyResult<Peers> {
+        Ok(Peers {
+            client: PyTuple::new(
+                py,
+                [
+                    peer.ip().to_string().into_pyobject(py)?.into_any(),
+                    peer.port().into_pyobject(py)?.into_any(),
+                ],
+            )?
+            .unbind(),
+            server: PyTuple::new(
+                py,
+                [
+                    local.ip().to_string().into_pyobject(py)?.into_any(),
+                    local.port().into_pyobject(py)?.into_any(),
+                ],
+            )?
+            .unbind(),
+        })
+    }
+}
+
+/// What the connection needs to frame the response.
+#[derive(Clone, Copy)]
+pub struct Meta {
+    pub minor: u8,
+    pub is_head: bool,
+    pub keep_alive: bool,
+}
+
+#[derive(Default)]
+struct Exchange {
+    /// Decoded request body not yet handed to the app.
+    pending: Vec<u8>,
+    /// The whole request body has been decoded.
+    request_complete: bool,
+    /// The app has received `more_body: False`.
+    body_delivered: bool,
+    /// The future a `receive()` awaits, when nothing was ready.
+    receive_waiter: Option<Py<PyAny>>,
+    /// An `Expect: 100-continue` the app has not yet asked to be answered.
+    expects_continue: bool,
+    disconnected: bool,
+
+    /// Status and encoded header lines from `http.response.start`.
+    start: Option<(u16, Vec<u8>, Option<u64>)>,
+    head_sent: bool,
+    framing: Option<Framing>,
+    remaining: Option<u64>,
+    complete: bool,
+    keep_alive: bool,
+    out: Vec<u8>,
+    /// The future a `send()` awaits while output drains.
+    flush_waiter: Option<Py<PyAny>>,
+
+    /// The app's task has ended; `failed` if it raised.
+    finished: bool,
+    failed: bool,
+    changed: bool,
+    waker: Option<Waker>,
+}
+
+impl Exchange {
+    fn wake(&mut self) {
+        self.changed = true;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+type Shared = Rc<RefCell<Exchange>>;
+
+/// Builds the HTTP scope for `head`, whose ranges point into `buf`.
+fn scope<'py>(
+    py: Python<'py>,
+    asgi: &Asgi,
+    buf: &[u8],
+    head: &RequestHead,
+    peers: &Peers,
+) -> Result<Bound<'py, PyDict>, HttpError> {
+    let target = &buf[head.target.clone()];
+    let (raw_path, query) = split_target(target)?;
+    let decoded = percent_decode(raw_path);
+    let path = String::from_utf8_lossy(&decoded);
+    let scope = PyDict::new(py);
+    let headers = PyList::empty(py);
+    for (name, value) in &head.headers {
+        let name = buf[name.clone()].to_ascii_lowercase();
+        let pair = PyTuple::new(
+            py,
+            [
+                PyBytes::new(py, &name),
+                PyBytes::new(py, &buf[value.clone()]),
+            ],
+        );
+        pair.and_then(|p| headers.append(p))
+            .map_err(|_| HttpError::new(500, "the request could not be prepared"))?;
+    }
+    let method = std::str::from_utf8(&buf[head.method.clone()]).unwrap_or("GET");
+    let state = asgi.state.bind(py).copy();
+    let filled = (|| -> PyResult<()> {
+        let k = &asgi.keys;
+        scope.set_item(k.type_.bind(py), "http")?;
+        scope.set_item("asgi", asgi.asgi_version.bind(py))?;
+        scope.set_item("http_version", if head.minor == 0 { "1.0" } else { "1.1" })?;
+        scope.set_item("method", method)?;
+        scope.set_item("scheme", "http")?;
+        scope.set_item("path", path.as_ref())?;
+        scope.set_item("raw_path", PyBytes::new(py, raw_path))?;
+        scope.set_item("query_string", PyBytes::new(py, query))?;
+        scope.set_item("root_path", asgi.root_path.bind(py))?;
+        scope.set_item(k.headers.bind(py), headers)?;
+        scope.set_item("client", peers.client.bind(py))?;
+        scope.set_item("server", peers.server.bind(py))?;
+        scope.set_item("state", state?)?;
+        Ok(())
+    })();
+    filled.map_err(|_| HttpError::new(500, "the request could not be prepared"))?;
+    Ok(scope)
+}
+
+fn runtime_error(msg: String) -> PyErr {
+    pyo3::exceptions::PyRuntimeError::new_err(msg)
+}
+
+/// The `receive` callable.
+fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> {
+    let mut ex = shared.borrow_mut();
+    let k = &asgi.keys;
+    let message = PyDict::new(py);
+    if !ex.body_delivered && (!ex.pending.is_empty() || ex.request_complete) {
+        message.set_item(k.type_.bind(py), k.http_request.bind(py))?;
+        message.set_item(k.body.bind(py), PyBytes::new(py, &ex.pending))?;
+        message.set_item(k.more_body.bind(py), !ex.request_complete)?;
+        ex.pending.clear();
+        ex.body_delivered = ex.request_complete;
+    } else if ex.disconnected || (ex.body_delivered && ex.complete) {
+        message.set_item(k.type_.bind(py), k.http_disconnect.bind(py))?;
+    } else {
+        if ex.receive_waiter.is_some() {
+            return Err(runtime_error("receive() is already being awaited".into()));
+        }
+        let waiter = asgi.create_future.call0(py)?;
+        ex.receive_waiter = Some(waiter.clone_ref(py));
+        ex.wake();
+        return Ok(waiter);
+    }
+    let fut = asgi.create_future.call0(py)?;
+    fut.call_method1(py, "set_result", (message,))?;
+    Ok(fut)
+}
+
+/// Resolves an awaited `receive()` once there is something to say.
+fn answer_receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) {
+    let waiter = {
+        let mut ex = shared.borrow_mut();
+        let ready = (!ex.body_delivered && (!ex.pending.is_empty() || ex.request_complete))
+            || ex.disconnected
+            || (ex.body_delivered && ex.complete);
+        if !ready {
+            return;
+        }
+        ex.receive_waiter.take()
+    };
+    let Some(waiter) = waiter else {
+        return;
+    };
+    if waiter
+        .call_method0(py, "done")
+        .and_then(|d| d.is_truthy(py))
+        .unwrap_or(true)
+    {
+        return;
+    }
+    match receive(py, asgi, shared) {
+        Ok(fut) => {
+            let result = fut.call_method0(py, "result");
+            if let Ok(message) = result {
+                let _ = waiter.call_method1(py, "set_result", (message,));
+            }
+        }
+        Err(e) => {
+            let _ = waiter.call_method1(py, "set_exception", (e.value(py),));
+        }
+    }
+    asgi.reactor.wake_python();
+}
+
+/// The `send` callable.
+fn send(
+    py: Python<'_>,
+    asgi: &Asgi,
+    shared: &Shared,
+    meta: Meta,
+    date: &[u8],
+    message: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let message = message
+        .cast::<PyDict>()
+        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("an ASGI message must be a dict"))?;
+    let kind: String = message
+        .get_item(asgi.keys.type_.bind(py))?
+        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("type"))?
+        .extract()?;
+    let mut ex = shared.borrow_mut();
+    if ex.disconnected {
+        return Err(PyErr::from_value(
+            asgi.disconnected
+                .bind(py)
+                .call1(("the client has disconnected",))?,
+        ));
+    }
+    match kind.as_str() {
+        "http.response.start" => {
+            if ex.start.is_some() {
+                return Err(runtime_error(
+                    "Unexpected ASGI message 'http.response.start' sent, after response already started".into(),
+                ));
+            }
+            let status: u16 = message
+                .get_item(asgi.keys.status.bind(py))?
+                .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("status"))?
+                .extract()?;
+            if !(100..=999).contains(&status) {
+                return Err(runtime_error(format!("invalid status {status}")));
+            }
+            let mut lines = Vec::new();
+            let mut length = None;
+            if let Some(headers) = message.get_item(asgi.keys.headers.bind(py))? {
+                for item in headers.try_iter()? {
+                    let item = item?;
+                    let (name, value): (Vec<u8>, Vec<u8>) = item.extract().map_err(|_| {
+                        pyo3::exceptions::PyTypeError::new_err(
+                            "headers must be [name, value] pairs of bytes",
+                        )
+                    })?;
+                    check_header(&name, &value)?;
+                    if name.eq_ignore_ascii_case(b"content-length") {
+                        let v = crate::http::parse::trim(&value);
+                        length = Some(parse_length(v).ok_or_else(|| {
+                            runtime_error(format!(
+                                "invalid Content-Length {:?}",
+                                String::from_utf8_lossy(&value)
+                            ))
+                        })?);
+                        continue;
+                    }
+                    if name.eq_ignore_ascii_case(b"connection") {
+                        if value
+                            .split(|&b| b == b',')
+                            .any(|t| crate::http::parse::trim(t).eq_ignore_ascii_case(b"close"))
+                        {
+                            ex.keep_alive = false;
+                        }
+                        continue;
+                    }
+                    if name.eq_ignore_ascii_case(b"transfer-encoding") {
+                        // turbo frames the body itself.
+                        continue;
+                    }
+                    encode::header(&mut lines, &name, &value);
+                }
+            }
+            ex.start = Some((status, lines, length));
+            Ok(asgi.done.clone_ref(py))
+        }
+        "http.response.body" => {
+            if ex.start.is_none() {
+                return Err(runtime_error(
+                    "Unexpected ASGI message 'http.response.body' sent, before 'http.response.start'".into(),
+                ));
+            }
+            if ex.complete {
+                return Err(runtime_error(
+                    "Unexpected ASGI message 'http.response.body' sent, after response already completed".into(),
+                ));
+            }
+            let body_obj = message.get_item(asgi.keys.body.bind(py))?;
+            let more: bool = match message.get_item(asgi.keys.more_body.bind(py))? {
+                Some(m) => m.is_truthy()?,
+                None => false,
+            };
+            let owned;
+            let body: &[u8] = match &body_obj {
+                None => b"",
+                Some(b) => {
+                    if let Ok(bytes) = b.cast::<PyBytes>() {
+                        owned = bytes.as_bytes().to_vec();
+                    } else {
+                        owned = b.extract::<Vec<u8>>().map_err(|_| {
+                            pyo3::exceptions::PyTypeError::new_err("body must be bytes")
+                        })?;
+                    }
+                    &owned
+                }
+            };
+            if !ex.head_sent {
+                let (status, lines, length) = ex.start.take().unwrap_or_default();
+                let length = length.or((!more).then_some(body.len() as u64));
+                let bodyless = encode::status_has_no_body(status);
+                let framing = Framing::choose(meta.minor, length, bodyless);
+                if framing == Framing::Close {
+                    ex.keep_alive = false;
+                }
+                let mut out = std::mem::take(&mut ex.out);
+                let mut code = itoa::Buffer::new();
+                let mut status_text = code.format(status).as_bytes().to_vec();
+                status_text.push(b' ');
+                status_text.extend_from_slice(reason(status).as_bytes());
+                encode::status_line(&mut out, meta.minor, &status_text);
+                out.extend_from_slice(&lines);
+                let keep_alive = ex.keep_alive;
+                encode::finish_head(&mut out, framing, keep_alive, meta.minor, Some(date), true);
+                ex.out = out;
+                ex.start = Some((status, Vec::new(), length));
+                ex.framing = Some(framing);
+                ex.remaining = match framing {
+                    Framing::Length(n) => Some(n),
+                    _ => None,
+                };
+                ex.head_sent = true;
+            }
+            if !meta.is_head {
+                write_body(&mut ex, body);
+            }
+            if !more {
+                ex.complete = true;
+                if ex.framing == Some(Framing::Chunked) && !meta.is_head {
+                    ex.out.extend_from_slice(encode::LAST_CHUNK);
+                }
+                if let Some(left) = ex.remaining.filter(|&l| l > 0 && !meta.is_head) {
+                    log::error!("The application sent {left} bytes fewer than its Content-Length");
+                    ex.keep_alive = false;
+                }
+            }
+            ex.wake();
+            if ex.out.len() > HIGH_WATER {
+                let waiter = asgi.create_future.call0(py)?;
+                ex.flush_waiter = Some(waiter.clone_ref(py));
+                return Ok(waiter);
+            }
+            Ok(asgi.done.clone_ref(py))
+        }
+        other => Err(runtime_error(format!(
+            "Unexpected ASGI message '{other}' sent for an HTTP request"
+        ))),
+    }
+}
+
+fn write_body(ex: &mut Exchange, body: &[u8]) {
+    match ex.framing {
+        Some(Framing::Chunked) => encode::chunk(&mut ex.out, body),
+        Some(Framing::Length(_)) => {
+            let left = ex.remaining.unwrap_or(0);
+            let take = (body.len() as u64).min(left) as usize;
+            if take < body.len() {
+                log::error!(
+                    "The application sent more bytes than its Content-Length; the rest is dropped"
+                );
+            }
+            ex.out.extend_from_slice(&body[..take]);
+            ex.remaining = Some(left - take as u64);
+        }
+        Some(Framing::Close) => ex.out.extend_from_slice(body),
+        Some(Framing::None) | None => {}
+    }
+}
+
+fn parse_length(v: &[u8]) -> Option<u64> {
+    (!v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit))
+        .then(|| v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
+}
+
+fn check_header(name: &[u8], value: &[u8]) -> PyResult<()> {
+    let token = !name.is_empty()
+        && name
+            .iter()
+            .all(|&b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+    if !token {
+        return Err(runtime_error(format!(
+            "invalid header name {:?}",
+            String::from_utf8_lossy(name)
+        )));
+    }
+    if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+        return Err(runtime_error(format!(
+            "header value {:?} contains CR, LF or NUL",
+            String::from_utf8_lossy(value)
+        )));
+    }
+    Ok(())
+}
+
+/// The request as the connection hands it over.
+pub struct Request<'a> {
+    pub head: &'a RequestHead,
+    pub meta: Meta,
+    pub date: Vec<u8>,
+}
+
+/// Runs one request through the app. `rbuf` holds the head and whatever
+/// followed it; on return it holds what follows the request. Returns whether
+/// the connection may carry another request, or None if it must close now.
+pub async fn respond(
+    asgi: &Asgi,
+    stream: &TcpStream,
+    rbuf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    peers: &Peers,
+    req: Request<'_>,
+    header_timeout: Duration,
+) -> Option<bool> {
+    let head = req.head;
+    let meta = req.meta;
+    let shared: Shared = Rc::new(RefCell::new(Exchange {
+        keep_alive: meta.keep_alive,
+        ..Exchange::default()
+    }));
+    let mut decoder = Decoder::new(head.body);
+    let started = Python::attach(|py| -> Result<(), HttpError> {
+        let scope = scope(py, asgi, rbuf, head, peers)?;
+        start_app(py, asgi, &shared, meta, &req.date, scope)
+            .map_err(|_| HttpError::new(500, "the application could not be started"))
+    });
+    if let Err(err) = started {
+        encode::error_response(out, err, &req.date);
+        rbuf.drain(..head.len);
+        return Some(false);
+    }
+    rbuf.drain(..head.len);
+    {
+        let mut ex = shared.borrow_mut();
+        let used = match decoder.decode_into(rbuf, &mut ex.pending) {
+            Ok(used) => used,
+            Err(err) => {
+                drop(ex);
+                return bad_body(asgi, &shared, out, err, &req.date);
+            }
+        };
+        rbuf.drain(..used);
+        ex.request_complete = decoder.is_done();
+        ex.expects_continue = head.expect_continue && !ex.request_complete && rbuf.is_empty();
+    }
+    asgi.reactor.wake_python();
+
+    let mut scratch = Vec::with_capacity(16 * 1024);
+    let mut reading: Option<LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>> = None;
+    let mut read_deadline: Option<Instant> = None;
+    loop {
+        // Write what the app sent.
+        let (pending_out, flushed_waiter) = {
+            let mut ex = shared.borrow_mut();
+            (std::mem::take(&mut ex.out), ex.flush_waiter.take())
+        };
+        if !pending_out.is_empty() {
+            out.extend_from_slice(&pending_out);
+            if !write_out(stream, out).await {
+                shared.borrow_mut().disconnected = true;
+                Python::attach(|py| {
+                    answer_receive(py, asgi, &shared);
+                    if let Some(w) = &flushed_waiter {
+                        let _ = w.call_method1(py, "set_result", (py.None(),));
+                    }
+                });
+                return client_gone(asgi);
+            }
+        }
+        if let Some(w) = flushed_waiter {
+            Python::attach(|py| {
+                let _ = w.call_method1(py, "set_result", (py.None(),));
+            });
+            asgi.reactor.wake_python();
+        }
+        let (
+            finished,
+            failed,
+            complete,
+            head_sent,
+            keep_alive,
+            want_body,
+            request_complete,
+            disconnected,
+        ) = {
+            let ex = shared.borrow();
+            (
+                ex.finished,
+                ex.failed,
+                ex.complete,
+                ex.head_sent,
+                ex.keep_alive,
+                ex.receive_waiter.is_some(),
+                ex.request_complete,
+                ex.disconnected,
+            )
+        };
+        if finished && shared.borrow().out.is_empty() {
+            if complete {
+                // The rest of the body must be read (or the connection closed)
+                // before another request can follow.
+                return Some(keep_alive && request_complete && !disconnected);
+            }
+            if disconnected {
+                return None;
+            }
+            if !head_sent {
+                if !failed {
+                    log::error!("The application returned without sending a response");
+                }
+                encode::error_response(
+                    out,
+                    HttpError::new(500, "the application failed"),
+                    &req.date,
+                );
+                return Some(false);
+            }
+            // The head went out: close, so the client sees a truncated response.
+            return None;
+        }
+        // Answer Expect: 100-continue when the app first asks for the body.
+        if want_body && shared.borrow().expects_continue {
+            shared.borrow_mut().expects_continue = false;
+            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            if !write_out(stream, out).await {
+                shared.borrow_mut().disconnected = true;
+                continue;
+            }
+        }
+        // Read when the app waits for body bytes, and otherwise keep a read
+        // open to notice the client leaving (keeping any pipelined bytes).
+        let read_wanted = !disconnected
+            && ((!request_complete && want_body)
+                || (request_complete && rbuf.len() < PIPELINE_LIMIT));
+        if read_wanted && reading.is_none() {
+            let mut buf = std::mem::take(&mut scratch);
+            buf.clear();
+            // The read owns a handle to the socket, so it can stay in flight
+            // across writes.
+            let mut reader = stream.clone();
+            reading = Some(Box::pin(async move { reader.read(buf).await }));
+            read_deadline = (!request_complete).then(|| Instant::now() + header_timeout);
+        }
+        let changed = std::future::poll_fn(|cx| {
+            let mut ex = shared.borrow_mut();
+            if ex.changed {
+                ex.changed = false;
+                Poll::Ready(())
+            } else {
+                ex.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        let Some(read) = reading.as_mut() else {
+            changed.await;
+            continue;
+        };
+        let read = async {
+            match read_deadline {
+                Some(deadline) => compio::time::timeout_at(deadline, read).await.ok(),
+                None => Some(read.await),
+            }
+        };
+        let outcome =
+            match futures_util::future::select(std::pin::pin!(read), std::pin::pin!(changed)).await
+            {
+                Either::Left((outcome, _)) => Some(outcome),
+                Either::Right(_) => None,
+            };
+        let Some(outcome) = outcome else {
+            continue;
+        };
+        reading = None;
+        let BufResult(res, buf) = match outcome {
+            Some(done) => done,
+            None => {
+                // The client stalled in the middle of its body.
+                shared.borrow_mut().disconnected = true;
+                Python::attach(|py| answer_receive(py, asgi, &shared));
+                return client_gone(asgi);
+            }
+        };
+        match res {
+            Ok(n) if n > 0 => {
+                rbuf.extend_from_slice(&buf[..n]);
+                if !request_complete {
+                    let mut ex = shared.borrow_mut();
+                    let mut pending = std::mem::take(&mut ex.pending);
+                    let decoded = decoder.decode_into(rbuf, &mut pending);
+                    ex.pending = pending;
+                    match decoded {
+                        Ok(used) => {
+                            rbuf.drain(..used);
+                            ex.request_complete = decoder.is_done();
+                        }
+                        Err(err) => {
+                            drop(ex);
+                            log::debug!("Bad request body: {}", err.detail);
+                            shared.borrow_mut().disconnected = true;
+                            Python::attach(|py| answer_receive(py, asgi, &shared));
+                            return client_gone(asgi);
+                        }
+                    }
+                }
+                scratch = buf;
+            }
+            _ => {
+                // EOF or an error: the client is gone.
+                shared.borrow_mut().disconnected = true;
+            }
+        }
+        Python::attach(|py| answer_receive(py, asgi, &shared));
+    }
+}
+
+/// A malformed body detected before the app got it: answer 400 and close,
+/// after telling the app the client is gone.
+fn bad_body(
+    asgi: &Asgi,
+    shared: &Shared,
+    out: &mut Vec<u8>,
+    err: HttpError,
+    date: &[u8],
+) -> Option<bool> {
+    shared.borrow_mut().disconnected = true;
+    Python::attach(|py| answer_receive(py, asgi, shared));
+    encode::error_response(out, err, date);
+    Some(false)
+}
+
+/// The client is gone: the connection closes now, while the app runs on to
+/// its end (its sends raise ClientDisconnected).
+fn client_gone(asgi: &Asgi) -> Option<bool> {
+    asgi.reactor.wake_python();
+    None
+}
+
+async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> bool {
+    let buf = std::mem::take(out);
+    let mut writer = stream;
+    match compio::time::timeout(WRITE_STALL, writer.write_all(buf)).await {
+        Ok(BufResult(Ok(()), mut buf)) => {
+            buf.clear();
+            *out = buf;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Creates the app's task for `scope`, with the callables bound to `shared`.
+fn start_app(
+    py: Python<'_>,
+    asgi: &Asgi,
+    shared: &Shared,
+    meta: Meta,
+    date: &[u8],
+    scope: Bound<'_, PyDict>,
+) -> PyResult<()> {
+    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
+    let for_receive = ThreadBound::new(shared.clone());
+    let receive_fn = PyCFunction::new_closure(
+        py,
+        Some(c"receive"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
+            let shared = for_receive.get()?;
+            // SAFETY: the shard's Asgi lives as long as the shard thread, which
+            // is the only thread get() lets through.
+            let asgi = unsafe { &**asgi_ptr.get()? };
+            receive(args.py(), asgi, shared)
+        },
+    )?;
+    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
+    let for_send = ThreadBound::new(shared.clone());
+    let date = date.to_vec();
+    let send_fn = PyCFunction::new_closure(
+        py,
+        Some(c"send"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
+            let shared = for_send.get()?;
+            // SAFETY: as for receive.
+            let asgi = unsafe { &**asgi_ptr.get()? };
+            let message = args.get_item(0)?;
+            send(args.py(), asgi, shared, meta, &date, &message)
+        },
+    )?;
+    let coro = asgi.app.call1(py, (scope, receive_fn, send_fn))?;
+    let task = asgi.create_task.call1(py, (coro,))?;
+    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
+    let for_done = ThreadBound::new(shared.clone());
+    let done_fn = PyCFunction::new_closure(
+        py,
+        Some(c"done"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+            let py = args.py();
+            let shared = for_done.get()?;
+            // SAFETY: as for receive.
+            let asgi = unsafe { &**asgi_ptr.get()? };
+            let task = args.get_item(0)?;
+            let mut failed = false;
+            if !task.call_method0("cancelled")?.is_truthy()? {
+                let exc = task.call_method0("exception")?;
+                if !exc.is_none() {
+                    failed = true;
+                    let err = PyErr::from_value(exc);
+                    asgi.loaded.app_failed(py, &err);
+                }
+            }
+            let mut ex = shared.borrow_mut();
+            ex.finished = true;
+            ex.failed = failed;
+            ex.wake();
+            Ok(())
+        },
+    )?;
+    task.call_method1(py, "add_done_callback", (done_fn,))?;
+    Ok(())
+}

@@ -1,0 +1,251 @@
+//! The ASGI 3 bridge: one asyncio event loop per shard, in the shard's own
+//! interpreter and on its thread, driven by the shard's io_uring runtime
+//! (`event_loop.rs`). `http.rs` runs one HTTP request through the app; the
+//! lifespan protocol and the shard's main coroutine live in `shim.py`.
+
+pub mod event_loop;
+pub mod http;
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::thread::ThreadId;
+
+use pyo3::prelude::*;
+use pyo3::types::{PyCFunction, PyDict, PyModule, PyString, PyTuple};
+
+use crate::cli::{Config, LifespanMode};
+use crate::python::app::Loaded;
+use event_loop::Reactor;
+
+const SHIM: &std::ffi::CStr =
+    match std::ffi::CStr::from_bytes_with_nul(concat!(include_str!("shim.py"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("shim.py contains a NUL byte"),
+    };
+
+/// A shard-thread value inside a Python callable, which pyo3 requires to be
+/// Send. Python could call it (or drop it) from another thread of the same
+/// interpreter; such calls are refused and such drops leak rather than touch
+/// thread-local state.
+pub struct ThreadBound<T> {
+    value: std::mem::ManuallyDrop<T>,
+    thread: ThreadId,
+}
+
+// SAFETY: the value is only reached on the thread that made it (checked in
+// `get` and `drop`).
+unsafe impl<T> Send for ThreadBound<T> {}
+// SAFETY: as above; other threads cannot reach the value through a reference.
+unsafe impl<T> Sync for ThreadBound<T> {}
+
+impl<T> ThreadBound<T> {
+    pub fn new(value: T) -> Self {
+        ThreadBound {
+            value: std::mem::ManuallyDrop::new(value),
+            thread: std::thread::current().id(),
+        }
+    }
+
+    pub fn get(&self) -> PyResult<&T> {
+        if std::thread::current().id() == self.thread {
+            Ok(&self.value)
+        } else {
+            Err(pyo3::exceptions::PyRuntimeError::new_err(
+                "ASGI callables must be called from the event loop's thread",
+            ))
+        }
+    }
+}
+
+impl<T> Drop for ThreadBound<T> {
+    fn drop(&mut self) {
+        if std::thread::current().id() == self.thread {
+            // SAFETY: dropped once, on its own thread.
+            unsafe { std::mem::ManuallyDrop::drop(&mut self.value) };
+        }
+    }
+}
+
+/// Interned message keys and values, made once per interpreter.
+pub struct Keys {
+    pub type_: Py<PyString>,
+    pub body: Py<PyString>,
+    pub more_body: Py<PyString>,
+    pub status: Py<PyString>,
+    pub headers: Py<PyString>,
+    pub http_request: Py<PyString>,
+    pub http_disconnect: Py<PyString>,
+}
+
+/// Everything one shard needs to run ASGI requests in its interpreter.
+pub struct Asgi {
+    pub loaded: Arc<Loaded>,
+    pub app: Py<PyAny>,
+    pub event_loop: Py<PyAny>,
+    pub create_task: Py<PyAny>,
+    pub create_future: Py<PyAny>,
+    /// A finished future: what send() returns when nothing needs waiting for.
+    pub done: Py<PyAny>,
+    pub disconnected: Py<PyAny>,
+    pub shim: Py<PyModule>,
+    /// What lifespan startup stored; each request gets a shallow copy.
+    pub state: Py<PyDict>,
+    /// `scope["asgi"]`, shared by every request.
+    pub asgi_version: Py<PyDict>,
+    pub keys: Keys,
+    pub reactor: Rc<Reactor>,
+    pub lifespan: LifespanMode,
+    pub root_path: Py<PyString>,
+}
+
+fn key(py: Python<'_>, s: &str) -> Py<PyString> {
+    PyString::intern(py, s).unbind()
+}
+
+impl Asgi {
+    /// Builds the bridge and the shard's event loop for an app loaded in the
+    /// current interpreter.
+    pub fn new(py: Python<'_>, config: &Config, loaded: Arc<Loaded>) -> Result<Asgi, String> {
+        let failed = |e: PyErr| loaded.format(py, &e);
+        let shim = PyModule::from_code(py, SHIM, c"turbo_asgi.py", c"turbo_asgi")
+            .map_err(|e| format!("turbo's ASGI shim failed: {e}"))?;
+        let reactor = Rc::new(Reactor::default());
+        let watch_reactor = ThreadBound::new(reactor.clone());
+        let watch = PyCFunction::new_closure(
+            py,
+            Some(c"watch"),
+            None,
+            move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+                let (fd, events): (i32, i32) = args.extract()?;
+                watch_reactor.get()?.watch(fd, events);
+                Ok(())
+            },
+        )
+        .map_err(failed)?;
+        let poll_reactor = ThreadBound::new(reactor.clone());
+        let poll = PyCFunction::new_closure(
+            py,
+            Some(c"poll"),
+            None,
+            move |args: &Bound<'_, PyTuple>,
+                  _kw: Option<&Bound<'_, PyDict>>|
+                  -> PyResult<Vec<(i32, i32)>> {
+                let (timeout,): (Option<f64>,) = args.extract()?;
+                Ok(poll_reactor.get()?.select(timeout))
+            },
+        )
+        .map_err(failed)?;
+        let event_loop = shim
+            .getattr("new_loop")
+            .and_then(|f| f.call1((watch, poll)))
+            .map_err(failed)?;
+        let done = event_loop.call_method0("create_future").map_err(failed)?;
+        done.call_method1("set_result", (py.None(),))
+            .map_err(failed)?;
+        let asgi_version = PyDict::new(py);
+        asgi_version.set_item("version", "3.0").map_err(failed)?;
+        asgi_version
+            .set_item("spec_version", "2.4")
+            .map_err(failed)?;
+        Ok(Asgi {
+            app: loaded.app.clone_ref(py),
+            create_task: event_loop.getattr("create_task").map_err(failed)?.unbind(),
+            create_future: event_loop
+                .getattr("create_future")
+                .map_err(failed)?
+                .unbind(),
+            event_loop: event_loop.unbind(),
+            done: done.unbind(),
+            disconnected: shim.getattr("ClientDisconnected").map_err(failed)?.unbind(),
+            shim: shim.unbind(),
+            state: PyDict::new(py).unbind(),
+            asgi_version: asgi_version.unbind(),
+            keys: Keys {
+                type_: key(py, "type"),
+                body: key(py, "body"),
+                more_body: key(py, "more_body"),
+                status: key(py, "status"),
+                headers: key(py, "headers"),
+                http_request: key(py, "http.request"),
+                http_disconnect: key(py, "http.disconnect"),
+            },
+            reactor,
+            lifespan: config.lifespan,
+            root_path: PyString::new(py, &std::env::var("SCRIPT_NAME").unwrap_or_default())
+                .unbind(),
+            loaded,
+        })
+    }
+
+    /// Runs the shard's event loop: lifespan startup, then `serve` (called once
+    /// startup succeeded) until it returns, then lifespan shutdown. Returns why
+    /// the shard could not start, if it could not.
+    pub fn run<F, S>(&self, py: Python<'_>, started: F, serve: S) -> Result<(), String>
+    where
+        F: FnOnce() + 'static,
+        S: FnOnce() -> futures_util::future::LocalBoxFuture<'static, ()> + 'static,
+    {
+        let failed = |e: PyErr| self.loaded.format(py, &e);
+        let stopped = self.create_future.call0(py).map_err(failed)?;
+        let stopped_handle = ThreadBound::new(stopped.clone_ref(py));
+        let reactor = ThreadBound::new(self.reactor.clone());
+        let pieces = ThreadBound::new(std::cell::Cell::new(Some((started, serve))));
+        let on_started = PyCFunction::new_closure(
+            py,
+            Some(c"started"),
+            None,
+            move |_args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+                let Some((started, serve)) = pieces.get()?.take() else {
+                    return Ok(());
+                };
+                started();
+                let stopped = stopped_handle.get()?.clone_ref(_args.py());
+                let reactor = reactor.get()?.clone();
+                compio::runtime::spawn(async move {
+                    serve().await;
+                    Python::attach(|py| {
+                        let _ = stopped.call_method1(py, "set_result", (py.None(),));
+                    });
+                    reactor.wake_python();
+                })
+                .detach();
+                Ok(())
+            },
+        )
+        .map_err(failed)?;
+        let log = PyCFunction::new_closure(
+            py,
+            Some(c"log"),
+            None,
+            |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+                let (level, msg): (i32, String) = args.extract()?;
+                if level >= 40 {
+                    log::error!("{msg}");
+                } else {
+                    log::info!("{msg}");
+                }
+                Ok(())
+            },
+        )
+        .map_err(failed)?;
+        let mode = match self.lifespan {
+            LifespanMode::Auto => "auto",
+            LifespanMode::On => "on",
+            LifespanMode::Off => "off",
+        };
+        let main = self
+            .shim
+            .getattr(py, "serve")
+            .and_then(|f| f.call1(py, (&self.app, mode, &self.state, log, on_started, stopped)))
+            .map_err(failed)?;
+        let outcome = self
+            .event_loop
+            .call_method1(py, "run_until_complete", (main,))
+            .map_err(failed)?;
+        if outcome.is_none(py) {
+            Ok(())
+        } else {
+            Err(outcome.to_string())
+        }
+    }
+}
