@@ -24,14 +24,15 @@ use crate::scoreboard::Scoreboard;
 pub const EVENT_READ: i32 = 1;
 pub const EVENT_WRITE: i32 = 2;
 
-/// A descriptor that Python owns; the loop unregisters it (cancelling its
-/// poll) before closing it.
-struct Watched(RawFd);
+/// A descriptor polled by io_uring that something else owns and keeps open
+/// while the poll is in flight: Python unregisters a descriptor (cancelling
+/// its poll) before closing it, and a connection drops its poll before itself.
+pub struct Watched(pub RawFd);
 
 impl AsFd for Watched {
     fn as_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the descriptor stays open while it is registered with the
-        // selector, and its poll is cancelled when it is unregistered.
+        // SAFETY: the owner keeps the descriptor open while the poll is in
+        // flight (see above).
         unsafe { BorrowedFd::borrow_raw(self.0) }
     }
 }

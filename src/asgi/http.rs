@@ -8,18 +8,22 @@
 //! connection changes it and resolves the futures the app awaits.
 
 use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::{Poll, Waker};
 use std::time::{Duration, Instant};
 
 use compio::buf::BufResult;
+use compio::driver::op::{Interest, PollOnce};
 use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
-use futures_util::future::{Either, LocalBoxFuture};
+use futures_util::future::LocalBoxFuture;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyTuple};
 
+use super::event_loop::Watched;
 use super::{Asgi, ThreadBound};
 use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
@@ -29,8 +33,6 @@ use crate::wsgi::environ::{percent_decode, split_target};
 
 /// send() makes the app wait once this much output is queued.
 const HIGH_WATER: usize = 64 * 1024;
-/// Bytes of a following (pipelined) request kept while the app runs.
-const PIPELINE_LIMIT: usize = 64 * 1024;
 /// The longest a client may stall reading a response.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 
@@ -489,6 +491,9 @@ pub async fn respond(
 
     let mut scratch = Vec::with_capacity(16 * 1024);
     let mut reading: Option<LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>> = None;
+    let mut watching: Option<LocalBoxFuture<'static, ()>> = None;
+    // The next request's bytes have arrived; the socket need not be watched.
+    let mut input_waiting = false;
     let mut read_deadline: Option<Instant> = None;
     loop {
         // Write what the app sent.
@@ -569,19 +574,23 @@ pub async fn respond(
                 continue;
             }
         }
-        // Read when the app waits for body bytes, and otherwise keep a read
-        // open to notice the client leaving (keeping any pipelined bytes).
-        let read_wanted = !disconnected
-            && ((!request_complete && want_body)
-                || (request_complete && rbuf.len() < PIPELINE_LIMIT));
-        if read_wanted && reading.is_none() {
+        // Read when the app waits for body bytes. Otherwise watch the socket
+        // for the client leaving: a readiness poll, which (unlike a read) can
+        // be dropped without losing a pipelined request's bytes.
+        if !disconnected && !request_complete && want_body && reading.is_none() {
             let mut buf = std::mem::take(&mut scratch);
             buf.clear();
-            // The read owns a handle to the socket, so it can stay in flight
+            // The read owns a handle to the socket, so it stays in flight
             // across writes.
             let mut reader = stream.clone();
             reading = Some(Box::pin(async move { reader.read(buf).await }));
-            read_deadline = (!request_complete).then(|| Instant::now() + header_timeout);
+            read_deadline = Some(Instant::now() + header_timeout);
+        }
+        if !disconnected && request_complete && !input_waiting && watching.is_none() {
+            let fd = Watched(stream.as_raw_fd());
+            watching = Some(Box::pin(async move {
+                let _ = compio::runtime::submit(PollOnce::new(fd, Interest::Readable)).await;
+            }));
         }
         let changed = std::future::poll_fn(|cx| {
             let mut ex = shared.borrow_mut();
@@ -593,24 +602,48 @@ pub async fn respond(
                 Poll::Pending
             }
         });
-        let Some(read) = reading.as_mut() else {
-            changed.await;
-            continue;
-        };
-        let read = async {
-            match read_deadline {
-                Some(deadline) => compio::time::timeout_at(deadline, read).await.ok(),
-                None => Some(read.await),
+        let mut changed = std::pin::pin!(changed);
+        let body_read = reading.is_some();
+        let event = std::future::poll_fn(|cx| {
+            if changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Event::Changed);
             }
+            if let Some(read) = reading.as_mut() {
+                if let Poll::Ready(done) = read.as_mut().poll(cx) {
+                    return Poll::Ready(Event::Read(Some(done)));
+                }
+            }
+            if let Some(watch) = watching.as_mut() {
+                if watch.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Event::Readable);
+                }
+            }
+            Poll::Pending
+        });
+        let event = match (body_read, read_deadline) {
+            (true, Some(deadline)) => {
+                match compio::time::timeout_at(deadline, event).await {
+                    Ok(event) => event,
+                    Err(_) => Event::Read(None),
+                }
+            }
+            _ => event.await,
         };
-        let outcome =
-            match futures_util::future::select(std::pin::pin!(read), std::pin::pin!(changed)).await
-            {
-                Either::Left((outcome, _)) => Some(outcome),
-                Either::Right(_) => None,
-            };
-        let Some(outcome) = outcome else {
-            continue;
+        let outcome = match event {
+            Event::Changed => continue,
+            Event::Readable => {
+                watching = None;
+                match peek(stream.as_raw_fd()) {
+                    Peek::Data => input_waiting = true,
+                    Peek::Nothing => {}
+                    Peek::Closed => {
+                        shared.borrow_mut().disconnected = true;
+                        Python::attach(|py| answer_receive(py, asgi, &shared));
+                    }
+                }
+                continue;
+            }
+            Event::Read(outcome) => outcome,
         };
         reading = None;
         let BufResult(res, buf) = match outcome {
@@ -652,6 +685,44 @@ pub async fn respond(
             }
         }
         Python::attach(|py| answer_receive(py, asgi, &shared));
+    }
+}
+
+enum Event {
+    /// The app called receive or send, or its task ended.
+    Changed,
+    /// A body read finished; None when the client stalled past the timeout.
+    Read(Option<BufResult<usize, Vec<u8>>>),
+    /// The socket became readable while the app ran.
+    Readable,
+}
+
+enum Peek {
+    Data,
+    Nothing,
+    Closed,
+}
+
+/// Whether a readable socket holds data or the client's close, without
+/// consuming anything.
+fn peek(fd: RawFd) -> Peek {
+    let mut byte = 0u8;
+    // SAFETY: a one-byte non-blocking peek into a local.
+    let n = unsafe {
+        libc::recv(
+            fd,
+            (&raw mut byte).cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        1.. => Peek::Data,
+        0 => Peek::Closed,
+        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+            Peek::Nothing
+        }
+        _ => Peek::Closed,
     }
 }
 
