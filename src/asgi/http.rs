@@ -463,29 +463,40 @@ pub async fn respond(
         ..Exchange::default()
     }));
     let mut decoder = Decoder::new(head.body);
-    let started = Python::attach(|py| -> Result<(), HttpError> {
-        let scope = scope(py, asgi, rbuf, head, peers)?;
-        start_app(py, asgi, &shared, meta, &req.date, scope)
-            .map_err(|_| HttpError::new(500, "the application could not be started"))
-    });
-    if let Err(err) = started {
-        encode::error_response(out, err, &req.date);
-        rbuf.drain(..head.len);
-        return Some(false);
-    }
+    let scope = Python::attach(|py| scope(py, asgi, rbuf, head, peers).map(Bound::unbind));
     rbuf.drain(..head.len);
+    let scope = match scope {
+        Ok(scope) => scope,
+        Err(err) => {
+            encode::error_response(out, err, &req.date);
+            return Some(false);
+        }
+    };
+    // The body already here goes in first: the app may run (eagerly) as soon
+    // as its task exists.
     {
         let mut ex = shared.borrow_mut();
         let used = match decoder.decode_into(rbuf, &mut ex.pending) {
             Ok(used) => used,
             Err(err) => {
                 drop(ex);
-                return bad_body(asgi, &shared, out, err, &req.date);
+                encode::error_response(out, err, &req.date);
+                return Some(false);
             }
         };
         rbuf.drain(..used);
         ex.request_complete = decoder.is_done();
         ex.expects_continue = head.expect_continue && !ex.request_complete && rbuf.is_empty();
+    }
+    let started =
+        Python::attach(|py| start_app(py, asgi, &shared, meta, &req.date, scope.into_bound(py)));
+    if started.is_err() {
+        encode::error_response(
+            out,
+            HttpError::new(500, "the application could not be started"),
+            &req.date,
+        );
+        return Some(false);
     }
     asgi.reactor.wake_python();
 
@@ -621,12 +632,10 @@ pub async fn respond(
             Poll::Pending
         });
         let event = match (body_read, read_deadline) {
-            (true, Some(deadline)) => {
-                match compio::time::timeout_at(deadline, event).await {
-                    Ok(event) => event,
-                    Err(_) => Event::Read(None),
-                }
-            }
+            (true, Some(deadline)) => match compio::time::timeout_at(deadline, event).await {
+                Ok(event) => event,
+                Err(_) => Event::Read(None),
+            },
             _ => event.await,
         };
         let outcome = match event {
@@ -724,21 +733,6 @@ fn peek(fd: RawFd) -> Peek {
         }
         _ => Peek::Closed,
     }
-}
-
-/// A malformed body detected before the app got it: answer 400 and close,
-/// after telling the app the client is gone.
-fn bad_body(
-    asgi: &Asgi,
-    shared: &Shared,
-    out: &mut Vec<u8>,
-    err: HttpError,
-    date: &[u8],
-) -> Option<bool> {
-    shared.borrow_mut().disconnected = true;
-    Python::attach(|py| answer_receive(py, asgi, shared));
-    encode::error_response(out, err, date);
-    Some(false)
 }
 
 /// The client is gone: the connection closes now, while the app runs on to

@@ -149,7 +149,11 @@ impl Asgi {
             .map_err(failed)?;
         Ok(Asgi {
             app: loaded.app.clone_ref(py),
-            create_task: event_loop.getattr("create_task").map_err(failed)?.unbind(),
+            create_task: shim
+                .getattr("request_starter")
+                .and_then(|f| f.call1((&event_loop,)))
+                .map_err(failed)?
+                .unbind(),
             create_future: event_loop
                 .getattr("create_future")
                 .map_err(failed)?
