@@ -619,15 +619,15 @@ pub async fn respond(
             if changed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Changed);
             }
-            if let Some(read) = reading.as_mut() {
-                if let Poll::Ready(done) = read.as_mut().poll(cx) {
-                    return Poll::Ready(Event::Read(Some(done)));
-                }
+            if let Some(read) = reading.as_mut()
+                && let Poll::Ready(done) = read.as_mut().poll(cx)
+            {
+                return Poll::Ready(Event::Read(Some(done)));
             }
-            if let Some(watch) = watching.as_mut() {
-                if watch.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(Event::Readable);
-                }
+            if let Some(watch) = watching.as_mut()
+                && watch.as_mut().poll(cx).is_ready()
+            {
+                return Poll::Ready(Event::Readable);
             }
             Poll::Pending
         });
