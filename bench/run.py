@@ -1,4 +1,5 @@
-"""WSGI benchmark: turbo against Granian, bjoern and Gunicorn, one core each.
+"""Benchmark: turbo against Granian, bjoern and Gunicorn (WSGI) and against
+Granian and Uvicorn (ASGI), one core each.
 
 Method: every server runs pinned to CPU 0 (taskset) and wrk to CPU 1. Each round
 starts every server in turn, warms it up, then measures with wrk; rounds alternate
@@ -31,17 +32,29 @@ def free_port():
         return s.getsockname()[1]
 
 
-def servers(turbo):
-    return {
-        "turbo": lambda app, port: [turbo, app, "--cores", "1", "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
-        "granian": lambda app, port: [str(BIN / "granian"), "--interface", "wsgi", "--workers", "1",
-                                      "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", app],
-        "bjoern": lambda app, port: [sys.executable, "-c",
-                                     f"import bjoern, importlib; m, a = {app!r}.split(':'); "
-                                     f"bjoern.run(getattr(importlib.import_module(m), a), '127.0.0.1', {port})"],
-        "gunicorn": lambda app, port: [str(BIN / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}",
-                                       "--log-level", "warning", app],
+ASGI_APPS = {"asgihello:app"}
+
+
+def servers(turbo, app):
+    """The servers to run `app` with, as argv builders taking the port."""
+    asgi = app in ASGI_APPS
+    interface = "asgi" if asgi else "wsgi"
+    table = {
+        "turbo": lambda port: [turbo, app, "--cores", "1", "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
+        "granian": lambda port: [str(BIN / "granian"), "--interface", interface, "--workers", "1",
+                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", app],
     }
+    if asgi:
+        table["uvicorn"] = lambda port: [str(BIN / "uvicorn"), "--workers", "1", "--loop", "uvloop",
+                                         "--http", "httptools", "--host", "127.0.0.1", "--port", str(port),
+                                         "--log-level", "warning", "--no-access-log", app]
+    else:
+        table["bjoern"] = lambda port: [sys.executable, "-c",
+                                        f"import bjoern, importlib; m, a = {app!r}.split(':'); "
+                                        f"bjoern.run(getattr(importlib.import_module(m), a), '127.0.0.1', {port})"]
+        table["gunicorn"] = lambda port: [str(BIN / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}",
+                                          "--log-level", "warning", app]
+    return table
 
 
 def wait_port(port, proc, timeout=30):
@@ -153,22 +166,24 @@ def main():
     ap.add_argument("--duration", type=int, default=10)
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--apps", default="hello:app,flaskhello:app")
-    ap.add_argument("--servers", default="turbo,granian,bjoern,gunicorn")
+    ap.add_argument("--apps", default="hello:app,flaskhello:app,asgihello:app")
+    ap.add_argument("--servers", default="turbo,granian,bjoern,gunicorn,uvicorn",
+                    help="those that serve each app's interface are run")
     ap.add_argument("--scaling", action="store_true", help="measure turbo on 1 and 2 shards instead")
     args = ap.parse_args()
     if args.scaling:
         scaling(os.path.abspath(args.turbo), args.duration, args.rounds)
         return
-    table = servers(os.path.abspath(args.turbo))
-    names = args.servers.split(",")
+    turbo = os.path.abspath(args.turbo)
     print(__doc__)
     for app in args.apps.split(","):
+        table = servers(turbo, app)
+        names = [n for n in args.servers.split(",") if n in table]
         results = {n: [] for n in names}
         for r in range(args.rounds):
             order = names if r % 2 == 0 else list(reversed(names))
             for name in order:
-                res = measure(name, lambda port, n=name: table[n](app, port), args.duration, args.connections)
+                res = measure(name, table[name], args.duration, args.connections)
                 results[name].append(res)
                 print(f"  round {r + 1} {app} {name}: {res['rps']:.0f} req/s, {res['cpu_us']:.1f} us CPU/req",
                       file=sys.stderr)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# One command for the WSGI benchmark: installs wrk, libev and the peers (Granian,
-# bjoern, Gunicorn) in a Python 3.13 virtualenv, builds turbo, then runs
+# One command for the benchmark: installs wrk, libev and the peers (Granian,
+# bjoern, Gunicorn, Uvicorn) in a Python 3.13 virtualenv, builds turbo, then runs
 # bench/run.py, which pins each server to CPU 0 and wrk to CPU 1 and alternates
 # rounds between servers. Arguments go to run.py (e.g. --duration 5 --rounds 3).
 set -euo pipefail
