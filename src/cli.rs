@@ -103,6 +103,11 @@ struct Args {
     #[arg(long, value_name = "MODE", default_value = "auto")]
     lifespan: LifespanMode,
 
+    /// The largest WebSocket message accepted, in bytes; larger ones close
+    /// the connection with code 1009.
+    #[arg(long = "ws-max-size", value_name = "BYTES", default_value_t = 16 * 1024 * 1024)]
+    ws_max_size: usize,
+
     /// How shards are isolated: `subinterpreter` (one worker process, one
     /// own-GIL sub-interpreter per shard), `process` (one worker process per
     /// shard) or `auto` (sub-interpreters where Python and the app allow them).
@@ -201,6 +206,7 @@ pub struct Config {
     pub isolation: IsolationMode,
     pub interface: InterfaceMode,
     pub lifespan: LifespanMode,
+    pub ws_max_size: usize,
     /// Zero when off.
     pub timeout: Duration,
     pub graceful_timeout: Duration,
@@ -372,6 +378,7 @@ impl Args {
                 }
             },
             lifespan: self.lifespan,
+            ws_max_size: self.ws_max_size,
             timeout: Duration::from_secs(self.timeout),
             graceful_timeout: Duration::from_secs(self.graceful_timeout),
             max_requests: self.max_requests,

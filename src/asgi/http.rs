@@ -117,12 +117,15 @@ impl Exchange {
 type Shared = Rc<RefCell<Exchange>>;
 
 /// Builds the HTTP scope for `head`, whose ranges point into `buf`.
-fn scope<'py>(
+/// With `websocket`, the WebSocket scope instead: no method, scheme `ws`,
+/// and the subprotocols the client offers.
+pub(super) fn scope<'py>(
     py: Python<'py>,
     asgi: &Asgi,
     buf: &[u8],
     head: &RequestHead,
     peers: &Peers,
+    websocket: bool,
 ) -> Result<Bound<'py, PyDict>, HttpError> {
     let target = &buf[head.target.clone()];
     let (raw_path, query) = split_target(target)?;
@@ -146,11 +149,31 @@ fn scope<'py>(
     let state = asgi.state.bind(py).copy();
     let filled = (|| -> PyResult<()> {
         let k = &asgi.keys;
-        scope.set_item(k.type_.bind(py), "http")?;
+        if websocket {
+            scope.set_item(k.type_.bind(py), "websocket")?;
+            scope.set_item("scheme", "ws")?;
+            let offered = PyList::empty(py);
+            for (name, value) in &head.headers {
+                if buf[name.clone()].eq_ignore_ascii_case(b"sec-websocket-protocol") {
+                    for p in buf[value.clone()].split(|&b| b == b',') {
+                        let p = crate::http::parse::trim(p);
+                        if !p.is_empty() {
+                            offered.append(String::from_utf8_lossy(p).as_ref())?;
+                        }
+                    }
+                }
+            }
+            scope.set_item("subprotocols", offered)?;
+            let extensions = PyDict::new(py);
+            extensions.set_item("websocket.http.response", PyDict::new(py))?;
+            scope.set_item("extensions", extensions)?;
+        } else {
+            scope.set_item(k.type_.bind(py), "http")?;
+            scope.set_item("method", method)?;
+            scope.set_item("scheme", "http")?;
+        }
         scope.set_item("asgi", asgi.asgi_version.bind(py))?;
         scope.set_item("http_version", if head.minor == 0 { "1.0" } else { "1.1" })?;
-        scope.set_item("method", method)?;
-        scope.set_item("scheme", "http")?;
         scope.set_item("path", path.as_ref())?;
         scope.set_item("raw_path", PyBytes::new(py, raw_path))?;
         scope.set_item("query_string", PyBytes::new(py, query))?;
@@ -165,7 +188,7 @@ fn scope<'py>(
     Ok(scope)
 }
 
-fn runtime_error(msg: String) -> PyErr {
+pub(super) fn runtime_error(msg: String) -> PyErr {
     pyo3::exceptions::PyRuntimeError::new_err(msg)
 }
 
@@ -417,7 +440,7 @@ fn parse_length(v: &[u8]) -> Option<u64> {
         .then(|| v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
 }
 
-fn check_header(name: &[u8], value: &[u8]) -> PyResult<()> {
+pub(super) fn check_header(name: &[u8], value: &[u8]) -> PyResult<()> {
     let token = !name.is_empty()
         && name
             .iter()
@@ -463,7 +486,7 @@ pub async fn respond(
         ..Exchange::default()
     }));
     let mut decoder = Decoder::new(head.body);
-    let scope = Python::attach(|py| scope(py, asgi, rbuf, head, peers).map(Bound::unbind));
+    let scope = Python::attach(|py| scope(py, asgi, rbuf, head, peers, false).map(Bound::unbind));
     rbuf.drain(..head.len);
     let scope = match scope {
         Ok(scope) => scope,
@@ -737,12 +760,12 @@ fn peek(fd: RawFd) -> Peek {
 
 /// The client is gone: the connection closes now, while the app runs on to
 /// its end (its sends raise ClientDisconnected).
-fn client_gone(asgi: &Asgi) -> Option<bool> {
+pub(super) fn client_gone(asgi: &Asgi) -> Option<bool> {
     asgi.reactor.wake_python();
     None
 }
 
-async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> bool {
+pub(super) async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> bool {
     let buf = std::mem::take(out);
     let mut writer = stream;
     match compio::time::timeout(WRITE_STALL, writer.write_all(buf)).await {

@@ -1,10 +1,11 @@
 //! The ASGI 3 bridge: one asyncio event loop per shard, in the shard's own
 //! interpreter and on its thread, driven by the shard's io_uring runtime
-//! (`event_loop.rs`). `http.rs` runs one HTTP request through the app; the
-//! lifespan protocol and the shard's main coroutine live in `shim.py`.
+//! (`event_loop.rs`). `http.rs` runs one HTTP request through the app and
+//! `websocket.rs` one WebSocket connection; the lifespan protocol and the shard's main coroutine live in `shim.py`.
 
 pub mod event_loop;
 pub mod http;
+pub mod websocket;
 
 use std::rc::Rc;
 use std::sync::Arc;
@@ -96,6 +97,7 @@ pub struct Asgi {
     pub reactor: Rc<Reactor>,
     pub lifespan: LifespanMode,
     pub root_path: Py<PyString>,
+    pub ws_max_size: usize,
 }
 
 fn key(py: Python<'_>, s: &str) -> Py<PyString> {
@@ -175,6 +177,7 @@ impl Asgi {
             },
             reactor,
             lifespan: config.lifespan,
+            ws_max_size: config.ws_max_size,
             root_path: PyString::new(py, &std::env::var("SCRIPT_NAME").unwrap_or_default())
                 .unbind(),
             loaded,

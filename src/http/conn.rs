@@ -20,6 +20,7 @@ use super::body::Decoder;
 use super::encode;
 use super::parse::{self, RequestHead};
 use crate::asgi::http::{self as asgi_http, Peers};
+use crate::asgi::websocket as asgi_ws;
 use crate::shard::{App, Shard};
 use crate::wsgi::Wsgi;
 use crate::wsgi::environ::ConnInfo;
@@ -136,6 +137,21 @@ impl Conn {
                         Err(None) => return,
                     };
                     self.respond(&head, info, body, wsgi, pool.as_ref()).await
+                }
+                (App::Asgi(asgi), PeerInfo::Asgi(peers))
+                    if head.minor == 1 && asgi_ws::is_upgrade(&self.rbuf, &head) =>
+                {
+                    let date = shard.date.borrow_mut().get().to_vec();
+                    asgi_ws::serve(
+                        asgi,
+                        &self.stream,
+                        &mut self.rbuf,
+                        &mut self.out,
+                        peers,
+                        &head,
+                        date,
+                    )
+                    .await
                 }
                 (App::Asgi(asgi), PeerInfo::Asgi(peers)) => {
                     let board = &shard.board;

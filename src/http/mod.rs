@@ -1,11 +1,12 @@
 //! HTTP/1.1 as RFC 9112 says: request heads (`parse`), request bodies (`body`), and
-//! response framing (`encode`), kept apart from the connection state machine (`conn`)
+//! response framing (`encode`) and WebSocket framing (`websocket`), kept apart from the connection state machine (`conn`)
 //! so each can be tested on bytes alone.
 
 pub mod body;
 pub mod conn;
 pub mod encode;
 pub mod parse;
+pub mod websocket;
 
 /// A request the server refuses, with the status that says why. Each one closes the
 /// connection, because after it the framing of what follows cannot be trusted.

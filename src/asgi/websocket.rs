@@ -1,0 +1,573 @@
+//! One WebSocket connection through an ASGI app (the ASGI WebSocket spec):
+//! the handshake answered by `websocket.accept`, messages both ways, pings
+//! answered by the server, close codes both ways, `--ws-max-size`, and the
+//! `websocket.http.response` extension for denying with a plain response.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+use std::time::Duration;
+
+use compio::buf::BufResult;
+use compio::io::AsyncRead;
+use compio::net::TcpStream;
+use futures_util::future::LocalBoxFuture;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyCFunction, PyDict, PyTuple};
+
+use super::http::{Peers, check_header, client_gone, runtime_error, scope, write_out};
+use super::{Asgi, ThreadBound};
+use crate::http::encode;
+use crate::http::parse::RequestHead;
+use crate::http::reason;
+use crate::http::websocket::{self as ws, Incoming};
+
+/// Messages the client sent that the app has not received yet, beyond which
+/// reading stops until it catches up.
+const QUEUE_LIMIT: usize = 64;
+/// How long a closing connection waits for the client's close frame.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Whether a request asks to open a WebSocket.
+pub fn is_upgrade(buf: &[u8], head: &RequestHead) -> bool {
+    head.headers.iter().any(|(n, v)| {
+        buf[n.clone()].eq_ignore_ascii_case(b"upgrade")
+            && crate::http::parse::trim(&buf[v.clone()]).eq_ignore_ascii_case(b"websocket")
+    })
+}
+
+fn header<'a>(buf: &'a [u8], head: &RequestHead, name: &[u8]) -> Option<&'a [u8]> {
+    head.headers
+        .iter()
+        .find(|(n, _)| buf[n.clone()].eq_ignore_ascii_case(name))
+        .map(|(_, v)| crate::http::parse::trim(&buf[v.clone()]))
+}
+
+enum In {
+    Connect,
+    Text(String),
+    Bytes(Vec<u8>),
+    Disconnect(u16, String),
+}
+
+#[derive(PartialEq, Eq, Clone, Copy, Default)]
+enum Phase {
+    /// Waiting for the app to accept, close or deny.
+    #[default]
+    Handshake,
+    Open,
+    /// The app is sending an HTTP response instead (the extension).
+    Denying,
+    /// Nothing more may be sent.
+    Done,
+}
+
+#[derive(Default)]
+struct Session {
+    phase: Phase,
+    incoming: VecDeque<In>,
+    receive_waiter: Option<Py<PyAny>>,
+    out: Vec<u8>,
+    close_sent: bool,
+    /// The client is gone or the closing handshake is over.
+    disconnected: bool,
+    /// A denial response: status, header lines, body so far.
+    denial: Option<(u16, Vec<u8>, Vec<u8>)>,
+    finished: bool,
+    failed: bool,
+    changed: bool,
+    waker: Option<Waker>,
+}
+
+impl Session {
+    fn wake(&mut self) {
+        self.changed = true;
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+}
+
+type Shared = Rc<RefCell<Session>>;
+
+fn message<'py>(py: Python<'py>, asgi: &Asgi, msg: In) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    let type_ = asgi.keys.type_.bind(py);
+    match msg {
+        In::Connect => d.set_item(type_, "websocket.connect")?,
+        In::Text(text) => {
+            d.set_item(type_, "websocket.receive")?;
+            d.set_item("text", text)?;
+            d.set_item("bytes", py.None())?;
+        }
+        In::Bytes(data) => {
+            d.set_item(type_, "websocket.receive")?;
+            d.set_item("bytes", PyBytes::new(py, &data))?;
+            d.set_item("text", py.None())?;
+        }
+        In::Disconnect(code, reason) => {
+            d.set_item(type_, "websocket.disconnect")?;
+            d.set_item("code", code)?;
+            d.set_item("reason", reason)?;
+        }
+    }
+    Ok(d)
+}
+
+fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> {
+    let mut s = shared.borrow_mut();
+    let fut = asgi.create_future.call0(py)?;
+    if let Some(msg) = s.incoming.pop_front() {
+        s.wake();
+        fut.call_method1(py, "set_result", (message(py, asgi, msg)?,))?;
+        return Ok(fut);
+    }
+    if s.receive_waiter.is_some() {
+        return Err(runtime_error("receive() is already being awaited".into()));
+    }
+    s.receive_waiter = Some(fut.clone_ref(py));
+    Ok(fut)
+}
+
+fn answer_receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) {
+    let (waiter, msg) = {
+        let mut s = shared.borrow_mut();
+        if s.receive_waiter.is_none() || s.incoming.is_empty() {
+            return;
+        }
+        (s.receive_waiter.take(), s.incoming.pop_front())
+    };
+    if let (Some(waiter), Some(msg)) = (waiter, msg) {
+        if let Ok(msg) = message(py, asgi, msg) {
+            let _ = waiter.call_method1(py, "set_result", (msg,));
+        }
+        asgi.reactor.wake_python();
+    }
+}
+
+fn headers_from(message: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> PyResult<()> {
+    if let Some(headers) = message.get_item("headers")? {
+        for item in headers.try_iter()? {
+            let (name, value): (Vec<u8>, Vec<u8>) = item?.extract().map_err(|_| {
+                pyo3::exceptions::PyTypeError::new_err(
+                    "headers must be [name, value] pairs of bytes",
+                )
+            })?;
+            check_header(&name, &value)?;
+            encode::header(out, &name, &value);
+        }
+    }
+    Ok(())
+}
+
+struct Handshake {
+    accept_key: String,
+    offered: Vec<String>,
+    date: Vec<u8>,
+}
+
+fn send(
+    py: Python<'_>,
+    asgi: &Asgi,
+    shared: &Shared,
+    hs: &Handshake,
+    message: &Bound<'_, PyAny>,
+) -> PyResult<Py<PyAny>> {
+    let message = message
+        .cast::<PyDict>()
+        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("an ASGI message must be a dict"))?;
+    let kind: String = message
+        .get_item(asgi.keys.type_.bind(py))?
+        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("type"))?
+        .extract()?;
+    let mut s = shared.borrow_mut();
+    if s.disconnected {
+        return Err(PyErr::from_value(
+            asgi.disconnected
+                .bind(py)
+                .call1(("the client has disconnected",))?,
+        ));
+    }
+    let unexpected = || runtime_error(format!("Unexpected ASGI message '{kind}' sent"));
+    match (kind.as_str(), s.phase) {
+        ("websocket.accept", Phase::Handshake) => {
+            let mut out = std::mem::take(&mut s.out);
+            out.extend_from_slice(
+                b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n",
+            );
+            encode::header(&mut out, b"Sec-WebSocket-Accept", hs.accept_key.as_bytes());
+            if let Some(proto) = message.get_item("subprotocol")?.filter(|p| !p.is_none()) {
+                let proto: String = proto.extract()?;
+                if !hs.offered.contains(&proto) {
+                    return Err(runtime_error(format!(
+                        "subprotocol {proto:?} was not offered by the client"
+                    )));
+                }
+                encode::header(&mut out, b"Sec-WebSocket-Protocol", proto.as_bytes());
+            }
+            headers_from(message, &mut out)?;
+            out.extend_from_slice(b"\r\n");
+            s.out = out;
+            s.phase = Phase::Open;
+        }
+        ("websocket.send", Phase::Open) if !s.close_sent => {
+            let text = message.get_item("text")?.filter(|t| !t.is_none());
+            let bytes = message.get_item("bytes")?.filter(|b| !b.is_none());
+            match (text, bytes) {
+                (Some(text), None) => {
+                    let text: String = text.extract()?;
+                    ws::frame(&mut s.out, ws::OP_TEXT, text.as_bytes());
+                }
+                (None, Some(bytes)) => {
+                    let bytes: Vec<u8> = bytes.extract()?;
+                    ws::frame(&mut s.out, ws::OP_BINARY, &bytes);
+                }
+                _ => {
+                    return Err(runtime_error(
+                        "websocket.send needs exactly one of 'text' and 'bytes'".into(),
+                    ));
+                }
+            }
+        }
+        ("websocket.close", Phase::Handshake) => {
+            // A close before accept refuses the handshake with 403.
+            let mut out = std::mem::take(&mut s.out);
+            encode::error_response(
+                &mut out,
+                crate::http::HttpError::new(403, "the application refused the WebSocket"),
+                &hs.date,
+            );
+            s.out = out;
+            s.phase = Phase::Done;
+        }
+        ("websocket.close", Phase::Open) if !s.close_sent => {
+            let code: u16 = match message.get_item("code")? {
+                Some(c) if !c.is_none() => c.extract()?,
+                _ => ws::CLOSE_NORMAL,
+            };
+            let reason: String = match message.get_item("reason")? {
+                Some(r) if !r.is_none() => r.extract()?,
+                _ => String::new(),
+            };
+            ws::close_frame(&mut s.out, code, &reason);
+            s.close_sent = true;
+        }
+        ("websocket.http.response.start", Phase::Handshake) => {
+            let status: u16 = message
+                .get_item("status")?
+                .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("status"))?
+                .extract()?;
+            let mut lines = Vec::new();
+            headers_from(message, &mut lines)?;
+            s.denial = Some((status, lines, Vec::new()));
+            s.phase = Phase::Denying;
+        }
+        ("websocket.http.response.body", Phase::Denying) => {
+            let body: Vec<u8> = match message.get_item("body")? {
+                Some(b) => b.extract()?,
+                None => Vec::new(),
+            };
+            let more = match message.get_item("more_body")? {
+                Some(m) => m.is_truthy()?,
+                None => false,
+            };
+            let Some((status, lines, mut so_far)) = s.denial.take() else {
+                return Err(unexpected());
+            };
+            so_far.extend_from_slice(&body);
+            if more {
+                s.denial = Some((status, lines, so_far));
+            } else {
+                let mut out = std::mem::take(&mut s.out);
+                let text = format!("{status} {}", reason(status));
+                encode::status_line(&mut out, 1, text.as_bytes());
+                out.extend_from_slice(&lines);
+                let framing = encode::Framing::Length(so_far.len() as u64);
+                encode::finish_head(&mut out, framing, false, 1, Some(&hs.date), true);
+                out.extend_from_slice(&so_far);
+                s.out = out;
+                s.phase = Phase::Done;
+            }
+        }
+        _ => return Err(unexpected()),
+    }
+    s.wake();
+    Ok(asgi.done.clone_ref(py))
+}
+
+fn start_app(
+    py: Python<'_>,
+    asgi: &Asgi,
+    shared: &Shared,
+    hs: Handshake,
+    scope: Bound<'_, PyDict>,
+) -> PyResult<()> {
+    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
+    let for_receive = ThreadBound::new(shared.clone());
+    let receive_fn = PyCFunction::new_closure(
+        py,
+        Some(c"receive"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
+            // SAFETY: the shard's Asgi outlives every connection on its thread,
+            // the only thread get() lets through.
+            let asgi = unsafe { &**asgi_ptr.get()? };
+            receive(args.py(), asgi, for_receive.get()?)
+        },
+    )?;
+    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
+    let for_send = ThreadBound::new((shared.clone(), hs));
+    let send_fn = PyCFunction::new_closure(
+        py,
+        Some(c"send"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
+            // SAFETY: as for receive.
+            let asgi = unsafe { &**asgi_ptr.get()? };
+            let (shared, hs) = for_send.get()?;
+            send(args.py(), asgi, shared, hs, &args.get_item(0)?)
+        },
+    )?;
+    let coro = asgi.app.call1(py, (scope, receive_fn, send_fn))?;
+    let task = asgi.create_task.call1(py, (coro,))?;
+    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
+    let for_done = ThreadBound::new(shared.clone());
+    let done_fn = PyCFunction::new_closure(
+        py,
+        Some(c"done"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+            // SAFETY: as for receive.
+            let asgi = unsafe { &**asgi_ptr.get()? };
+            let task = args.get_item(0)?;
+            let mut failed = false;
+            if !task.call_method0("cancelled")?.is_truthy()? {
+                let exc = task.call_method0("exception")?;
+                if !exc.is_none() {
+                    failed = true;
+                    asgi.loaded.app_failed(args.py(), &PyErr::from_value(exc));
+                }
+            }
+            let mut s = for_done.get()?.borrow_mut();
+            s.finished = true;
+            s.failed = failed;
+            s.wake();
+            Ok(())
+        },
+    )?;
+    task.call_method1(py, "add_done_callback", (done_fn,))?;
+    Ok(())
+}
+
+/// Runs a WebSocket connection to its end; the connection then closes.
+pub async fn serve(
+    asgi: &Asgi,
+    stream: &TcpStream,
+    rbuf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    peers: &Peers,
+    head: &RequestHead,
+    date: Vec<u8>,
+) -> Option<bool> {
+    let key = header(rbuf, head, b"sec-websocket-key").map(<[u8]>::to_vec);
+    let version_ok = header(rbuf, head, b"sec-websocket-version") == Some(b"13");
+    let Some(key) = key.filter(|k| !k.is_empty() && version_ok) else {
+        let err = crate::http::HttpError::bad_request("bad WebSocket handshake");
+        encode::error_response(out, err, &date);
+        return Some(false);
+    };
+    let scope = Python::attach(|py| scope(py, asgi, rbuf, head, peers, true).map(Bound::unbind));
+    let offered: Vec<String> = header(rbuf, head, b"sec-websocket-protocol")
+        .map(|v| {
+            v.split(|&b| b == b',')
+                .map(|p| String::from_utf8_lossy(crate::http::parse::trim(p)).into_owned())
+                .filter(|p| !p.is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    rbuf.drain(..head.len);
+    let Ok(scope) = scope else {
+        encode::error_response(out, crate::http::HttpError::new(500, "scope"), &date);
+        return Some(false);
+    };
+    let shared: Shared = Rc::new(RefCell::new(Session::default()));
+    shared.borrow_mut().incoming.push_back(In::Connect);
+    let hs = Handshake {
+        accept_key: ws::accept_key(&key),
+        offered,
+        date: date.clone(),
+    };
+    if Python::attach(|py| start_app(py, asgi, &shared, hs, scope.into_bound(py))).is_err() {
+        encode::error_response(out, crate::http::HttpError::new(500, "start"), &date);
+        return Some(false);
+    }
+    asgi.reactor.wake_python();
+
+    let mut decoder = ws::Decoder::new(asgi.ws_max_size);
+    let mut reading: Option<LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>> = None;
+    let mut scratch = Vec::with_capacity(16 * 1024);
+    let mut closing_since: Option<std::time::Instant> = None;
+    loop {
+        let pending = std::mem::take(&mut shared.borrow_mut().out);
+        if !pending.is_empty() {
+            out.extend_from_slice(&pending);
+            if !write_out(stream, out).await {
+                disconnect(asgi, &shared, ws::CLOSE_ABNORMAL, "");
+                return client_gone(asgi);
+            }
+        }
+        let (phase, finished, failed, close_sent, disconnected, queued) = {
+            let s = shared.borrow();
+            (
+                s.phase,
+                s.finished,
+                s.failed,
+                s.close_sent,
+                s.disconnected,
+                s.incoming.len(),
+            )
+        };
+        if phase == Phase::Done || disconnected {
+            return client_gone(asgi);
+        }
+        if finished {
+            match phase {
+                Phase::Handshake | Phase::Denying => {
+                    let status = if failed { 500 } else { 403 };
+                    let err = crate::http::HttpError::new(status, "the WebSocket was not accepted");
+                    encode::error_response(out, err, &date);
+                    let _ = write_out(stream, out).await;
+                }
+                Phase::Open if !close_sent => {
+                    let code = if failed {
+                        ws::CLOSE_INTERNAL_ERROR
+                    } else {
+                        ws::CLOSE_NORMAL
+                    };
+                    ws::close_frame(out, code, "");
+                    let _ = write_out(stream, out).await;
+                }
+                _ => {}
+            }
+            return client_gone(asgi);
+        }
+        if close_sent && closing_since.is_none() {
+            closing_since = Some(std::time::Instant::now());
+        }
+        // Once open, read frames, unless the app is far behind.
+        if phase == Phase::Open && reading.is_none() && queued < QUEUE_LIMIT {
+            let mut buf = std::mem::take(&mut scratch);
+            buf.clear();
+            let mut reader = stream.clone();
+            reading = Some(Box::pin(async move { reader.read(buf).await }));
+        }
+        let changed = std::future::poll_fn(|cx| {
+            let mut s = shared.borrow_mut();
+            if s.changed {
+                s.changed = false;
+                Poll::Ready(None)
+            } else {
+                s.waker = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        });
+        let mut changed = std::pin::pin!(changed);
+        let event = std::future::poll_fn(|cx| {
+            if let Poll::Ready(none) = changed.as_mut().poll(cx) {
+                return Poll::Ready(none);
+            }
+            if let Some(read) = reading.as_mut()
+                && let Poll::Ready(done) = read.as_mut().poll(cx)
+            {
+                return Poll::Ready(Some(done));
+            }
+            Poll::Pending
+        });
+        let event = match closing_since {
+            Some(since) => match compio::time::timeout_at(since + CLOSE_WAIT, event).await {
+                Ok(event) => event,
+                Err(_) => {
+                    disconnect(asgi, &shared, ws::CLOSE_ABNORMAL, "");
+                    return client_gone(asgi);
+                }
+            },
+            None => event.await,
+        };
+        let Some(BufResult(res, buf)) = event else {
+            continue;
+        };
+        reading = None;
+        let n = match res {
+            Ok(n) if n > 0 => n,
+            _ => {
+                disconnect(asgi, &shared, ws::CLOSE_ABNORMAL, "");
+                return client_gone(asgi);
+            }
+        };
+        rbuf.extend_from_slice(&buf[..n]);
+        scratch = buf;
+        loop {
+            let closed = match decoder.decode(rbuf) {
+                Ok((Some(msg), used)) => {
+                    rbuf.drain(..used);
+                    take_in(&shared, msg)
+                }
+                Ok((None, used)) => {
+                    rbuf.drain(..used);
+                    break;
+                }
+                Err(failure) => {
+                    ws::close_frame(&mut shared.borrow_mut().out, failure.code, failure.reason);
+                    Some((failure.code, failure.reason.to_string()))
+                }
+            };
+            if let Some((code, reason)) = closed {
+                // The closing handshake ends the connection.
+                let pending = std::mem::take(&mut shared.borrow_mut().out);
+                out.extend_from_slice(&pending);
+                let _ = write_out(stream, out).await;
+                disconnect(asgi, &shared, code, &reason);
+                return client_gone(asgi);
+            }
+        }
+        Python::attach(|py| answer_receive(py, asgi, &shared));
+    }
+}
+
+/// Takes in one message from the client. Returns the close code and reason
+/// once the client closed (after queueing the echo of its close frame).
+fn take_in(shared: &Shared, msg: Incoming) -> Option<(u16, String)> {
+    let mut s = shared.borrow_mut();
+    match msg {
+        Incoming::Text(t) => s.incoming.push_back(In::Text(t)),
+        Incoming::Binary(b) => s.incoming.push_back(In::Bytes(b)),
+        Incoming::Ping(p) => ws::frame(&mut s.out, ws::OP_PONG, &p),
+        Incoming::Pong => {}
+        Incoming::Close(code, reason) => {
+            if !s.close_sent {
+                let echo = if code == ws::CLOSE_NO_STATUS {
+                    ws::CLOSE_NORMAL
+                } else {
+                    code
+                };
+                ws::close_frame(&mut s.out, echo, "");
+                s.close_sent = true;
+            }
+            return Some((code, reason));
+        }
+    }
+    None
+}
+
+/// The connection is over: the app receives `websocket.disconnect` and its
+/// sends raise from now on.
+fn disconnect(asgi: &Asgi, shared: &Shared, code: u16, reason: &str) {
+    {
+        let mut s = shared.borrow_mut();
+        s.disconnected = true;
+        s.incoming
+            .push_back(In::Disconnect(code, reason.to_string()));
+    }
+    Python::attach(|py| answer_receive(py, asgi, shared));
+}
