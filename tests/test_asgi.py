@@ -113,6 +113,23 @@ def test_app_content_length_is_used(turbo):
     assert r.headers["content-length"] == "10" and r.text == "0123456789"
 
 
+def test_pathsend_sends_the_file_without_python(turbo, tmp_path):
+    srv = turbo("asgi_app:app")
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    path = tmp_path / "blob.bin"
+    path.write_bytes(data)
+    scope = get(srv, "/scope").json()
+    assert scope["extensions"] == {"http.response.pathsend": {}}
+    r = get(srv, f"/file?{path}")
+    assert r.headers["content-length"] == str(len(data))
+    assert r.content == data
+    # The connection stays usable after the file.
+    with srv.connect() as s:
+        s.sendall(f"GET /file?{path} HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert read_response(s, timeout=30)[2] == data
+        assert read_response(s)[2] == b"Hello, ASGI!"
+
+
 def test_keep_alive_and_pipelining(turbo):
     srv = turbo("asgi_app:app")
     with srv.connect() as s:
@@ -255,8 +272,11 @@ def test_idle_server_uses_no_cpu(turbo):
     assert ticks() - before <= 2
 
 
-def test_starlette(turbo):
-    srv = turbo("starlette_app:app")
+def test_starlette(turbo, tmp_path):
+    data = os.urandom(200_000)
+    (tmp_path / "f.bin").write_bytes(data)
+    srv = turbo("starlette_app:app", env={"TURBO_TEST_FILE": str(tmp_path / "f.bin")})
+    assert get(srv, "/download").content == data
     assert get(srv, "/").text == "Hello from Starlette"
     r = httpx.post(srv.url("/echo"), json={"a": [1, 2]}, timeout=10)
     assert r.json() == {"got": {"a": [1, 2]}, "started": True, "path": "/echo"}
@@ -284,3 +304,12 @@ def test_asgi_under_load_on_two_shards(turbo):
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
         results = list(pool.map(lambda i: get(srv, f"/echo", params={"i": i}).status_code, range(200)))
     assert results == [200] * 200
+
+
+def test_a_blocked_event_loop_is_killed_after_timeout(turbo):
+    srv = turbo("asgi_app:app", "--timeout", "1")
+    with pytest.raises(httpx.HTTPError):
+        get(srv, "/block")
+    srv.wait_for(r"WORKER TIMEOUT \(pid:\d+\)")
+    srv.wait_for_count("Ready:", 2)
+    assert get(srv, "/").status_code == 200

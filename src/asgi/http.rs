@@ -97,6 +97,8 @@ struct Exchange {
     out: Vec<u8>,
     /// The future a `send()` awaits while output drains.
     flush_waiter: Option<Py<PyAny>>,
+    /// A file being sent (`http.response.pathsend`) and the bytes left of it.
+    file: Option<(std::fs::File, u64)>,
 
     /// The app's task has ended; `failed` if it raised.
     finished: bool,
@@ -171,6 +173,9 @@ pub(super) fn scope<'py>(
             scope.set_item(k.type_.bind(py), "http")?;
             scope.set_item("method", method)?;
             scope.set_item("scheme", "http")?;
+            let extensions = PyDict::new(py);
+            extensions.set_item("http.response.pathsend", PyDict::new(py))?;
+            scope.set_item("extensions", extensions)?;
         }
         scope.set_item("asgi", asgi.asgi_version.bind(py))?;
         scope.set_item("http_version", if head.minor == 0 { "1.0" } else { "1.1" })?;
@@ -364,30 +369,7 @@ fn send(
                 }
             };
             if !ex.head_sent {
-                let (status, lines, length) = ex.start.take().unwrap_or_default();
-                let length = length.or((!more).then_some(body.len() as u64));
-                let bodyless = encode::status_has_no_body(status);
-                let framing = Framing::choose(meta.minor, length, bodyless);
-                if framing == Framing::Close {
-                    ex.keep_alive = false;
-                }
-                let mut out = std::mem::take(&mut ex.out);
-                let mut code = itoa::Buffer::new();
-                let mut status_text = code.format(status).as_bytes().to_vec();
-                status_text.push(b' ');
-                status_text.extend_from_slice(reason(status).as_bytes());
-                encode::status_line(&mut out, meta.minor, &status_text);
-                out.extend_from_slice(&lines);
-                let keep_alive = ex.keep_alive;
-                encode::finish_head(&mut out, framing, keep_alive, meta.minor, Some(date), true);
-                ex.out = out;
-                ex.start = Some((status, Vec::new(), length));
-                ex.framing = Some(framing);
-                ex.remaining = match framing {
-                    Framing::Length(n) => Some(n),
-                    _ => None,
-                };
-                ex.head_sent = true;
+                write_head(&mut ex, meta, date, (!more).then_some(body.len() as u64));
             }
             if !meta.is_head {
                 write_body(&mut ex, body);
@@ -410,10 +392,66 @@ fn send(
             }
             Ok(asgi.done.clone_ref(py))
         }
+        "http.response.pathsend" => {
+            if ex.start.is_none() || ex.head_sent {
+                return Err(runtime_error(
+                    "Unexpected ASGI message 'http.response.pathsend' sent, outside a response's start".into(),
+                ));
+            }
+            let path: std::path::PathBuf = message
+                .get_item("path")?
+                .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("path"))?
+                .extract()?;
+            let file = std::fs::File::open(&path)?;
+            let size = file.metadata()?.len();
+            write_head(&mut ex, meta, date, Some(size));
+            let length = ex.remaining.unwrap_or(0).min(size);
+            if !meta.is_head && length > 0 {
+                ex.file = Some((file, length));
+            }
+            ex.remaining = Some(0);
+            ex.complete = true;
+            ex.wake();
+            Ok(asgi.done.clone_ref(py))
+        }
         other => Err(runtime_error(format!(
             "Unexpected ASGI message '{other}' sent for an HTTP request"
         ))),
     }
+}
+
+/// Encodes the head from `http.response.start`. `known` is the body's length
+/// when the app's first body message is also its last (or a file's size).
+fn write_head(ex: &mut Exchange, meta: Meta, date: &[u8], known: Option<u64>) {
+    let (status, lines, length) = ex.start.take().unwrap_or_default();
+    let length = length.or(known);
+    let framing = Framing::choose(meta.minor, length, encode::status_has_no_body(status));
+    if framing == Framing::Close {
+        ex.keep_alive = false;
+    }
+    let mut out = std::mem::take(&mut ex.out);
+    let mut code = itoa::Buffer::new();
+    let mut status_text = code.format(status).as_bytes().to_vec();
+    status_text.push(b' ');
+    status_text.extend_from_slice(reason(status).as_bytes());
+    encode::status_line(&mut out, meta.minor, &status_text);
+    out.extend_from_slice(&lines);
+    encode::finish_head(
+        &mut out,
+        framing,
+        ex.keep_alive,
+        meta.minor,
+        Some(date),
+        true,
+    );
+    ex.out = out;
+    ex.start = Some((status, Vec::new(), length));
+    ex.framing = Some(framing);
+    ex.remaining = match framing {
+        Framing::Length(n) => Some(n),
+        _ => None,
+    };
+    ex.head_sent = true;
 }
 
 fn write_body(ex: &mut Exchange, body: &[u8]) {
@@ -553,6 +591,13 @@ pub async fn respond(
                 let _ = w.call_method1(py, "set_result", (py.None(),));
             });
             asgi.reactor.wake_python();
+        }
+        let file = shared.borrow_mut().file.take();
+        if let Some((file, left)) = file {
+            if !send_file(stream, out, file, left).await {
+                shared.borrow_mut().disconnected = true;
+                return client_gone(asgi);
+            }
         }
         let (
             finished,
@@ -763,6 +808,38 @@ fn peek(fd: RawFd) -> Peek {
 pub(super) fn client_gone(asgi: &Asgi) -> Option<bool> {
     asgi.reactor.wake_python();
     None
+}
+
+/// Writes `len` bytes of `file` in blocks, without Python.
+async fn send_file(
+    stream: &TcpStream,
+    out: &mut Vec<u8>,
+    mut file: std::fs::File,
+    len: u64,
+) -> bool {
+    use std::io::Read;
+    const BLOCK: u64 = 256 * 1024;
+    let mut left = len;
+    while left > 0 {
+        let want = left.min(BLOCK) as usize;
+        out.resize(want, 0);
+        match file.read(&mut out[..want]) {
+            Ok(n) if n > 0 => {
+                out.truncate(n);
+                left -= n as u64;
+            }
+            _ => {
+                // The file shrank or failed: the response cannot be completed.
+                log::error!("A file being sent could not be read to its length");
+                out.clear();
+                return false;
+            }
+        }
+        if !write_out(stream, out).await {
+            return false;
+        }
+    }
+    true
 }
 
 pub(super) async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> bool {

@@ -76,6 +76,10 @@ async def app(scope, receive, send):
         await send({"type": "http.response.start", "status": 200, "headers": []})
         await send({"type": "http.response.body", "body": b"partial", "more_body": True})
         raise ValueError("boom after the head")
+    if path == "/block":
+        import time
+
+        time.sleep(3600)  # blocks the whole event loop
     if path == "/nothing":
         return
     if path == "/invalid":
@@ -100,6 +104,13 @@ async def app(scope, receive, send):
             await respond(send, 200, b"too late")
         except OSError as e:
             note(f"send raised {type(e).__name__} (an OSError)")
+        return
+    if path == "/file":
+        await read_body(receive)
+        name = scope["query_string"].decode()
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send({"type": "http.response.pathsend", "path": name})
         return
     if path == "/length":
         await send({"type": "http.response.start", "status": 200,

@@ -3,7 +3,9 @@
 import contextlib
 
 from starlette.applications import Starlette
-from starlette.responses import JSONResponse, PlainTextResponse, StreamingResponse
+import os
+
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
 from starlette.routing import Route
 
 
@@ -28,5 +30,9 @@ async def numbers(request):
     return StreamingResponse(gen(), media_type="text/plain")
 
 
-app = Starlette(routes=[Route("/", home), Route("/echo", echo, methods=["POST"]),
+async def download(request):
+    return FileResponse(os.environ["TURBO_TEST_FILE"])
+
+
+app = Starlette(routes=[Route("/download", download), Route("/", home), Route("/echo", echo, methods=["POST"]),
                         Route("/numbers", numbers)], lifespan=lifespan)
