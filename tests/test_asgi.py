@@ -209,6 +209,17 @@ def test_lifespan_shutdown_runs_on_term(turbo):
     assert "lifespan shutdown" in srv.log
 
 
+def test_requests_wait_for_lifespan_startup(turbo):
+    srv = turbo("asgi_app:slow_startup", wait=False)
+    srv.wait_for("Listening at")
+    # The socket is bound already, so the connection waits in the backlog.
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, timeout=30)[2] == b"after startup"
+    log = srv.log
+    assert log.index("startup finished") < log.index("handled a request")
+
+
 def test_lifespan_startup_failure_stops_the_server(turbo):
     srv = turbo("asgi_app:failing_startup", wait=False)
     assert srv.wait_exit() != 0

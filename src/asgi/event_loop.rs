@@ -52,7 +52,7 @@ pub struct Reactor {
     /// Rust code queued work for the Python loop; the wait must end.
     python_work: Cell<bool>,
     /// Where the loop reports running Python (for --timeout): busy from the
-    /// end of one wait to the start of the next.
+    /// end of one kernel wait to the start of the next.
     board: RefCell<Option<(Arc<Scoreboard>, usize)>>,
 }
 
@@ -112,9 +112,6 @@ impl Reactor {
     /// watched descriptor is ready, Rust code queued Python work, or the
     /// timeout (None: no limit) passes. Returns the ready (fd, events).
     pub fn select(self: &Rc<Self>, timeout: Option<f64>) -> Vec<(RawFd, i32)> {
-        if let Some((board, slot)) = &*self.board.borrow() {
-            board.mark_idle(*slot);
-        }
         self.arm();
         let deadline =
             timeout.map(|t| Instant::now() + Duration::from_secs_f64(t.clamp(0.0, 86_400.0)));
@@ -136,12 +133,18 @@ impl Reactor {
                         (a, b) => a.or(b),
                     }
                 };
+                // Only the kernel wait counts as idle for --timeout: app code
+                // also runs inside this call (eagerly started requests).
+                let board = self.board.borrow();
+                if let Some((board, slot)) = &*board {
+                    board.mark_idle(*slot);
+                }
                 crate::python::without_gil(|| rt.poll_with(wait));
+                if let Some((board, slot)) = &*board {
+                    board.mark_busy(*slot);
+                }
             }
         });
-        if let Some((board, slot)) = &*self.board.borrow() {
-            board.mark_busy(*slot);
-        }
         let mut ready = std::mem::take(&mut *self.ready.borrow_mut());
         // Merge read and write readiness of the same descriptor.
         ready.sort_unstable_by_key(|&(fd, _)| fd);

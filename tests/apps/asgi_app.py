@@ -143,3 +143,17 @@ async def no_lifespan(scope, receive, send):
     if scope["type"] != "http":
         raise RuntimeError("only http here")
     await respond(send, 200, b"no lifespan")
+
+
+async def slow_startup(scope, receive, send):
+    """Lifespan startup takes a while; requests must wait for it."""
+    if scope["type"] == "lifespan":
+        message = await receive()
+        await asyncio.sleep(0.5)
+        note("startup finished")
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    note("handled a request")
+    await respond(send, 200, b"after startup")
