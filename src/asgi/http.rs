@@ -12,7 +12,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use compio::buf::BufResult;
@@ -21,10 +21,11 @@ use compio::io::{AsyncRead, AsyncWriteExt};
 use compio::net::TcpStream;
 use futures_util::future::LocalBoxFuture;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyCFunction, PyDict, PyList, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
+use super::Asgi;
 use super::event_loop::Watched;
-use super::{Asgi, ThreadBound};
+use super::task::{self, Link};
 use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
 use crate::http::parse::RequestHead;
@@ -99,20 +100,12 @@ struct Exchange {
     flush_waiter: Option<Py<PyAny>>,
     /// A file being sent (`http.response.pathsend`) and the bytes left of it.
     file: Option<(std::fs::File, u64)>,
-
-    /// The app's task has ended; `failed` if it raised.
-    finished: bool,
-    failed: bool,
-    changed: bool,
-    waker: Option<Waker>,
+    link: Rc<Link>,
 }
 
 impl Exchange {
-    fn wake(&mut self) {
-        self.changed = true;
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+    fn wake(&self) {
+        self.link.wake();
     }
 }
 
@@ -269,20 +262,10 @@ fn send(
     date: &[u8],
     message: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
-    let message = message
-        .cast::<PyDict>()
-        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("an ASGI message must be a dict"))?;
-    let kind: String = message
-        .get_item(asgi.keys.type_.bind(py))?
-        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("type"))?
-        .extract()?;
+    let (message, kind) = task::message_type(py, asgi, message)?;
     let mut ex = shared.borrow_mut();
     if ex.disconnected {
-        return Err(PyErr::from_value(
-            asgi.disconnected
-                .bind(py)
-                .call1(("the client has disconnected",))?,
-        ));
+        return Err(task::disconnected(py, asgi));
     }
     match kind.as_str() {
         "http.response.start" => {
@@ -519,8 +502,10 @@ pub async fn respond(
 ) -> Option<bool> {
     let head = req.head;
     let meta = req.meta;
+    let link = Rc::new(Link::default());
     let shared: Shared = Rc::new(RefCell::new(Exchange {
         keep_alive: meta.keep_alive,
+        link: link.clone(),
         ..Exchange::default()
     }));
     let mut decoder = Decoder::new(head.body);
@@ -549,8 +534,18 @@ pub async fn respond(
         ex.request_complete = decoder.is_done();
         ex.expects_continue = head.expect_continue && !ex.request_complete && rbuf.is_empty();
     }
-    let started =
-        Python::attach(|py| start_app(py, asgi, &shared, meta, &req.date, scope.into_bound(py)));
+    let started = Python::attach(|py| {
+        let (for_receive, for_send) = (shared.clone(), shared.clone());
+        let date = req.date.clone();
+        task::start(
+            py,
+            asgi,
+            scope.into_bound(py),
+            &link,
+            move |py, asgi| receive(py, asgi, &for_receive),
+            move |py, asgi, message| send(py, asgi, &for_send, meta, &date, message),
+        )
+    });
     if started.is_err() {
         encode::error_response(
             out,
@@ -593,26 +588,16 @@ pub async fn respond(
             asgi.reactor.wake_python();
         }
         let file = shared.borrow_mut().file.take();
-        if let Some((file, left)) = file {
-            if !send_file(stream, out, file, left).await {
-                shared.borrow_mut().disconnected = true;
-                return client_gone(asgi);
-            }
+        if let Some((file, left)) = file
+            && !send_file(stream, out, file, left).await
+        {
+            shared.borrow_mut().disconnected = true;
+            return client_gone(asgi);
         }
-        let (
-            finished,
-            failed,
-            complete,
-            head_sent,
-            keep_alive,
-            want_body,
-            request_complete,
-            disconnected,
-        ) = {
+        let ended = link.ended();
+        let (complete, head_sent, keep_alive, want_body, request_complete, disconnected) = {
             let ex = shared.borrow();
             (
-                ex.finished,
-                ex.failed,
                 ex.complete,
                 ex.head_sent,
                 ex.keep_alive,
@@ -621,7 +606,7 @@ pub async fn respond(
                 ex.disconnected,
             )
         };
-        if finished && shared.borrow().out.is_empty() {
+        if let Some(failed) = ended.filter(|_| shared.borrow().out.is_empty()) {
             if complete {
                 // The rest of the body must be read (or the connection closed)
                 // before another request can follow.
@@ -671,17 +656,7 @@ pub async fn respond(
                 let _ = compio::runtime::submit(PollOnce::new(fd, Interest::Readable)).await;
             }));
         }
-        let changed = std::future::poll_fn(|cx| {
-            let mut ex = shared.borrow_mut();
-            if ex.changed {
-                ex.changed = false;
-                Poll::Ready(())
-            } else {
-                ex.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        });
-        let mut changed = std::pin::pin!(changed);
+        let mut changed = std::pin::pin!(link.changed());
         let body_read = reading.is_some();
         let event = std::future::poll_fn(|cx| {
             if changed.as_mut().poll(cx).is_ready() {
@@ -853,76 +828,4 @@ pub(super) async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> bool {
         }
         _ => false,
     }
-}
-
-/// Creates the app's task for `scope`, with the callables bound to `shared`.
-fn start_app(
-    py: Python<'_>,
-    asgi: &Asgi,
-    shared: &Shared,
-    meta: Meta,
-    date: &[u8],
-    scope: Bound<'_, PyDict>,
-) -> PyResult<()> {
-    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
-    let for_receive = ThreadBound::new(shared.clone());
-    let receive_fn = PyCFunction::new_closure(
-        py,
-        Some(c"receive"),
-        None,
-        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
-            let shared = for_receive.get()?;
-            // SAFETY: the shard's Asgi lives as long as the shard thread, which
-            // is the only thread get() lets through.
-            let asgi = unsafe { &**asgi_ptr.get()? };
-            receive(args.py(), asgi, shared)
-        },
-    )?;
-    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
-    let for_send = ThreadBound::new(shared.clone());
-    let date = date.to_vec();
-    let send_fn = PyCFunction::new_closure(
-        py,
-        Some(c"send"),
-        None,
-        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
-            let shared = for_send.get()?;
-            // SAFETY: as for receive.
-            let asgi = unsafe { &**asgi_ptr.get()? };
-            let message = args.get_item(0)?;
-            send(args.py(), asgi, shared, meta, &date, &message)
-        },
-    )?;
-    let coro = asgi.app.call1(py, (scope, receive_fn, send_fn))?;
-    let task = asgi.create_task.call1(py, (coro,))?;
-    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
-    let for_done = ThreadBound::new(shared.clone());
-    let done_fn = PyCFunction::new_closure(
-        py,
-        Some(c"done"),
-        None,
-        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
-            let py = args.py();
-            let shared = for_done.get()?;
-            // SAFETY: as for receive.
-            let asgi = unsafe { &**asgi_ptr.get()? };
-            let task = args.get_item(0)?;
-            let mut failed = false;
-            if !task.call_method0("cancelled")?.is_truthy()? {
-                let exc = task.call_method0("exception")?;
-                if !exc.is_none() {
-                    failed = true;
-                    let err = PyErr::from_value(exc);
-                    asgi.loaded.app_failed(py, &err);
-                }
-            }
-            let mut ex = shared.borrow_mut();
-            ex.finished = true;
-            ex.failed = failed;
-            ex.wake();
-            Ok(())
-        },
-    )?;
-    task.call_method1(py, "add_done_callback", (done_fn,))?;
-    Ok(())
 }

@@ -5,6 +5,7 @@
 
 pub mod event_loop;
 pub mod http;
+pub mod task;
 pub mod websocket;
 
 use std::rc::Rc;

@@ -6,7 +6,7 @@
 use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::rc::Rc;
-use std::task::{Poll, Waker};
+use std::task::Poll;
 use std::time::Duration;
 
 use compio::buf::BufResult;
@@ -14,10 +14,11 @@ use compio::io::AsyncRead;
 use compio::net::TcpStream;
 use futures_util::future::LocalBoxFuture;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyCFunction, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict};
 
+use super::Asgi;
 use super::http::{Peers, check_header, client_gone, runtime_error, scope, write_out};
-use super::{Asgi, ThreadBound};
+use super::task::{self, Link};
 use crate::http::encode;
 use crate::http::parse::RequestHead;
 use crate::http::reason;
@@ -74,18 +75,12 @@ struct Session {
     disconnected: bool,
     /// A denial response: status, header lines, body so far.
     denial: Option<(u16, Vec<u8>, Vec<u8>)>,
-    finished: bool,
-    failed: bool,
-    changed: bool,
-    waker: Option<Waker>,
+    link: Rc<Link>,
 }
 
 impl Session {
-    fn wake(&mut self) {
-        self.changed = true;
-        if let Some(w) = self.waker.take() {
-            w.wake();
-        }
+    fn wake(&self) {
+        self.link.wake();
     }
 }
 
@@ -174,20 +169,10 @@ fn send(
     hs: &Handshake,
     message: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
-    let message = message
-        .cast::<PyDict>()
-        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("an ASGI message must be a dict"))?;
-    let kind: String = message
-        .get_item(asgi.keys.type_.bind(py))?
-        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("type"))?
-        .extract()?;
+    let (message, kind) = task::message_type(py, asgi, message)?;
     let mut s = shared.borrow_mut();
     if s.disconnected {
-        return Err(PyErr::from_value(
-            asgi.disconnected
-                .bind(py)
-                .call1(("the client has disconnected",))?,
-        ));
+        return Err(task::disconnected(py, asgi));
     }
     let unexpected = || runtime_error(format!("Unexpected ASGI message '{kind}' sent"));
     match (kind.as_str(), s.phase) {
@@ -206,7 +191,7 @@ fn send(
                 }
                 encode::header(&mut out, b"Sec-WebSocket-Protocol", proto.as_bytes());
             }
-            headers_from(message, &mut out)?;
+            headers_from(&message, &mut out)?;
             out.extend_from_slice(b"\r\n");
             s.out = out;
             s.phase = Phase::Open;
@@ -259,7 +244,7 @@ fn send(
                 .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("status"))?
                 .extract()?;
             let mut lines = Vec::new();
-            headers_from(message, &mut lines)?;
+            headers_from(&message, &mut lines)?;
             s.denial = Some((status, lines, Vec::new()));
             s.phase = Phase::Denying;
         }
@@ -296,70 +281,6 @@ fn send(
     Ok(asgi.done.clone_ref(py))
 }
 
-fn start_app(
-    py: Python<'_>,
-    asgi: &Asgi,
-    shared: &Shared,
-    hs: Handshake,
-    scope: Bound<'_, PyDict>,
-) -> PyResult<()> {
-    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
-    let for_receive = ThreadBound::new(shared.clone());
-    let receive_fn = PyCFunction::new_closure(
-        py,
-        Some(c"receive"),
-        None,
-        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
-            // SAFETY: the shard's Asgi outlives every connection on its thread,
-            // the only thread get() lets through.
-            let asgi = unsafe { &**asgi_ptr.get()? };
-            receive(args.py(), asgi, for_receive.get()?)
-        },
-    )?;
-    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
-    let for_send = ThreadBound::new((shared.clone(), hs));
-    let send_fn = PyCFunction::new_closure(
-        py,
-        Some(c"send"),
-        None,
-        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
-            // SAFETY: as for receive.
-            let asgi = unsafe { &**asgi_ptr.get()? };
-            let (shared, hs) = for_send.get()?;
-            send(args.py(), asgi, shared, hs, &args.get_item(0)?)
-        },
-    )?;
-    let coro = asgi.app.call1(py, (scope, receive_fn, send_fn))?;
-    let task = asgi.create_task.call1(py, (coro,))?;
-    let asgi_ptr = ThreadBound::new(asgi as *const Asgi);
-    let for_done = ThreadBound::new(shared.clone());
-    let done_fn = PyCFunction::new_closure(
-        py,
-        Some(c"done"),
-        None,
-        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
-            // SAFETY: as for receive.
-            let asgi = unsafe { &**asgi_ptr.get()? };
-            let task = args.get_item(0)?;
-            let mut failed = false;
-            if !task.call_method0("cancelled")?.is_truthy()? {
-                let exc = task.call_method0("exception")?;
-                if !exc.is_none() {
-                    failed = true;
-                    asgi.loaded.app_failed(args.py(), &PyErr::from_value(exc));
-                }
-            }
-            let mut s = for_done.get()?.borrow_mut();
-            s.finished = true;
-            s.failed = failed;
-            s.wake();
-            Ok(())
-        },
-    )?;
-    task.call_method1(py, "add_done_callback", (done_fn,))?;
-    Ok(())
-}
-
 /// Runs a WebSocket connection to its end; the connection then closes.
 pub async fn serve(
     asgi: &Asgi,
@@ -391,14 +312,29 @@ pub async fn serve(
         encode::error_response(out, crate::http::HttpError::new(500, "scope"), &date);
         return Some(false);
     };
-    let shared: Shared = Rc::new(RefCell::new(Session::default()));
+    let link = Rc::new(Link::default());
+    let shared: Shared = Rc::new(RefCell::new(Session {
+        link: link.clone(),
+        ..Session::default()
+    }));
     shared.borrow_mut().incoming.push_back(In::Connect);
     let hs = Handshake {
         accept_key: ws::accept_key(&key),
         offered,
         date: date.clone(),
     };
-    if Python::attach(|py| start_app(py, asgi, &shared, hs, scope.into_bound(py))).is_err() {
+    let started = Python::attach(|py| {
+        let (for_receive, for_send) = (shared.clone(), shared.clone());
+        task::start(
+            py,
+            asgi,
+            scope.into_bound(py),
+            &link,
+            move |py, asgi| receive(py, asgi, &for_receive),
+            move |py, asgi, message| send(py, asgi, &for_send, &hs, message),
+        )
+    });
+    if started.is_err() {
         encode::error_response(out, crate::http::HttpError::new(500, "start"), &date);
         return Some(false);
     }
@@ -417,21 +353,14 @@ pub async fn serve(
                 return client_gone(asgi);
             }
         }
-        let (phase, finished, failed, close_sent, disconnected, queued) = {
+        let (phase, close_sent, disconnected, queued) = {
             let s = shared.borrow();
-            (
-                s.phase,
-                s.finished,
-                s.failed,
-                s.close_sent,
-                s.disconnected,
-                s.incoming.len(),
-            )
+            (s.phase, s.close_sent, s.disconnected, s.incoming.len())
         };
         if phase == Phase::Done || disconnected {
             return client_gone(asgi);
         }
-        if finished {
+        if let Some(failed) = link.ended() {
             match phase {
                 Phase::Handshake | Phase::Denying => {
                     let status = if failed { 500 } else { 403 };
@@ -462,20 +391,10 @@ pub async fn serve(
             let mut reader = stream.clone();
             reading = Some(Box::pin(async move { reader.read(buf).await }));
         }
-        let changed = std::future::poll_fn(|cx| {
-            let mut s = shared.borrow_mut();
-            if s.changed {
-                s.changed = false;
-                Poll::Ready(None)
-            } else {
-                s.waker = Some(cx.waker().clone());
-                Poll::Pending
-            }
-        });
-        let mut changed = std::pin::pin!(changed);
+        let mut changed = std::pin::pin!(link.changed());
         let event = std::future::poll_fn(|cx| {
-            if let Poll::Ready(none) = changed.as_mut().poll(cx) {
-                return Poll::Ready(none);
+            if changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
             }
             if let Some(read) = reading.as_mut()
                 && let Poll::Ready(done) = read.as_mut().poll(cx)

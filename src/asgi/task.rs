@@ -1,0 +1,149 @@
+//! Where an app's task meets the connection serving it. The app calls
+//! `receive` and `send`, which change the connection's state and wake it
+//! through a `Link`; the task's end is reported on the same link. HTTP and
+//! WebSocket connections differ only in the callables they hand the app.
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+use pyo3::prelude::*;
+use pyo3::types::{PyCFunction, PyDict, PyTuple};
+
+use super::{Asgi, ThreadBound};
+
+/// A wake-up channel from the app's side to the connection, on one thread.
+#[derive(Default)]
+pub struct Link {
+    changed: Cell<bool>,
+    waker: Cell<Option<Waker>>,
+    /// Set when the app's task ends: whether it raised.
+    ended: Cell<Option<bool>>,
+}
+
+impl Link {
+    /// Tells the connection that something changed.
+    pub fn wake(&self) {
+        self.changed.set(true);
+        if let Some(w) = self.waker.take() {
+            w.wake();
+        }
+    }
+
+    /// Resolves at the next change since the last one seen.
+    pub async fn changed(&self) {
+        std::future::poll_fn(|cx| {
+            if self.changed.replace(false) {
+                Poll::Ready(())
+            } else {
+                self.waker.set(Some(cx.waker().clone()));
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
+    /// None while the app's task runs; then whether it raised.
+    pub fn ended(&self) -> Option<bool> {
+        self.ended.get()
+    }
+}
+
+/// The asgi pointer the callables carry: the shard's `Asgi` outlives every
+/// connection on its thread, the only thread `ThreadBound` lets through.
+fn bridge(ptr: &ThreadBound<*const Asgi>) -> PyResult<&Asgi> {
+    // SAFETY: see above.
+    Ok(unsafe { &**ptr.get()? })
+}
+
+/// Starts the app's task for `scope`, handing it `receive` and `send`.
+pub fn start<R, S>(
+    py: Python<'_>,
+    asgi: &Asgi,
+    scope: Bound<'_, PyDict>,
+    link: &Rc<Link>,
+    receive: R,
+    send: S,
+) -> PyResult<()>
+where
+    R: Fn(Python<'_>, &Asgi) -> PyResult<Py<PyAny>> + 'static,
+    S: Fn(Python<'_>, &Asgi, &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> + 'static,
+{
+    let ptr = ThreadBound::new(asgi as *const Asgi);
+    let receive = ThreadBound::new(receive);
+    let receive_fn = PyCFunction::new_closure(
+        py,
+        Some(c"receive"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
+            (receive.get()?)(args.py(), bridge(&ptr)?)
+        },
+    )?;
+    let ptr = ThreadBound::new(asgi as *const Asgi);
+    let send = ThreadBound::new(send);
+    let send_fn = PyCFunction::new_closure(
+        py,
+        Some(c"send"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<Py<PyAny>> {
+            (send.get()?)(args.py(), bridge(&ptr)?, &args.get_item(0)?)
+        },
+    )?;
+    let coro = asgi.app.call1(py, (scope, receive_fn, send_fn))?;
+    let task = asgi.create_task.call1(py, (coro,))?;
+    let ptr = ThreadBound::new(asgi as *const Asgi);
+    let link = ThreadBound::new(link.clone());
+    let done_fn = PyCFunction::new_closure(
+        py,
+        Some(c"done"),
+        None,
+        move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+            let task = args.get_item(0)?;
+            let mut failed = false;
+            if !task.call_method0("cancelled")?.is_truthy()? {
+                let exc = task.call_method0("exception")?;
+                if !exc.is_none() {
+                    failed = true;
+                    bridge(&ptr)?
+                        .loaded
+                        .app_failed(args.py(), &PyErr::from_value(exc));
+                }
+            }
+            let link = link.get()?;
+            link.ended.set(Some(failed));
+            link.wake();
+            Ok(())
+        },
+    )?;
+    task.call_method1(py, "add_done_callback", (done_fn,))?;
+    Ok(())
+}
+
+/// A message the app sent, as a dict, with its `type`.
+pub fn message_type<'py>(
+    py: Python<'py>,
+    asgi: &Asgi,
+    message: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyDict>, String)> {
+    let message = message
+        .cast::<PyDict>()
+        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("an ASGI message must be a dict"))?
+        .clone();
+    let kind: String = message
+        .get_item(asgi.keys.type_.bind(py))?
+        .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("type"))?
+        .extract()?;
+    Ok((message, kind))
+}
+
+/// What `send` raises once the client has gone: an OSError subclass.
+pub fn disconnected(py: Python<'_>, asgi: &Asgi) -> PyErr {
+    match asgi
+        .disconnected
+        .bind(py)
+        .call1(("the client has disconnected",))
+    {
+        Ok(exc) => PyErr::from_value(exc),
+        Err(e) => e,
+    }
+}
