@@ -27,6 +27,8 @@ use crate::http::websocket::{self as ws, Incoming};
 /// Messages the client sent that the app has not received yet, beyond which
 /// reading stops until it catches up.
 const QUEUE_LIMIT: usize = 64;
+/// send() makes the app wait once this much output is queued.
+const HIGH_WATER: usize = 64 * 1024;
 /// How long a closing connection waits for the client's close frame.
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
@@ -73,6 +75,8 @@ struct Session {
     close_sent: bool,
     /// The client is gone or the closing handshake is over.
     disconnected: bool,
+    /// The future a `send()` awaits while output drains.
+    flush_waiter: Option<Py<PyAny>>,
     /// A denial response: status, header lines, body so far.
     denial: Option<(u16, Vec<u8>, Vec<u8>)>,
     link: Rc<Link>,
@@ -278,6 +282,12 @@ fn send(
         _ => return Err(unexpected()),
     }
     s.wake();
+    if s.out.len() > HIGH_WATER {
+        // A slow client holds the app back instead of filling memory.
+        let waiter = asgi.create_future.call0(py)?;
+        s.flush_waiter = Some(waiter.clone_ref(py));
+        return Ok(waiter);
+    }
     Ok(asgi.done.clone_ref(py))
 }
 
@@ -345,13 +355,22 @@ pub async fn serve(
     let mut scratch = Vec::with_capacity(16 * 1024);
     let mut closing_since: Option<std::time::Instant> = None;
     loop {
-        let pending = std::mem::take(&mut shared.borrow_mut().out);
+        let (pending, flushed) = {
+            let mut s = shared.borrow_mut();
+            (std::mem::take(&mut s.out), s.flush_waiter.take())
+        };
         if !pending.is_empty() {
             out.extend_from_slice(&pending);
             if !write_out(stream, out).await {
                 disconnect(asgi, &shared, ws::CLOSE_ABNORMAL, "");
                 return client_gone(asgi);
             }
+        }
+        if let Some(waiter) = flushed {
+            Python::attach(|py| {
+                let _ = waiter.call_method1(py, "set_result", (py.None(),));
+            });
+            asgi.reactor.wake_python();
         }
         let (phase, close_sent, disconnected, queued) = {
             let s = shared.borrow();
