@@ -1,13 +1,13 @@
 //! turbo: serve Python WSGI apps from thread-per-core io_uring shards.
 //!
-//! `cli` reads the Gunicorn-compatible command line. The `supervisor` owns the
+//! `config` reads the Gunicorn-compatible settings. The `supervisor` owns the
 //! sockets and signals and forks `worker` processes; a worker starts Python and
 //! its shards. A `shard` runs one core's event loop, `http` speaks HTTP/1.1,
 //! `python` manages interpreters and `wsgi` bridges requests to the app. The
 //! `scoreboard` is the memory a worker shares with the supervisor.
 
 mod asgi;
-mod cli;
+mod config;
 mod http;
 mod logging;
 mod python;
@@ -22,7 +22,14 @@ mod wsgi;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
-    let config = cli::from_args();
+    let config = match config::load() {
+        config::Action::Serve(config) => *config,
+        config::Action::Print(text) => {
+            print!("{text}");
+            return;
+        }
+        config::Action::CheckPassed => return,
+    };
     logging::init(config.log_level);
     if let Err(e) = logging::open_error_log(config.error_logfile.as_deref()) {
         eprintln!("turbo: error: cannot open the error log: {e}");

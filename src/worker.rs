@@ -10,7 +10,7 @@ use std::sync::mpsc;
 
 use futures_channel::oneshot;
 
-use crate::cli::Config;
+use crate::config::Config;
 use crate::python::app::Loaded;
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;

@@ -21,7 +21,7 @@ def test_help_reads_like_a_real_tool():
     for flag in ["--bind", "--cores", "--workers", "--threads", "--backlog", "--keep-alive",
                  "--limit-request-line", "--limit-request-fields", "--limit-request-field_size", "--log-level"]:
         assert flag in r.stdout
-    assert "Usage: turbo [OPTIONS] <APP>" in r.stdout
+    assert "Usage: turbo [OPTIONS] [APP]" in r.stdout
 
 
 def test_wrong_flag_is_one_line_and_exit_2():
@@ -100,3 +100,47 @@ def test_term_exits_zero():
     srv = Turbo("hello:app", "--cores", "1")
     srv.proc.terminate()
     assert srv.wait_exit() == 0
+
+
+def print_config(*args, env=None):
+    r = run("hello:app", "--print-config", *args, env=env)
+    assert r.returncode == 0, r.stderr
+    pairs = (line.split(" = ", 1) for line in r.stdout.strip().splitlines())
+    return {name.strip(): value for name, value in pairs}, r.stdout
+
+
+def test_print_config_lists_every_setting_resolved():
+    settings, text = print_config("-b", "127.0.0.1:9001", "--threads", "3")
+    assert settings["bind"] == "['127.0.0.1:9001']"
+    assert settings["threads"] == "3"
+    assert settings["backlog"] == "2048"
+    assert settings["limit_request_field_size"] == "8190"
+    assert settings["preload_app"] == "False"
+    assert settings["pidfile"] == "None"
+    names = [line.split(" = ")[0].strip() for line in text.strip().splitlines()]
+    assert names == sorted(names)
+
+
+def test_gunicorn_cmd_args_sit_between_the_environment_and_the_command_line():
+    env = {"GUNICORN_CMD_ARGS": "--threads 5 --bind '127.0.0.1:7001' -w 3 --preload",
+           "WEB_CONCURRENCY": "7"}
+    settings, _ = print_config("--threads", "4", env=env)
+    assert settings["threads"] == "4"  # the command line wins
+    assert settings["bind"] == "['127.0.0.1:7001']"  # from GUNICORN_CMD_ARGS
+    assert settings["workers"] == "3"  # GUNICORN_CMD_ARGS beats WEB_CONCURRENCY
+    assert settings["preload_app"] == "True"
+    settings, _ = print_config(env={"WEB_CONCURRENCY": "7"})
+    assert settings["workers"] == "7"
+
+
+def test_bad_gunicorn_cmd_args_name_the_source():
+    r = run("hello:app", env={"GUNICORN_CMD_ARGS": "--no-such-flag"})
+    assert r.returncode == 2
+    assert "GUNICORN_CMD_ARGS" in r.stderr and "--no-such-flag" in r.stderr
+
+
+def test_check_config():
+    assert run("hello:app", "--check-config").returncode == 0
+    r = run("hello:app", "--check-config", "--timeout", "soon")
+    assert r.returncode == 1
+    assert "invalid value 'soon' for --timeout" in r.stderr

@@ -15,7 +15,7 @@ use std::thread::ThreadId;
 use pyo3::prelude::*;
 use pyo3::types::{PyCFunction, PyDict, PyModule, PyString, PyTuple};
 
-use crate::cli::{Config, LifespanMode};
+use crate::config::{Config, LifespanMode};
 use crate::python::app::Loaded;
 use event_loop::Reactor;
 

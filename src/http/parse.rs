@@ -5,7 +5,7 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::HttpError;
-use crate::cli::Limits;
+use crate::config::Limits;
 
 const STACK_FIELDS: usize = 128;
 

@@ -6,7 +6,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyModule;
 
 use super::Isolation;
-use crate::cli::AppSpec;
+use crate::config::AppSpec;
 
 const LOADER: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
     concat!(include_str!("loader.py"), "\0").as_bytes(),

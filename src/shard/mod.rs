@@ -19,7 +19,7 @@ use futures_util::future::Either;
 use pyo3::prelude::*;
 
 use crate::asgi::Asgi;
-use crate::cli::{Config, InterfaceMode};
+use crate::config::{Config, InterfaceMode};
 use crate::http::encode::DateCache;
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::cli::{Config, IsolationMode};
+use crate::config::{Config, IsolationMode};
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
 use crate::signals::{self, exit_now};

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::sockets::{INHERIT_VAR, Sockets};
-use crate::cli::Config;
+use crate::config::Config;
 use crate::python::app::Loaded;
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;

@@ -11,7 +11,7 @@ use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
 
 use std::sync::Arc;
 
-use crate::cli::Config;
+use crate::config::Config;
 use crate::python::app::Loaded;
 
 const SHIM: &std::ffi::CStr =

@@ -1,0 +1,590 @@
+//! The configuration: every setting is declared once in `settings.rs`, and
+//! read, lowest precedence first, from its default, the environment ($PORT,
+//! $WEB_CONCURRENCY), `GUNICORN_CMD_ARGS` and the command line, as Gunicorn
+//! does. `Config` is the typed result every part of the server reads.
+
+pub mod settings;
+
+use std::collections::BTreeMap;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::time::Duration;
+
+use clap::{Arg, ArgAction, ArgMatches, Command};
+use log::LevelFilter;
+
+use settings::{Kind, SETTINGS};
+
+/// `--interface`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum InterfaceMode {
+    Auto,
+    Wsgi,
+    Asgi,
+}
+
+/// `--lifespan`, as in Uvicorn.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum LifespanMode {
+    Auto,
+    On,
+    Off,
+}
+
+/// `--isolation`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IsolationMode {
+    Auto,
+    Subinterpreter,
+    Process,
+}
+
+/// Limits on a request head, after Gunicorn's semantics for 0.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub request_line: usize,
+    pub fields: usize,
+    pub field_size: usize,
+}
+
+/// The validated configuration every part of the server reads.
+#[derive(Clone, Debug)]
+pub struct Config {
+    pub app: AppSpec,
+    pub binds: Vec<SocketAddr>,
+    pub cores: usize,
+    pub threads: usize,
+    pub backlog: u32,
+    pub keep_alive: Duration,
+    pub header_timeout: Duration,
+    pub limits: Limits,
+    pub log_level: LevelFilter,
+    pub isolation: IsolationMode,
+    pub interface: InterfaceMode,
+    pub lifespan: LifespanMode,
+    pub ws_max_size: usize,
+    /// Zero when off.
+    pub timeout: Duration,
+    pub graceful_timeout: Duration,
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    pub preload: bool,
+    pub pidfile: Option<std::path::PathBuf>,
+    /// None for standard error.
+    pub error_logfile: Option<std::path::PathBuf>,
+}
+
+/// `module:expression`, split; the expression is checked again in Python.
+#[derive(Clone, Debug, PartialEq)]
+pub struct AppSpec {
+    pub module: String,
+    pub expr: String,
+}
+
+impl AppSpec {
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (module, expr) = match spec.split_once(':') {
+            Some((m, e)) => (m, e),
+            None => (spec, "application"),
+        };
+        let is_ident = |s: &str| {
+            let mut chars = s.chars();
+            matches!(chars.next(), Some(c) if c == '_' || c.is_alphabetic())
+                && chars.all(|c| c == '_' || c.is_alphanumeric())
+        };
+        if module.is_empty() || !module.split('.').all(is_ident) {
+            return Err(format!("invalid app '{spec}': expected MODULE:CALLABLE"));
+        }
+        let name = expr.split_once('(').map_or(expr, |(name, _)| name);
+        let call_ok = !expr.contains('(') || expr.ends_with(')');
+        if !name.split('.').all(is_ident) || !call_ok {
+            return Err(format!(
+                "invalid app '{spec}': '{expr}' is neither an attribute name nor a call"
+            ));
+        }
+        Ok(AppSpec {
+            module: module.to_string(),
+            expr: expr.to_string(),
+        })
+    }
+}
+
+/// Resolves `HOST:PORT`, `[V6]:PORT`, `HOST` or `:PORT` (port 8000 when omitted, as
+/// Gunicorn does).
+pub fn parse_bind(bind: &str) -> Result<Vec<SocketAddr>, String> {
+    let (host, port) = if let Some(rest) = bind.strip_prefix('[') {
+        let (host, after) = rest
+            .split_once(']')
+            .ok_or_else(|| format!("invalid bind '{bind}': missing ']'"))?;
+        let port = match after.strip_prefix(':') {
+            Some(p) => p,
+            None if after.is_empty() => "8000",
+            None => return Err(format!("invalid bind '{bind}'")),
+        };
+        (host, port)
+    } else {
+        match bind.rsplit_once(':') {
+            Some((host, port)) => (host, port),
+            None => (bind, "8000"),
+        }
+    };
+    let port: u16 = port
+        .parse()
+        .map_err(|_| format!("invalid bind '{bind}': bad port '{port}'"))?;
+    let host = if host.is_empty() { "0.0.0.0" } else { host };
+    let addrs: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("invalid bind '{bind}': {e}"))?
+        .collect();
+    if addrs.is_empty() {
+        return Err(format!("invalid bind '{bind}': no address"));
+    }
+    Ok(addrs)
+}
+
+/// CPUs in this process's affinity mask.
+pub fn available_cores() -> usize {
+    core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1))
+}
+
+/// The values chosen for the settings that were given, by setting name.
+#[derive(Default, Debug, Clone)]
+pub struct Values {
+    app: Option<String>,
+    given: BTreeMap<&'static str, Vec<String>>,
+}
+
+impl Values {
+    /// Lays `over` on top: each setting it gives replaces this one's.
+    fn merge(&mut self, over: Values) {
+        if over.app.is_some() {
+            self.app = over.app;
+        }
+        self.given.extend(over.given);
+    }
+
+    fn one(&self, name: &str) -> Option<&str> {
+        self.given
+            .get(name)
+            .and_then(|v| v.last())
+            .map(String::as_str)
+    }
+
+    fn is_set(&self, name: &str) -> bool {
+        self.one(name).is_some_and(|v| v == "true")
+    }
+}
+
+fn command() -> Command {
+    let mut cmd = Command::new("turbo")
+        .version(env!("CARGO_PKG_VERSION"))
+        .about("Serve a Python WSGI or ASGI application from thread-per-core io_uring shards.")
+        .long_about(
+            "Serve a Python WSGI or ASGI application from thread-per-core io_uring shards.\n\n\
+             Each core runs one shard: an OS thread pinned to that CPU with its own io_uring \
+             ring, its own SO_REUSEPORT listener and its own Python sub-interpreter (its own GIL \
+             on Python 3.12+). The flags follow Gunicorn's names and defaults; \
+             GUNICORN_CMD_ARGS is read too.",
+        )
+        .after_help("Example:\n  turbo myproject.wsgi:application --bind 0.0.0.0:8000 --cores 4")
+        .arg(Arg::new("APP").value_name("APP").help(
+            "The app as MODULE:CALLABLE, imported from the working directory. \
+                     MODULE:factory() calls a factory; CALLABLE defaults to `application`.",
+        ));
+    for s in SETTINGS {
+        let mut arg = Arg::new(s.name).help(s.help).help_heading(s.section);
+        let mut long_named = false;
+        for flag in s.flags {
+            if let Some(long) = flag.strip_prefix("--") {
+                arg = if long_named {
+                    arg.visible_alias(long)
+                } else {
+                    long_named = true;
+                    arg.long(long)
+                };
+            } else if let Some(short) = flag.strip_prefix('-').and_then(|f| f.chars().next()) {
+                arg = arg.short(short);
+            }
+        }
+        arg = match s.kind {
+            Kind::Bool => arg.action(ArgAction::SetTrue),
+            Kind::List => arg.action(ArgAction::Append).value_name(s.meta),
+            Kind::Value => arg.action(ArgAction::Set).value_name(s.meta),
+        };
+        if !s.default.is_empty() {
+            arg = arg.default_value(s.default);
+        }
+        cmd = cmd.arg(arg);
+    }
+    cmd
+}
+
+/// The settings given explicitly in `args` (without the program name).
+fn given(matches: &ArgMatches) -> Values {
+    let mut values = Values {
+        app: matches.get_one::<String>("APP").cloned(),
+        ..Values::default()
+    };
+    for s in SETTINGS {
+        if matches.value_source(s.name) != Some(clap::parser::ValueSource::CommandLine) {
+            continue;
+        }
+        let list = match s.kind {
+            Kind::Bool => vec![matches.get_flag(s.name).to_string()],
+            _ => matches
+                .get_many::<String>(s.name)
+                .map(|v| v.cloned().collect())
+                .unwrap_or_default(),
+        };
+        values.given.insert(s.name, list);
+    }
+    values
+}
+
+fn parse(args: impl IntoIterator<Item = String>) -> Result<Values, clap::Error> {
+    command().try_get_matches_from(args).map(|m| given(&m))
+}
+
+/// Splits `GUNICORN_CMD_ARGS` as a POSIX shell would: whitespace separates,
+/// quotes group, a backslash escapes.
+pub fn shell_split(text: &str) -> Result<Vec<String>, String> {
+    let mut words = Vec::new();
+    let mut word: Option<String> = None;
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            ' ' | '\t' | '\n' => {
+                if let Some(w) = word.take() {
+                    words.push(w);
+                }
+            }
+            '\'' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('\'') => break,
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated ' quote".into()),
+                    }
+                }
+            }
+            '"' => {
+                let w = word.get_or_insert_with(String::new);
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some('\\') => match chars.next() {
+                            Some(c @ ('"' | '\\' | '$' | '`')) => w.push(c),
+                            Some(c) => {
+                                w.push('\\');
+                                w.push(c);
+                            }
+                            None => return Err("unterminated \" quote".into()),
+                        },
+                        Some(c) => w.push(c),
+                        None => return Err("unterminated \" quote".into()),
+                    }
+                }
+            }
+            '\\' => {
+                let w = word.get_or_insert_with(String::new);
+                if let Some(c) = chars.next() {
+                    w.push(c);
+                }
+            }
+            c => word.get_or_insert_with(String::new).push(c),
+        }
+    }
+    words.extend(word);
+    Ok(words)
+}
+
+/// What the process was asked to do.
+pub enum Action {
+    Serve(Box<Config>),
+    /// `--print-config`: the resolved settings, one per line.
+    Print(String),
+    /// `--check-config` found the configuration valid.
+    CheckPassed,
+}
+
+/// Reads every source; any error is one line and exit code 2.
+pub fn load() -> Action {
+    let args: Vec<String> = std::env::args().collect();
+    let command_line = match parse(args.iter().cloned()) {
+        Ok(values) => values,
+        Err(err) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                err.kind(),
+                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+            ) {
+                let _ = err.print();
+                std::process::exit(0);
+            }
+            let text = err.to_string();
+            let first = text.lines().next().unwrap_or("invalid arguments");
+            usage_error(first.trim_start_matches("error: "));
+        }
+    };
+    let mut values = Values::default();
+    if let Ok(text) = std::env::var("GUNICORN_CMD_ARGS") {
+        let words =
+            shell_split(&text).unwrap_or_else(|e| usage_error(&format!("GUNICORN_CMD_ARGS: {e}")));
+        let from_env =
+            parse(std::iter::once("turbo".to_string()).chain(words)).unwrap_or_else(|err| {
+                let text = err.to_string();
+                let first = text.lines().next().unwrap_or("invalid arguments");
+                usage_error(&format!(
+                    "GUNICORN_CMD_ARGS: {}",
+                    first.trim_start_matches("error: ")
+                ))
+            });
+        values.merge(from_env);
+    }
+    values.merge(command_line);
+    let checking = values.is_set("check_config");
+    match Config::from_values(&values) {
+        Ok(config) if values.is_set("print_config") => Action::Print(print(&values, &config)),
+        Ok(_) if checking => Action::CheckPassed,
+        Ok(config) => Action::Serve(Box::new(config)),
+        Err(msg) if checking => {
+            eprintln!("turbo: error: {msg}");
+            std::process::exit(1);
+        }
+        Err(msg) => usage_error(&msg),
+    }
+}
+
+/// `--print-config`: every setting with its resolved value, sorted by name,
+/// laid out as Gunicorn lays it out.
+fn print(values: &Values, config: &Config) -> String {
+    let mut names: Vec<&str> = SETTINGS.iter().map(|s| s.name).collect();
+    names.sort_unstable();
+    let width = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for name in names {
+        let value = match name {
+            "bind" => {
+                let quoted: Vec<String> = config.binds.iter().map(|b| format!("'{b}'")).collect();
+                format!("[{}]", quoted.join(", "))
+            }
+            "workers" => config.cores.to_string(),
+            _ => match settings::find(name) {
+                Some(s) if s.kind == Kind::Bool => {
+                    if values.is_set(name) { "True" } else { "False" }.to_string()
+                }
+                Some(s) => match values.one(name).unwrap_or(s.default) {
+                    "" => "None".to_string(),
+                    v => v.to_string(),
+                },
+                None => continue,
+            },
+        };
+        out.push_str(&format!("{name:<width$} = {value}\n"));
+    }
+    out
+}
+
+fn usage_error(msg: &str) -> ! {
+    eprintln!("turbo: error: {msg} (see 'turbo --help')");
+    std::process::exit(2);
+}
+
+fn value<T: std::str::FromStr>(values: &Values, name: &str, expected: &str) -> Result<T, String> {
+    let default = settings::find(name).map_or("", |s| s.default);
+    let text = values.one(name).unwrap_or(default);
+    text.parse().map_err(|_| {
+        format!(
+            "invalid value '{text}' for {} (expected {expected})",
+            flag_of(name)
+        )
+    })
+}
+
+/// The setting's main long flag, for error messages.
+fn flag_of(name: &str) -> String {
+    settings::find(name)
+        .and_then(|s| s.flags.iter().find(|f| f.starts_with("--")))
+        .map_or_else(|| name.to_string(), |f| f.to_string())
+}
+
+fn choice<T: clap::ValueEnum>(values: &Values, name: &str) -> Result<T, String> {
+    let default = settings::find(name).map_or("", |s| s.default);
+    let text = values.one(name).unwrap_or(default);
+    T::from_str(text, true).map_err(|_| {
+        let options: Vec<String> = T::value_variants()
+            .iter()
+            .filter_map(|v| v.to_possible_value().map(|p| p.get_name().to_string()))
+            .collect();
+        format!(
+            "invalid value '{text}' for {} (expected {})",
+            flag_of(name),
+            options.join(", ")
+        )
+    })
+}
+
+impl Config {
+    fn from_values(values: &Values) -> Result<Config, String> {
+        let app = AppSpec::parse(
+            values
+                .app
+                .as_deref()
+                .ok_or("no app given: turbo MODULE:CALLABLE")?,
+        )?;
+        let mut binds = Vec::new();
+        match values.given.get("bind") {
+            Some(list) => {
+                for bind in list {
+                    binds.extend(parse_bind(bind)?);
+                }
+            }
+            None => match std::env::var("PORT") {
+                Ok(port) => binds.extend(parse_bind(&format!("0.0.0.0:{port}"))?),
+                Err(_) => binds.extend(parse_bind("127.0.0.1:8000")?),
+            },
+        }
+        let cores = match values.one("workers") {
+            Some(_) => value(values, "workers", "an integer")?,
+            None => match std::env::var("WEB_CONCURRENCY") {
+                Ok(n) => n
+                    .trim()
+                    .parse()
+                    .map_err(|_| format!("invalid WEB_CONCURRENCY '{n}'"))?,
+                Err(_) => available_cores(),
+            },
+        };
+        if cores == 0 {
+            return Err("--workers must be at least 1".into());
+        }
+        let threads: usize = value(values, "threads", "an integer")?;
+        if threads == 0 {
+            return Err("--threads must be at least 1".into());
+        }
+        let limit_request_line: usize = value(values, "limit_request_line", "an integer")?;
+        if limit_request_line > 8190 {
+            return Err("--limit-request-line must be at most 8190".into());
+        }
+        let limit_request_fields: usize = value(values, "limit_request_fields", "an integer")?;
+        if limit_request_fields > 32768 {
+            return Err("--limit-request-fields must be at most 32768".into());
+        }
+        let limit_request_field_size: usize =
+            value(values, "limit_request_field_size", "an integer")?;
+        let interface = match values.one("worker_class") {
+            None => choice(values, "interface")?,
+            Some("sync" | "gthread") => InterfaceMode::Wsgi,
+            Some("asgi" | "uvicorn.workers.UvicornWorker" | "uvicorn_worker.UvicornWorker") => {
+                InterfaceMode::Asgi
+            }
+            Some(other) => {
+                return Err(format!(
+                    "unsupported worker class '{other}' (turbo accepts sync, gthread, asgi \
+                     and uvicorn.workers.UvicornWorker)"
+                ));
+            }
+        };
+        let seconds = |name| value::<u64>(values, name, "a number of seconds");
+        let errorlog = values.one("errorlog").unwrap_or("-");
+        Ok(Config {
+            app,
+            binds,
+            cores,
+            threads,
+            backlog: value(values, "backlog", "an integer")?,
+            keep_alive: Duration::from_secs(seconds("keepalive")?),
+            header_timeout: Duration::from_secs(seconds("header_timeout")?.max(1)),
+            limits: Limits {
+                request_line: match limit_request_line {
+                    0 => 8190,
+                    n => n,
+                },
+                fields: limit_request_fields,
+                field_size: match limit_request_field_size {
+                    0 => usize::MAX / 4,
+                    n => n,
+                },
+            },
+            log_level: crate::logging::parse_level(values.one("loglevel").unwrap_or("info"))?,
+            isolation: choice(values, "isolation")?,
+            interface,
+            lifespan: choice(values, "lifespan")?,
+            ws_max_size: value(values, "ws_max_size", "a number of bytes")?,
+            timeout: Duration::from_secs(seconds("timeout")?),
+            graceful_timeout: Duration::from_secs(seconds("graceful_timeout")?),
+            max_requests: value(values, "max_requests", "an integer")?,
+            max_requests_jitter: value(values, "max_requests_jitter", "an integer")?,
+            preload: values.is_set("preload_app"),
+            pidfile: values.one("pidfile").map(Into::into),
+            error_logfile: (errorlog != "-").then(|| errorlog.into()),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn app_specs() {
+        let s = AppSpec::parse("pkg.mod:app").unwrap();
+        assert_eq!((s.module.as_str(), s.expr.as_str()), ("pkg.mod", "app"));
+        assert_eq!(AppSpec::parse("wsgi").unwrap().expr, "application");
+        assert_eq!(
+            AppSpec::parse("m:create_app('x', 1)").unwrap().expr,
+            "create_app('x', 1)"
+        );
+        for bad in ["", ":app", "a b:app", "m:", "m:1x", "m:f(", "m..n:app"] {
+            assert!(AppSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn binds() {
+        assert_eq!(
+            parse_bind("127.0.0.1:9000").unwrap(),
+            vec!["127.0.0.1:9000".parse().unwrap()]
+        );
+        assert_eq!(
+            parse_bind("[::1]:9000").unwrap(),
+            vec!["[::1]:9000".parse().unwrap()]
+        );
+        assert_eq!(parse_bind("127.0.0.1").unwrap()[0].port(), 8000);
+        assert_eq!(
+            parse_bind(":9001").unwrap(),
+            vec!["0.0.0.0:9001".parse().unwrap()]
+        );
+        assert!(parse_bind("127.0.0.1:http").is_err());
+        assert!(parse_bind("[::1").is_err());
+    }
+
+    #[test]
+    fn gunicorn_cmd_args_split_like_a_shell() {
+        assert_eq!(
+            shell_split(r#"--bind '0.0.0.0:80' -w 3  --name "a \"b\" c" x\ y"#).unwrap(),
+            [
+                "--bind",
+                "0.0.0.0:80",
+                "-w",
+                "3",
+                "--name",
+                "a \"b\" c",
+                "x y"
+            ]
+        );
+        assert_eq!(shell_split("").unwrap(), Vec::<String>::new());
+        assert!(shell_split("'open").is_err());
+    }
+
+    #[test]
+    fn every_setting_parses_its_default() {
+        let values = parse(["turbo", "m:app"].map(String::from)).unwrap();
+        let config = Config::from_values(&values).unwrap();
+        assert_eq!(config.threads, 1);
+        assert_eq!(config.backlog, 2048);
+        assert_eq!(config.ws_max_size, 16 << 20);
+        for s in SETTINGS {
+            assert!(s.flags.iter().any(|f| f.starts_with("--")), "{}", s.name);
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! Every setting, declared once, as Gunicorn's `config.py` does: its name
+//! (the config-file name), flags, kind, default, help and section. The command
+//! line, `GUNICORN_CMD_ARGS`, `--print-config` and the docs are derived from
+//! this table; `super::Config` turns the chosen values into typed settings.
+
+/// What a setting's values look like on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    /// One value.
+    Value,
+    /// Repeatable; each use adds a value.
+    List,
+    /// A flag without a value.
+    Bool,
+}
+
+pub struct Setting {
+    /// The name in a config file and in `--print-config`.
+    pub name: &'static str,
+    pub section: &'static str,
+    /// Short flags as `-b`, long ones as `--bind`; the first long one is the
+    /// name in `--help`, the rest are aliases.
+    pub flags: &'static [&'static str],
+    pub kind: Kind,
+    /// The default as text, parsed like a command-line value; "" for none.
+    pub default: &'static str,
+    pub meta: &'static str,
+    pub help: &'static str,
+}
+
+const fn setting(
+    name: &'static str,
+    section: &'static str,
+    flags: &'static [&'static str],
+    kind: Kind,
+    default: &'static str,
+    meta: &'static str,
+    help: &'static str,
+) -> Setting {
+    Setting {
+        name,
+        section,
+        flags,
+        kind,
+        default,
+        meta,
+        help,
+    }
+}
+
+use Kind::{Bool, List, Value};
+
+pub static SETTINGS: &[Setting] = &[
+    setting(
+        "check_config",
+        "Config File",
+        &["--check-config"],
+        Bool,
+        "",
+        "",
+        "Check the configuration and exit: 0 if it is valid, 1 if not.",
+    ),
+    setting(
+        "print_config",
+        "Config File",
+        &["--print-config"],
+        Bool,
+        "",
+        "",
+        "Print the configuration settings as fully resolved, and exit.",
+    ),
+    setting(
+        "bind",
+        "Server Socket",
+        &["-b", "--bind"],
+        List,
+        "",
+        "ADDRESS",
+        "The socket to bind: HOST:PORT, [IPV6]:PORT, HOST or :PORT. Repeatable. \
+         Default: 127.0.0.1:8000, or 0.0.0.0:$PORT when $PORT is set.",
+    ),
+    setting(
+        "backlog",
+        "Server Socket",
+        &["--backlog"],
+        Value,
+        "2048",
+        "INT",
+        "The maximum number of pending connections per listening socket.",
+    ),
+    setting(
+        "workers",
+        "Worker Processes",
+        &["-w", "--workers", "--cores"],
+        Value,
+        "",
+        "INT",
+        "The number of shards, one per CPU. Default: $WEB_CONCURRENCY, or the CPUs \
+         this process may run on.",
+    ),
+    setting(
+        "worker_class",
+        "Worker Processes",
+        &["-k", "--worker-class"],
+        Value,
+        "",
+        "STRING",
+        "Gunicorn's worker class, mapped to an interface: sync and gthread mean WSGI; \
+         asgi, uvicorn.workers.UvicornWorker and uvicorn_worker.UvicornWorker mean ASGI.",
+    ),
+    setting(
+        "threads",
+        "Worker Processes",
+        &["--threads"],
+        Value,
+        "1",
+        "INT",
+        "Python threads per shard, for WSGI apps that block on I/O.",
+    ),
+    setting(
+        "isolation",
+        "Worker Processes",
+        &["--isolation"],
+        Value,
+        "auto",
+        "MODE",
+        "How shards are isolated: subinterpreter (one worker process, one own-GIL \
+         sub-interpreter per shard), process (one worker process per shard) or auto \
+         (sub-interpreters where Python and the app allow them).",
+    ),
+    setting(
+        "max_requests",
+        "Worker Processes",
+        &["--max-requests"],
+        Value,
+        "0",
+        "INT",
+        "Replace a worker after it has served this many requests (0 disables).",
+    ),
+    setting(
+        "max_requests_jitter",
+        "Worker Processes",
+        &["--max-requests-jitter"],
+        Value,
+        "0",
+        "INT",
+        "Add a random number of requests, up to this, to each worker's --max-requests.",
+    ),
+    setting(
+        "timeout",
+        "Worker Processes",
+        &["-t", "--timeout"],
+        Value,
+        "30",
+        "INT",
+        "Workers stuck in one request for more than this many seconds are killed and \
+         replaced (0 disables).",
+    ),
+    setting(
+        "graceful_timeout",
+        "Worker Processes",
+        &["--graceful-timeout"],
+        Value,
+        "30",
+        "INT",
+        "Seconds a stopping worker may take to finish its requests before it is killed.",
+    ),
+    setting(
+        "keepalive",
+        "Worker Processes",
+        &["--keep-alive", "--keepalive"],
+        Value,
+        "2",
+        "INT",
+        "Seconds to wait for the next request on an idle keep-alive connection.",
+    ),
+    setting(
+        "header_timeout",
+        "Worker Processes",
+        &["--header-timeout"],
+        Value,
+        "10",
+        "INT",
+        "Seconds a client may take to send a complete request head, and the longest \
+         pause allowed while it sends a body.",
+    ),
+    setting(
+        "interface",
+        "Worker Processes",
+        &["--interface"],
+        Value,
+        "auto",
+        "INTERFACE",
+        "The app's interface: wsgi, asgi, or auto (a coroutine function, or an object \
+         whose __call__ is async, means ASGI 3).",
+    ),
+    setting(
+        "lifespan",
+        "Worker Processes",
+        &["--lifespan"],
+        Value,
+        "auto",
+        "MODE",
+        "ASGI lifespan events: on requires them, off never sends them, auto carries on \
+         when the app does not support them.",
+    ),
+    setting(
+        "ws_max_size",
+        "Worker Processes",
+        &["--ws-max-size"],
+        Value,
+        "16777216",
+        "BYTES",
+        "The largest WebSocket message; a larger one closes the connection with 1009.",
+    ),
+    setting(
+        "limit_request_line",
+        "Security",
+        &["--limit-request-line"],
+        Value,
+        "4094",
+        "INT",
+        "The maximum size of the request line in bytes (0 means 8190).",
+    ),
+    setting(
+        "limit_request_fields",
+        "Security",
+        &["--limit-request-fields"],
+        Value,
+        "100",
+        "INT",
+        "The maximum number of header fields in a request (at most 32768).",
+    ),
+    setting(
+        "limit_request_field_size",
+        "Security",
+        &["--limit-request-field_size", "--limit-request-field-size"],
+        Value,
+        "8190",
+        "INT",
+        "The maximum size of one request header field in bytes (0 means unlimited).",
+    ),
+    setting(
+        "preload_app",
+        "Server Mechanics",
+        &["--preload"],
+        Bool,
+        "",
+        "",
+        "Import the app in the supervisor before starting workers.",
+    ),
+    setting(
+        "pidfile",
+        "Server Mechanics",
+        &["-p", "--pid"],
+        Value,
+        "",
+        "FILE",
+        "Write the supervisor's process id to this file.",
+    ),
+    setting(
+        "errorlog",
+        "Logging",
+        &["--error-logfile", "--log-file"],
+        Value,
+        "-",
+        "FILE",
+        "The error log file; - is standard error. USR1 reopens it.",
+    ),
+    setting(
+        "loglevel",
+        "Logging",
+        &["--log-level"],
+        Value,
+        "info",
+        "LEVEL",
+        "The error log level: debug, info, warning, error or critical.",
+    ),
+];
+
+pub fn find(name: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.name == name)
+}
