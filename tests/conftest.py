@@ -40,10 +40,10 @@ class Turbo:
         full_env["VIRTUAL_ENV"] = sys.prefix
         full_env.pop("PORT", None)
         full_env.update(env or {})
-        cmd = [BIN, app, "--bind", f"127.0.0.1:{self.port}", *args]
+        cmd = [BIN, *([app] if app else []), "--bind", f"127.0.0.1:{self.port}", *args]
         if not any(a.startswith("--cores") or a == "-w" for a in args):
             cmd += ["--cores", "1"]
-        if "--threads" not in args:
+        if THREADS != 1 and "--threads" not in args:
             cmd += ["--threads", str(THREADS)]
         self.proc = subprocess.Popen(
             cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT

@@ -3,6 +3,7 @@
 //! $WEB_CONCURRENCY), `GUNICORN_CMD_ARGS` and the command line, as Gunicorn
 //! does. `Config` is the typed result every part of the server reads.
 
+mod file;
 pub mod settings;
 
 use std::collections::BTreeMap;
@@ -71,6 +72,8 @@ pub struct Config {
     pub pidfile: Option<std::path::PathBuf>,
     /// None for standard error.
     pub error_logfile: Option<std::path::PathBuf>,
+    /// What reading the configuration found worth a warning, logged at start.
+    pub warnings: Vec<String>,
 }
 
 /// `module:expression`, split; the expression is checked again in Python.
@@ -308,42 +311,86 @@ pub enum Action {
 }
 
 /// Reads every source; any error is one line and exit code 2.
-pub fn load() -> Action {
-    let args: Vec<String> = std::env::args().collect();
-    let command_line = match parse(args.iter().cloned()) {
-        Ok(values) => values,
-        Err(err) => {
-            use clap::error::ErrorKind;
-            if matches!(
-                err.kind(),
-                ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
-            ) {
-                let _ = err.print();
-                std::process::exit(0);
-            }
-            let text = err.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            usage_error(first.trim_start_matches("error: "));
+/// Why the sources could not be read.
+enum Failure {
+    /// clap's help or version text, to print with exit status 0.
+    Display(clap::Error),
+    /// A config file that raised, with its traceback: exit status 1.
+    FileRaised(String),
+    /// Anything else: one line, exit status 2.
+    Usage(String),
+}
+
+fn first_line(err: &clap::Error) -> String {
+    let text = err.to_string();
+    let first = text.lines().next().unwrap_or("invalid arguments");
+    first.trim_start_matches("error: ").to_string()
+}
+
+/// Every source merged, lowest precedence first: the config file,
+/// GUNICORN_CMD_ARGS, the command line. (The environment's $PORT and
+/// $WEB_CONCURRENCY apply in `Config::from_values` when nothing else did.)
+fn gather() -> Result<(Values, Vec<String>), Failure> {
+    let command_line = parse(std::env::args()).map_err(|err| {
+        use clap::error::ErrorKind;
+        match err.kind() {
+            ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Failure::Display(err),
+            _ => Failure::Usage(first_line(&err)),
         }
+    })?;
+    let env_args = match std::env::var("GUNICORN_CMD_ARGS") {
+        Ok(text) => {
+            let words = shell_split(&text)
+                .map_err(|e| Failure::Usage(format!("GUNICORN_CMD_ARGS: {e}")))?;
+            parse(std::iter::once("turbo".to_string()).chain(words))
+                .map_err(|err| Failure::Usage(format!("GUNICORN_CMD_ARGS: {}", first_line(&err))))?
+        }
+        Err(_) => Values::default(),
     };
+    let explicit = command_line
+        .one("config")
+        .or(env_args.one("config"))
+        .map(str::to_string);
+    let location = explicit.or_else(|| {
+        std::path::Path::new(file::DEFAULT)
+            .exists()
+            .then(|| file::DEFAULT.to_string())
+    });
     let mut values = Values::default();
-    if let Ok(text) = std::env::var("GUNICORN_CMD_ARGS") {
-        let words =
-            shell_split(&text).unwrap_or_else(|e| usage_error(&format!("GUNICORN_CMD_ARGS: {e}")));
-        let from_env =
-            parse(std::iter::once("turbo".to_string()).chain(words)).unwrap_or_else(|err| {
-                let text = err.to_string();
-                let first = text.lines().next().unwrap_or("invalid arguments");
-                usage_error(&format!(
-                    "GUNICORN_CMD_ARGS: {}",
-                    first.trim_start_matches("error: ")
-                ))
-            });
-        values.merge(from_env);
+    let mut warnings = Vec::new();
+    if let Some(location) = location {
+        let file = file::read(&location).map_err(|msg| {
+            if msg.contains('\n') {
+                Failure::FileRaised(msg)
+            } else {
+                Failure::Usage(msg)
+            }
+        })?;
+        values.merge(file.values);
+        warnings = file.warnings;
     }
+    values.merge(env_args);
     values.merge(command_line);
+    Ok((values, warnings))
+}
+
+/// Reads every source at start-up; errors end the process (exit status 2,
+/// or 1 for a config file that raised).
+pub fn load() -> Action {
+    let (values, warnings) = match gather() {
+        Ok(gathered) => gathered,
+        Err(Failure::Display(err)) => {
+            let _ = err.print();
+            std::process::exit(0);
+        }
+        Err(Failure::FileRaised(msg)) => {
+            eprintln!("turbo: error: {msg}");
+            std::process::exit(1);
+        }
+        Err(Failure::Usage(msg)) => usage_error(&msg),
+    };
     let checking = values.is_set("check_config");
-    match Config::from_values(&values) {
+    match Config::from_values(&values).map(|config| Config { warnings, ..config }) {
         Ok(config) if values.is_set("print_config") => Action::Print(print(&values, &config)),
         Ok(_) if checking => Action::CheckPassed,
         Ok(config) => Action::Serve(Box::new(config)),
@@ -353,6 +400,15 @@ pub fn load() -> Action {
         }
         Err(msg) => usage_error(&msg),
     }
+}
+
+/// Reads every source again (HUP), reporting errors instead of exiting.
+pub fn reload() -> Result<Config, String> {
+    let (values, warnings) = gather().map_err(|failure| match failure {
+        Failure::Display(err) => first_line(&err),
+        Failure::FileRaised(msg) | Failure::Usage(msg) => msg,
+    })?;
+    Config::from_values(&values).map(|config| Config { warnings, ..config })
 }
 
 /// `--print-config`: every setting with its resolved value, sorted by name,
@@ -517,6 +573,7 @@ impl Config {
             preload: values.is_set("preload_app"),
             pidfile: values.one("pidfile").map(Into::into),
             error_logfile: (errorlog != "-").then(|| errorlog.into()),
+            warnings: Vec::new(),
         })
     }
 }

@@ -52,6 +52,16 @@ use Kind::{Bool, List, Value};
 
 pub static SETTINGS: &[Setting] = &[
     setting(
+        "config",
+        "Config File",
+        &["-c", "--config"],
+        Value,
+        "./gunicorn.conf.py",
+        "CONFIG",
+        "The configuration file: a Python file, or python:MODULE. Read when present \
+         even without -c, as Gunicorn does.",
+    ),
+    setting(
         "check_config",
         "Config File",
         &["--check-config"],

@@ -66,6 +66,9 @@ fn virtualenv_python() -> Result<Option<PathBuf>, String> {
 /// Python's own signal handlers (the server owns signals). Returns with the main
 /// interpreter's GIL released.
 pub fn initialize() -> Result<(), String> {
+    if is_initialized() {
+        return Ok(());
+    }
     let executable = match virtualenv_python()? {
         Some(python) => Some(python),
         // Without a virtualenv, use the Python turbo was built against, so the
@@ -221,6 +224,12 @@ pub fn without_gil<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: restores the thread state saved above.
     unsafe { ffi::PyEval_RestoreThread(tstate) };
     out
+}
+
+/// Whether Python runs in this process (a config file, or --preload).
+pub fn is_initialized() -> bool {
+    // SAFETY: Py_IsInitialized may be called at any time.
+    unsafe { ffi::Py_IsInitialized() != 0 }
 }
 
 /// Forks a process in which Python is running (the supervisor after

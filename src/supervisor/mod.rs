@@ -54,6 +54,9 @@ pub fn run(config: Config) -> ! {
         }
     };
     log::info!("Starting turbo {}", env!("CARGO_PKG_VERSION"));
+    for warning in &config.warnings {
+        log::warn!("{warning}");
+    }
     let mut sockets = Sockets::new(&config.binds, config.backlog);
     if let Err(e) = sockets.ensure(config.cores) {
         log::error!("{e}");
@@ -102,7 +105,7 @@ pub fn run(config: Config) -> ! {
         isolation,
         probing,
         workers: Vec::new(),
-        python_running: preloaded.is_some(),
+        python_running: python::is_initialized(),
         preloaded,
         stopping: None,
         successor: None,
@@ -186,6 +189,7 @@ impl Supervisor {
             _ if self.stopping.is_some() => {}
             libc::SIGHUP => {
                 log::info!("Hang up: Master");
+                self.reload_config();
                 self.replace_all();
             }
             libc::SIGTTIN => {
@@ -225,6 +229,32 @@ impl Supervisor {
             libc::SIGUSR2 => self.reexec(),
             _ => {}
         }
+    }
+
+    /// HUP: reads the configuration again, as Gunicorn does; new workers get
+    /// it. The sockets stay: a changed bind needs a new supervisor (USR2).
+    fn reload_config(&mut self) {
+        let mut config = match crate::config::reload() {
+            Ok(config) => config,
+            Err(e) => {
+                log::error!("The configuration could not be reloaded, so it stays as it was: {e}");
+                return;
+            }
+        };
+        for warning in &config.warnings {
+            log::warn!("{warning}");
+        }
+        if config.binds != self.config.binds {
+            log::warn!("A changed bind takes effect in a new supervisor (USR2), not on HUP");
+            config.binds.clone_from(&self.config.binds);
+        }
+        if let Err(e) = self.sockets.ensure(config.cores) {
+            log::error!("Cannot open sockets for {} shards: {e}", config.cores);
+            return;
+        }
+        log::set_max_level(config.log_level);
+        self.cores = config.cores;
+        self.config = Arc::new(config);
     }
 
     /// New workers for every shard; the current ones stop once those are ready.

@@ -1,0 +1,273 @@
+//! The config file: `-c FILE`, `-c python:MODULE`, or `./gunicorn.conf.py`
+//! when present, executed in the supervisor's interpreter as Gunicorn executes
+//! it. Module-level names that are settings become values between the
+//! environment and `GUNICORN_CMD_ARGS`.
+
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyModule, PyString, PyTuple};
+
+use super::Values;
+use super::settings::{self, Kind, SETTINGS};
+
+const READER: &std::ffi::CStr =
+    match std::ffi::CStr::from_bytes_with_nul(concat!(include_str!("file.py"), "\0").as_bytes()) {
+        Ok(s) => s,
+        Err(_) => panic!("file.py contains a NUL byte"),
+    };
+
+/// The file read when no `-c` is given, as in Gunicorn.
+pub const DEFAULT: &str = "./gunicorn.conf.py";
+
+/// Gunicorn's server hooks; they run at Gunicorn's moments once turbo calls
+/// them (not yet).
+const HOOKS: &[&str] = &[
+    "on_starting",
+    "on_reload",
+    "when_ready",
+    "pre_fork",
+    "post_fork",
+    "post_worker_init",
+    "worker_int",
+    "worker_abort",
+    "pre_exec",
+    "pre_request",
+    "post_request",
+    "child_exit",
+    "worker_exit",
+    "nworkers_changed",
+    "on_exit",
+    "ssl_context",
+];
+
+/// Gunicorn settings that turbo deliberately ignores: its design has no
+/// place for them.
+const IGNORED: &[&str] = &["worker_connections", "worker_tmp_dir"];
+
+/// Gunicorn settings turbo does not implement yet.
+const NOT_YET: &[&str] = &[
+    "reload",
+    "reload_engine",
+    "reload_extra_files",
+    "spew",
+    "sendfile",
+    "reuse_port",
+    "chdir",
+    "daemon",
+    "raw_env",
+    "user",
+    "group",
+    "umask",
+    "initgroups",
+    "tmp_upload_dir",
+    "secure_scheme_headers",
+    "forwarded_allow_ips",
+    "accesslog",
+    "disable_redirect_access_to_syslog",
+    "access_log_format",
+    "capture_output",
+    "logger_class",
+    "logconfig",
+    "logconfig_dict",
+    "logconfig_json",
+    "syslog_addr",
+    "syslog",
+    "syslog_prefix",
+    "syslog_facility",
+    "enable_stdio_inheritance",
+    "statsd_host",
+    "dogstatsd_tags",
+    "statsd_prefix",
+    "proc_name",
+    "default_proc_name",
+    "pythonpath",
+    "paste",
+    "proxy_protocol",
+    "proxy_allow_ips",
+    "keyfile",
+    "certfile",
+    "ssl_version",
+    "cert_reqs",
+    "ca_certs",
+    "suppress_ragged_eofs",
+    "do_handshake_on_connect",
+    "ciphers",
+    "raw_paste_global_conf",
+    "permit_obsolete_folding",
+    "strip_header_spaces",
+    "permit_unconventional_http_method",
+    "permit_unconventional_http_version",
+    "casefold_http_method",
+    "forwarder_headers",
+    "header_map",
+];
+
+/// What a config file gave, and the warnings to log once logging is up.
+pub struct FileValues {
+    pub values: Values,
+    pub warnings: Vec<String>,
+}
+
+/// Reads the config file at `location`; errors are one line, except a
+/// failing file, whose traceback comes first.
+pub fn read(location: &str) -> Result<FileValues, String> {
+    if !location.starts_with("python:") && !std::path::Path::new(location).exists() {
+        return Err(format!("config file {location} does not exist"));
+    }
+    crate::python::initialize()?;
+    Python::attach(|py| read_in(py, location))
+}
+
+fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
+    let reader = PyModule::from_code(py, READER, c"turbo_config.py", c"turbo_config")
+        .map_err(|e| format!("turbo's config reader failed: {e}"))?;
+    let known: Vec<&str> = SETTINGS
+        .iter()
+        .map(|s| s.name)
+        .chain(["wsgi_app"])
+        .chain(IGNORED.iter().copied())
+        .chain(NOT_YET.iter().copied())
+        .collect();
+    let read = reader
+        .getattr("read")
+        .and_then(|f| f.call1((location, known, HOOKS.to_vec())))
+        .map_err(|e| {
+            let tb = e
+                .traceback(py)
+                .and_then(|t| t.format().ok())
+                .unwrap_or_default();
+            format!("failed to read config file {location}:\n{tb}{e}")
+        })?;
+    let (found, hooks, others): (Bound<'_, PyDict>, Vec<String>, Vec<String>) = read
+        .extract()
+        .map_err(|e| format!("turbo's config reader failed: {e}"))?;
+    let mut file = FileValues {
+        values: Values::default(),
+        warnings: Vec::new(),
+    };
+    for (name, value) in found.iter() {
+        let name: String = name.extract().map_err(|e: PyErr| e.to_string())?;
+        if value.is_none() {
+            continue;
+        }
+        if name == "wsgi_app" {
+            file.values.app = Some(text(&value).ok_or_else(|| bad(location, &name, &value))?);
+            continue;
+        }
+        if IGNORED.contains(&name.as_str()) {
+            file.warnings.push(format!(
+                "{location}: {name} has no meaning in turbo and is ignored"
+            ));
+            continue;
+        }
+        if NOT_YET.contains(&name.as_str()) {
+            file.warnings.push(format!(
+                "{location}: {name} is not supported by turbo yet and is ignored"
+            ));
+            continue;
+        }
+        let Some(setting) = settings::find(&name) else {
+            continue;
+        };
+        if setting.name == "config" {
+            continue;
+        }
+        let list = match setting.kind {
+            Kind::Bool => vec![value.is_truthy().map_err(|e| e.to_string())?.to_string()],
+            Kind::List if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() => {
+                let mut items = Vec::new();
+                for item in value.try_iter().map_err(|e| e.to_string())? {
+                    let item = item.map_err(|e| e.to_string())?;
+                    items.push(text(&item).ok_or_else(|| bad(location, &name, &item))?);
+                }
+                items
+            }
+            _ => vec![text(&value).ok_or_else(|| bad(location, &name, &value))?],
+        };
+        file.values.given.insert(setting.name, list);
+    }
+    if !hooks.is_empty() {
+        file.warnings.push(format!(
+            "{location}: server hooks are not called by turbo yet: {}",
+            hooks.join(", ")
+        ));
+    }
+    for name in others {
+        if let Some(near) = near_miss(&name) {
+            return Err(format!(
+                "{location}: unknown setting '{name}' (did you mean '{near}'?)"
+            ));
+        }
+    }
+    Ok(file)
+}
+
+/// A setting value as command-line text: strings, numbers, and floats that
+/// are whole numbers.
+fn text(value: &Bound<'_, PyAny>) -> Option<String> {
+    if value.is_instance_of::<PyBool>() {
+        return None;
+    }
+    if let Ok(s) = value.cast::<PyString>() {
+        return s.to_str().ok().map(str::to_string);
+    }
+    if value.is_instance_of::<PyInt>() {
+        return value.str().ok().map(|s| s.to_string());
+    }
+    if let Ok(f) = value.cast::<PyFloat>() {
+        let f = f.value();
+        return Some(if f.fract() == 0.0 {
+            format!("{}", f as i64)
+        } else {
+            f.to_string()
+        });
+    }
+    None
+}
+
+fn bad(location: &str, name: &str, value: &Bound<'_, PyAny>) -> String {
+    let shown = value
+        .repr()
+        .map(|r| r.to_string())
+        .unwrap_or_else(|_| "?".into());
+    format!("{location}: invalid value {shown} for {name}")
+}
+
+/// A setting an unknown name is probably a typo of.
+fn near_miss(name: &str) -> Option<&'static str> {
+    SETTINGS
+        .iter()
+        .map(|s| s.name)
+        .chain(IGNORED.iter().copied())
+        .chain(NOT_YET.iter().copied())
+        .find(|known| distance(name, known) <= 2 && name.len() > 3)
+}
+
+/// Levenshtein distance, for typos.
+fn distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut prev = row[0];
+        row[0] = i + 1;
+        for (j, &cb) in b.iter().enumerate() {
+            let cost = usize::from(ca != cb);
+            let next = (row[j + 1] + 1).min(row[j] + 1).min(prev + cost);
+            prev = row[j + 1];
+            row[j + 1] = next;
+        }
+    }
+    row[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typos_are_caught_and_helpers_are_not() {
+        assert_eq!(near_miss("wokers"), Some("workers"));
+        assert_eq!(near_miss("timout"), Some("timeout"));
+        assert_eq!(near_miss("cpu_count"), None);
+        assert_eq!(near_miss("bind_address_list"), None);
+    }
+}
