@@ -6,6 +6,7 @@
 //! `python` manages interpreters and `wsgi` bridges requests to the app. The
 //! `scoreboard` is the memory a worker shares with the supervisor.
 
+mod access_log;
 mod asgi;
 mod config;
 mod http;

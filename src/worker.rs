@@ -10,6 +10,7 @@ use std::sync::mpsc;
 
 use futures_channel::oneshot;
 
+use crate::access_log::AccessLog;
 use crate::config::Config;
 use crate::python::app::Loaded;
 use crate::python::{self, Isolation};
@@ -59,6 +60,16 @@ pub fn run(spec: Spec) -> ! {
         log::error!("{e}");
         signals::exit_now(WORKER_BOOT_ERROR);
     }
+    let access_log = match &config.access_log {
+        Some(target) => match AccessLog::open(target, config.access_log_format.clone()) {
+            Ok(log) => Some(Arc::new(log)),
+            Err(e) => {
+                log::error!("Cannot open the access log {target}: {e}");
+                signals::exit_now(WORKER_BOOT_ERROR);
+            }
+        },
+        None => None,
+    };
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let mut stops = Vec::new();
     let mut threads = Vec::new();
@@ -78,6 +89,7 @@ pub fn run(spec: Spec) -> ! {
             board: board.clone(),
             stop,
             preloaded: preloaded.clone().filter(|_| isolation == Isolation::Main),
+            access_log: access_log.clone(),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("turbo-shard-{id}"))
@@ -140,6 +152,11 @@ pub fn run(spec: Spec) -> ! {
             libc::SIGINT | libc::SIGQUIT => signals::exit_now(0),
             libc::SIGUSR1 => {
                 crate::logging::reopen_error_log(config.error_logfile.as_deref());
+                match access_log.as_ref().map(|l| l.reopen()) {
+                    Some(Ok(true)) => log::info!("Reopened the access log"),
+                    Some(Err(e)) => log::error!("Cannot reopen the access log: {e}"),
+                    _ => {}
+                }
             }
             _ => {}
         }

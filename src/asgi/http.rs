@@ -26,6 +26,7 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 use super::Asgi;
 use super::event_loop::Watched;
 use super::task::{self, Link};
+use crate::access_log::{self, AccessLog, Outcome};
 use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
 use crate::http::parse::RequestHead;
@@ -101,6 +102,13 @@ struct Exchange {
     /// A file being sent (`http.response.pathsend`) and the bytes left of it.
     file: Option<(std::fs::File, u64)>,
     link: Rc<Link>,
+
+    /// For the access log: the status, body bytes and (if the format wants
+    /// them) the headers that went out.
+    status: u16,
+    sent: u64,
+    record_headers: bool,
+    recorded_headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 impl Exchange {
@@ -292,6 +300,10 @@ fn send(
                         )
                     })?;
                     check_header(&name, &value)?;
+                    if ex.record_headers {
+                        ex.recorded_headers
+                            .push((name.to_ascii_lowercase(), value.clone()));
+                    }
                     if name.eq_ignore_ascii_case(b"content-length") {
                         let v = crate::http::parse::trim(&value);
                         length = Some(parse_length(v).ok_or_else(|| {
@@ -391,6 +403,7 @@ fn send(
             let length = ex.remaining.unwrap_or(0).min(size);
             if !meta.is_head && length > 0 {
                 ex.file = Some((file, length));
+                ex.sent += length;
             }
             ex.remaining = Some(0);
             ex.complete = true;
@@ -407,6 +420,7 @@ fn send(
 /// when the app's first body message is also its last (or a file's size).
 fn write_head(ex: &mut Exchange, meta: Meta, date: &[u8], known: Option<u64>) {
     let (status, lines, length) = ex.start.take().unwrap_or_default();
+    ex.status = status;
     let length = length.or(known);
     let framing = Framing::choose(meta.minor, length, encode::status_has_no_body(status));
     if framing == Framing::Close {
@@ -439,7 +453,10 @@ fn write_head(ex: &mut Exchange, meta: Meta, date: &[u8], known: Option<u64>) {
 
 fn write_body(ex: &mut Exchange, body: &[u8]) {
     match ex.framing {
-        Some(Framing::Chunked) => encode::chunk(&mut ex.out, body),
+        Some(Framing::Chunked) => {
+            encode::chunk(&mut ex.out, body);
+            ex.sent += body.len() as u64;
+        }
         Some(Framing::Length(_)) => {
             let left = ex.remaining.unwrap_or(0);
             let take = (body.len() as u64).min(left) as usize;
@@ -450,8 +467,12 @@ fn write_body(ex: &mut Exchange, body: &[u8]) {
             }
             ex.out.extend_from_slice(&body[..take]);
             ex.remaining = Some(left - take as u64);
+            ex.sent += take as u64;
         }
-        Some(Framing::Close) => ex.out.extend_from_slice(body),
+        Some(Framing::Close) => {
+            ex.out.extend_from_slice(body);
+            ex.sent += body.len() as u64;
+        }
         Some(Framing::None) | None => {}
     }
 }
@@ -486,6 +507,9 @@ pub struct Request<'a> {
     pub head: &'a RequestHead,
     pub meta: Meta,
     pub date: Vec<u8>,
+    pub access_log: Option<&'a AccessLog>,
+    /// The client's address, for the access log.
+    pub remote: &'a str,
 }
 
 /// Runs one request through the app. `rbuf` holds the head and whatever
@@ -500,14 +524,70 @@ pub async fn respond(
     req: Request<'_>,
     header_timeout: Duration,
 ) -> Option<bool> {
-    let head = req.head;
-    let meta = req.meta;
     let link = Rc::new(Link::default());
     let shared: Shared = Rc::new(RefCell::new(Exchange {
-        keep_alive: meta.keep_alive,
+        keep_alive: req.meta.keep_alive,
+        record_headers: req
+            .access_log
+            .is_some_and(|l| l.format.wants_response_headers),
         link: link.clone(),
         ..Exchange::default()
     }));
+    let Some(log) = req.access_log else {
+        return exchange(
+            asgi,
+            stream,
+            rbuf,
+            out,
+            peers,
+            req,
+            header_timeout,
+            &shared,
+            &link,
+        )
+        .await;
+    };
+    let request = access_log::Request::capture(rbuf, req.head, true);
+    let remote = req.remote;
+    let keep_alive = exchange(
+        asgi,
+        stream,
+        rbuf,
+        out,
+        peers,
+        req,
+        header_timeout,
+        &shared,
+        &link,
+    )
+    .await;
+    let outcome = {
+        let mut ex = shared.borrow_mut();
+        Outcome {
+            status: ex.status,
+            sent: ex.head_sent.then_some(ex.sent),
+            headers: std::mem::take(&mut ex.recorded_headers),
+        }
+    };
+    log.log(remote, &request, &outcome);
+    keep_alive
+}
+
+/// The request's life after the access log's part: see `respond`.
+#[allow(clippy::too_many_arguments)]
+async fn exchange(
+    asgi: &Asgi,
+    stream: &TcpStream,
+    rbuf: &mut Vec<u8>,
+    out: &mut Vec<u8>,
+    peers: &Peers,
+    req: Request<'_>,
+    header_timeout: Duration,
+    shared: &Shared,
+    link: &Rc<Link>,
+) -> Option<bool> {
+    let head = req.head;
+    let meta = req.meta;
     let mut decoder = Decoder::new(head.body);
     let scope = Python::attach(|py| scope(py, asgi, rbuf, head, peers, false).map(Bound::unbind));
     rbuf.drain(..head.len);
@@ -541,7 +621,7 @@ pub async fn respond(
             py,
             asgi,
             scope.into_bound(py),
-            &link,
+            link,
             move |py, asgi| receive(py, asgi, &for_receive),
             move |py, asgi, message| send(py, asgi, &for_send, meta, &date, message),
         )
@@ -573,7 +653,7 @@ pub async fn respond(
             if !write_out(stream, out).await {
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| {
-                    answer_receive(py, asgi, &shared);
+                    answer_receive(py, asgi, shared);
                     if let Some(w) = &flushed_waiter {
                         let _ = w.call_method1(py, "set_result", (py.None(),));
                     }
@@ -690,7 +770,7 @@ pub async fn respond(
                     Peek::Nothing => {}
                     Peek::Closed => {
                         shared.borrow_mut().disconnected = true;
-                        Python::attach(|py| answer_receive(py, asgi, &shared));
+                        Python::attach(|py| answer_receive(py, asgi, shared));
                     }
                 }
                 continue;
@@ -703,7 +783,7 @@ pub async fn respond(
             None => {
                 // The client stalled in the middle of its body.
                 shared.borrow_mut().disconnected = true;
-                Python::attach(|py| answer_receive(py, asgi, &shared));
+                Python::attach(|py| answer_receive(py, asgi, shared));
                 return client_gone(asgi);
             }
         };
@@ -724,7 +804,7 @@ pub async fn respond(
                             drop(ex);
                             log::debug!("Bad request body: {}", err.detail);
                             shared.borrow_mut().disconnected = true;
-                            Python::attach(|py| answer_receive(py, asgi, &shared));
+                            Python::attach(|py| answer_receive(py, asgi, shared));
                             return client_gone(asgi);
                         }
                     }
@@ -736,7 +816,7 @@ pub async fn respond(
                 shared.borrow_mut().disconnected = true;
             }
         }
-        Python::attach(|py| answer_receive(py, asgi, &shared));
+        Python::attach(|py| answer_receive(py, asgi, shared));
     }
 }
 

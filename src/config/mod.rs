@@ -72,6 +72,9 @@ pub struct Config {
     pub pidfile: Option<std::path::PathBuf>,
     /// None for standard error.
     pub error_logfile: Option<std::path::PathBuf>,
+    /// The access log's file (`-` for standard output), if there is one.
+    pub access_log: Option<String>,
+    pub access_log_format: crate::access_log::Format,
     /// What reading the configuration found worth a warning, logged at start.
     pub warnings: Vec<String>,
 }
@@ -573,6 +576,12 @@ impl Config {
             preload: values.is_set("preload_app"),
             pidfile: values.one("pidfile").map(Into::into),
             error_logfile: (errorlog != "-").then(|| errorlog.into()),
+            access_log: values.one("accesslog").map(str::to_string),
+            access_log_format: crate::access_log::Format::parse(
+                values
+                    .one("access_log_format")
+                    .unwrap_or(crate::access_log::DEFAULT_FORMAT),
+            )?,
             warnings: Vec::new(),
         })
     }

@@ -269,6 +269,25 @@ pub static SETTINGS: &[Setting] = &[
         "Write the supervisor's process id to this file.",
     ),
     setting(
+        "accesslog",
+        "Logging",
+        &["--access-logfile"],
+        Value,
+        "",
+        "FILE",
+        "The access log file; - is standard output. Off unless set. USR1 reopens it.",
+    ),
+    setting(
+        "access_log_format",
+        "Logging",
+        &["--access-logformat"],
+        Value,
+        crate::access_log::DEFAULT_FORMAT,
+        "STRING",
+        "The access log format, in Gunicorn's atoms: h l u t r m U q H s B b f a T M D L p \
+         {header}i {header}o {var}e.",
+    ),
+    setting(
         "errorlog",
         "Logging",
         &["--error-logfile", "--log-file"],

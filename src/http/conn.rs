@@ -19,6 +19,7 @@ use super::HttpError;
 use super::body::Decoder;
 use super::encode;
 use super::parse::{self, RequestHead};
+use crate::access_log::{self, Outcome};
 use crate::asgi::http::{self as asgi_http, Peers};
 use crate::asgi::websocket as asgi_ws;
 use crate::shard::{App, Shard};
@@ -58,6 +59,8 @@ enum ReadError {
 
 struct Conn {
     shard: Rc<Shard>,
+    /// The client's address, for the access log.
+    peer: String,
     stream: TcpStream,
     rbuf: Vec<u8>,
     out: Vec<u8>,
@@ -78,6 +81,7 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let counted = shard.clone();
     let _live = counted.drain.connection();
     let mut conn = Conn {
+        peer: peer.ip().to_string(),
         shard,
         stream,
         rbuf: Vec::with_capacity(8192),
@@ -164,6 +168,8 @@ impl Conn {
                             keep_alive: head.keep_alive && !board.stopping(),
                         },
                         date: shard.date.borrow_mut().get().to_vec(),
+                        access_log: shard.access_log.as_deref(),
+                        remote: &self.peer,
                     };
                     asgi_http::respond(
                         asgi,
@@ -317,12 +323,39 @@ impl Conn {
         wsgi: &Wsgi,
         pool: Option<&Pool>,
     ) -> Option<bool> {
+        let Some(log) = self.shard.access_log.clone() else {
+            return self
+                .respond_inner(head, info, body, wsgi, pool, &mut Outcome::default())
+                .await;
+        };
+        let request = access_log::Request::capture(&self.rbuf, head, false);
+        let mut outcome = Outcome::default();
+        let keep_alive = self
+            .respond_inner(head, info, body, wsgi, pool, &mut outcome)
+            .await;
+        log.log(&self.peer, &request, &outcome);
+        keep_alive
+    }
+
+    async fn respond_inner(
+        &mut self,
+        head: &RequestHead,
+        info: &ConnInfo,
+        body: Body,
+        wsgi: &Wsgi,
+        pool: Option<&Pool>,
+        outcome: &mut Outcome,
+    ) -> Option<bool> {
         let shard = self.shard.clone();
         let meta = RequestMeta {
             minor: head.minor,
             is_head: head.is_head(&self.rbuf),
             // A draining shard says Connection: close on its last responses.
             keep_alive: head.keep_alive && !shard.board.stopping(),
+            record_headers: shard
+                .access_log
+                .as_ref()
+                .is_some_and(|l| l.format.wants_response_headers),
         };
         let slot = shard.board.slot_index(shard.local, 0);
         shard.board.count_request(slot);
@@ -354,6 +387,7 @@ impl Conn {
             Ok(prepared) => prepared,
             Err(err) => {
                 self.restore_body(shared);
+                outcome.status = err.status;
                 encode::error_response(&mut self.out, err, &date);
                 return Some(false);
             }
@@ -368,9 +402,10 @@ impl Conn {
                     date: date.clone(),
                 };
                 match pool.respond(job) {
-                    Some(pieces) => self.write_pieces(pieces).await?,
+                    Some(pieces) => self.write_pieces(pieces, outcome).await?,
                     None => {
                         log::error!("The shard's Python threads have stopped");
+                        outcome.status = 500;
                         internal_error(&mut self.out, &date);
                         false
                     }
@@ -385,12 +420,14 @@ impl Conn {
                 match result {
                     Err(e) => {
                         Python::attach(|py| wsgi.app_failed(py, &e));
+                        outcome.status = 500;
                         internal_error(&mut self.out, &date);
                         false
                     }
                     Ok(result) => {
                         let response = Response::new(result, start_response, shared.clone(), meta);
-                        self.write_response(response, wsgi, &date, slot).await?
+                        self.write_response(response, wsgi, &date, slot, outcome)
+                            .await?
                     }
                 }
             }
@@ -410,6 +447,7 @@ impl Conn {
         wsgi: &Wsgi,
         date: &[u8],
         slot: usize,
+        outcome: &mut Outcome,
     ) -> Option<bool> {
         let shard = self.shard.clone();
         let mut alive = true;
@@ -437,12 +475,13 @@ impl Conn {
             }
         }
         let keep_alive = response.keep_alive;
+        *outcome = response.outcome();
         Python::attach(|py| response.close(py, wsgi));
         alive.then_some(keep_alive)
     }
 
     /// Writes a response made on a pool thread, piece by piece.
-    async fn write_pieces(&mut self, mut pieces: Pieces) -> Option<bool> {
+    async fn write_pieces(&mut self, mut pieces: Pieces, outcome: &mut Outcome) -> Option<bool> {
         loop {
             let Some(mut piece) = pieces.recv().await else {
                 log::error!("A Python thread ended without finishing its response");
@@ -460,8 +499,12 @@ impl Conn {
                     }
                     pieces.next(piece.bytes);
                 }
-                Progress::Done => return Some(piece.keep_alive),
+                Progress::Done => {
+                    *outcome = piece.outcome;
+                    return Some(piece.keep_alive);
+                }
                 Progress::Abort => {
+                    *outcome = piece.outcome;
                     let _ = self.flush().await;
                     return None;
                 }

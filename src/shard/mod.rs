@@ -18,6 +18,7 @@ use futures_channel::oneshot;
 use futures_util::future::Either;
 use pyo3::prelude::*;
 
+use crate::access_log::AccessLog;
 use crate::asgi::Asgi;
 use crate::config::{Config, InterfaceMode};
 use crate::http::encode::DateCache;
@@ -60,6 +61,7 @@ pub struct Shard {
     pub board: Arc<Scoreboard>,
     /// This shard's position in its worker process.
     pub local: usize,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Everything a shard thread starts from.
@@ -75,6 +77,7 @@ pub struct Spec {
     pub stop: oneshot::Receiver<()>,
     /// The app as the supervisor imported it (`--preload`, main interpreter).
     pub preloaded: Option<Arc<Loaded>>,
+    pub access_log: Option<Arc<AccessLog>>,
 }
 
 /// Runs a shard on the current thread until it has drained after `stop`.
@@ -89,6 +92,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
         board,
         stop,
         preloaded,
+        access_log,
     } = spec;
     if let Some(cpu) = cpu {
         core_affinity::set_for_current(cpu);
@@ -155,6 +159,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             drain: Drain::default(),
             board,
             local,
+            access_log,
         });
         match &shard.app {
             App::Wsgi { .. } => {

@@ -19,6 +19,7 @@ use pyo3::types::PyDict;
 use super::Wsgi;
 use super::input::SharedBody;
 use super::response::{Progress, RequestMeta, Response, internal_error};
+use crate::access_log::Outcome;
 use crate::python;
 use crate::scoreboard::Scoreboard;
 
@@ -38,6 +39,8 @@ pub struct Piece {
     pub progress: Progress,
     /// After `Done`: whether the connection may carry another request.
     pub keep_alive: bool,
+    /// With the last piece: what the access log needs.
+    pub outcome: Outcome,
 }
 
 /// The shard's end of one response in the making.
@@ -153,6 +156,10 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
                 bytes: out,
                 progress: Progress::Done,
                 keep_alive: false,
+                outcome: Outcome {
+                    status: 500,
+                    ..Outcome::default()
+                },
             });
             return;
         }
@@ -169,11 +176,13 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
         if progress != Progress::More {
             // close() runs before the shard hears the end, as it would inline.
             let keep_alive = response.keep_alive;
+            let outcome = response.outcome();
             response.close(py, wsgi);
             let _ = pieces.unbounded_send(Piece {
                 bytes: out,
                 progress,
                 keep_alive,
+                outcome,
             });
             return;
         }
@@ -181,6 +190,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
             bytes: std::mem::take(&mut out),
             progress,
             keep_alive: response.keep_alive,
+            outcome: Outcome::default(),
         };
         if pieces.unbounded_send(piece).is_err() {
             break;

@@ -7,6 +7,7 @@ use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
 
 use super::Wsgi;
 use super::input::SharedBody;
+use crate::access_log::Outcome;
 use crate::http::encode::{self, Framing};
 
 /// What the connection needs to know about the request to frame the response.
@@ -15,6 +16,8 @@ pub struct RequestMeta {
     pub minor: u8,
     pub is_head: bool,
     pub keep_alive: bool,
+    /// Keep the response headers for the access log.
+    pub record_headers: bool,
 }
 
 /// One step of producing the response.
@@ -45,6 +48,9 @@ pub struct Response {
     remaining: Option<u64>,
     pub keep_alive: bool,
     pub status: u16,
+    /// Body bytes written so far.
+    sent: u64,
+    recorded_headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
 
 /// Why a response head was refused.
@@ -126,6 +132,8 @@ impl Response {
             remaining: None,
             keep_alive: meta.keep_alive,
             status: 0,
+            sent: 0,
+            recorded_headers: Vec::new(),
         }
     }
 }
@@ -298,7 +306,10 @@ impl Response {
 
     fn body_bytes(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
         match self.framing {
-            Framing::Chunked => encode::chunk(out, bytes),
+            Framing::Chunked => {
+                encode::chunk(out, bytes);
+                self.sent += bytes.len() as u64;
+            }
             Framing::Length(_) => {
                 let left = self.remaining.unwrap_or(0);
                 let take = (bytes.len() as u64).min(left) as usize;
@@ -309,8 +320,12 @@ impl Response {
                 }
                 out.extend_from_slice(&bytes[..take]);
                 self.remaining = Some(left - take as u64);
+                self.sent += take as u64;
             }
-            Framing::Close => out.extend_from_slice(bytes),
+            Framing::Close => {
+                out.extend_from_slice(bytes);
+                self.sent += bytes.len() as u64;
+            }
             Framing::None => {}
         }
     }
@@ -372,6 +387,10 @@ impl Response {
                         "invalid header name {:?}",
                         String::from_utf8_lossy(&name)
                     )));
+                }
+                if self.meta.record_headers && !name.eq_ignore_ascii_case(b"connection") {
+                    self.recorded_headers
+                        .push((name.to_ascii_lowercase(), value.clone()));
                 }
                 if name.eq_ignore_ascii_case(b"connection") {
                     // The server owns the connection; honour the app's wish to close it.
@@ -436,6 +455,15 @@ impl Response {
         self.status = code;
         self.head_sent = true;
         Ok(())
+    }
+
+    /// For the access log: the status, body bytes and headers that went out.
+    pub fn outcome(&mut self) -> Outcome {
+        Outcome {
+            status: self.status,
+            sent: (self.status != 0).then_some(self.sent),
+            headers: std::mem::take(&mut self.recorded_headers),
+        }
     }
 
     /// Calls the iterable's `close()`, as PEP 3333 requires on every path.

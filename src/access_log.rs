@@ -1,0 +1,404 @@
+//! The access log, in Gunicorn's format language (`access_log_format`), so the
+//! same format string gives the same line, byte for byte. Parsed once; each
+//! request fills an `Entry` and gets one line, written with one write(2).
+
+use std::io::Write;
+use std::sync::Mutex;
+use std::time::{Duration, Instant, SystemTime};
+
+use base64::Engine;
+
+use crate::http::parse::RequestHead;
+use crate::wsgi::environ::{percent_decode, split_target};
+
+/// Gunicorn's default `access_log_format`.
+pub const DEFAULT_FORMAT: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
+
+#[derive(Debug, Clone, PartialEq)]
+enum Part {
+    Text(String),
+    /// `%(name)s`; the name as written, `{header}i` and friends included.
+    Atom(String),
+}
+
+/// A parsed `access_log_format`.
+#[derive(Debug, Clone)]
+pub struct Format {
+    parts: Vec<Part>,
+    /// Whether any atom reads a response header (`{name}o`), which costs a copy.
+    pub wants_response_headers: bool,
+}
+
+impl Format {
+    pub fn parse(format: &str) -> Result<Format, String> {
+        let mut parts = Vec::new();
+        let mut text = String::new();
+        let mut rest = format;
+        while let Some(i) = rest.find('%') {
+            text.push_str(&rest[..i]);
+            rest = &rest[i + 1..];
+            if let Some(after) = rest.strip_prefix('%') {
+                text.push('%');
+                rest = after;
+                continue;
+            }
+            let Some(inner) = rest.strip_prefix('(') else {
+                return Err(format!("invalid access_log_format near '%{rest}'"));
+            };
+            let end = inner
+                .find(')')
+                .ok_or_else(|| "invalid access_log_format: unclosed '%('".to_string())?;
+            let name = &inner[..end];
+            // The conversion letter: s (d works on numbers too, as Python does).
+            let after = &inner[end + 1..];
+            let conv = after.chars().next().unwrap_or(' ');
+            if !matches!(conv, 's' | 'd') {
+                return Err(format!(
+                    "invalid access_log_format conversion '%({name}){conv}'"
+                ));
+            }
+            if !text.is_empty() {
+                parts.push(Part::Text(std::mem::take(&mut text)));
+            }
+            parts.push(Part::Atom(name.to_string()));
+            rest = &after[1..];
+        }
+        text.push_str(rest);
+        if !text.is_empty() {
+            parts.push(Part::Text(text));
+        }
+        let wants_response_headers = parts
+            .iter()
+            .any(|p| matches!(p, Part::Atom(a) if a.starts_with('{') && a.ends_with("}o")));
+        Ok(Format {
+            parts,
+            wants_response_headers,
+        })
+    }
+}
+
+/// What the access log needs of a finished response.
+#[derive(Default, Debug, Clone)]
+pub struct Outcome {
+    pub status: u16,
+    /// Body bytes written; None when no head went out.
+    pub sent: Option<u64>,
+    /// Lower-case names, when the format asks for them.
+    pub headers: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+/// What the access log needs of a request, copied before its head is
+/// dropped from the read buffer.
+pub struct Request {
+    method: Vec<u8>,
+    target: Vec<u8>,
+    path: String,
+    query: Vec<u8>,
+    minor: u8,
+    headers: Vec<(Vec<u8>, Vec<u8>)>,
+    started: Instant,
+}
+
+impl Request {
+    /// `utf8`: the path as ASGI decodes it; otherwise as WSGI's PATH_INFO.
+    pub fn capture(buf: &[u8], head: &RequestHead, utf8: bool) -> Request {
+        let target = buf[head.target.clone()].to_vec();
+        let (path, query) = split_target(&target).unwrap_or((&target[..], b""));
+        let decoded = percent_decode(path);
+        let path = if utf8 {
+            String::from_utf8_lossy(&decoded).into_owned()
+        } else {
+            latin1(&decoded)
+        };
+        Request {
+            method: buf[head.method.clone()].to_vec(),
+            query: query.to_vec(),
+            path,
+            minor: head.minor,
+            headers: head
+                .headers
+                .iter()
+                .map(|(n, v)| (buf[n.clone()].to_vec(), buf[v.clone()].to_vec()))
+                .collect(),
+            target,
+            started: Instant::now(),
+        }
+    }
+}
+
+/// What one request and its response left for the log.
+pub struct Entry<'a> {
+    pub remote: &'a str,
+    pub method: &'a [u8],
+    /// The request target as sent, query included.
+    pub target: &'a [u8],
+    /// The decoded path (PATH_INFO) and the query string.
+    pub path: &'a str,
+    pub query: &'a [u8],
+    pub minor: u8,
+    pub request_headers: &'a [(Vec<u8>, Vec<u8>)],
+    pub status: u16,
+    /// Body bytes sent; None when no response went out.
+    pub sent: Option<u64>,
+    /// Lower-case names.
+    pub response_headers: &'a [(Vec<u8>, Vec<u8>)],
+    pub duration: Duration,
+}
+
+/// Gunicorn escapes double quotes in every atom.
+fn escaped(text: &str) -> String {
+    text.replace('"', "\\\"")
+}
+
+fn latin1(bytes: &[u8]) -> String {
+    bytes.iter().map(|&b| b as char).collect()
+}
+
+/// A header's value; the last one wins, as in Gunicorn's atoms.
+fn header<'a>(headers: &'a [(Vec<u8>, Vec<u8>)], name: &str) -> Option<&'a [u8]> {
+    headers
+        .iter()
+        .rev()
+        .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        .map(|(_, v)| v.as_slice())
+}
+
+/// `[21/Nov/2026:15:39:00 +0000]`, local time, as Gunicorn's `%(t)s`.
+fn timestamp(now: SystemTime) -> String {
+    let secs = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as libc::time_t;
+    // SAFETY: localtime_r writes only the struct it is given.
+    let tm = unsafe {
+        let mut tm: libc::tm = std::mem::zeroed();
+        libc::localtime_r(&secs, &mut tm);
+        tm
+    };
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let offset = tm.tm_gmtoff / 60;
+    format!(
+        "[{:02}/{}/{:04}:{:02}:{:02}:{:02} {}{:02}{:02}]",
+        tm.tm_mday,
+        MONTHS[tm.tm_mon.clamp(0, 11) as usize],
+        tm.tm_year + 1900,
+        tm.tm_hour,
+        tm.tm_min,
+        tm.tm_sec,
+        if offset < 0 { '-' } else { '+' },
+        offset.abs() / 60,
+        offset.abs() % 60
+    )
+}
+
+/// The user of HTTP Basic authentication, as Gunicorn finds it.
+fn basic_user(headers: &[(Vec<u8>, Vec<u8>)]) -> Option<String> {
+    let value = header(headers, "authorization")?;
+    let (scheme, credentials) = value.split_at(value.iter().position(|&b| b == b' ')?);
+    if !scheme.eq_ignore_ascii_case(b"basic") {
+        return None;
+    }
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(credentials.trim_ascii())
+        .ok()?;
+    let text = String::from_utf8(decoded).ok()?;
+    Some(text.split(':').next().unwrap_or("").to_string())
+}
+
+impl Format {
+    /// The log line for `entry`, without the newline.
+    pub fn line(&self, entry: &Entry<'_>) -> String {
+        let mut out = String::with_capacity(128);
+        for part in &self.parts {
+            match part {
+                Part::Text(t) => out.push_str(t),
+                Part::Atom(name) => out.push_str(&escaped(&self.atom(name, entry))),
+            }
+        }
+        out
+    }
+
+    fn atom(&self, name: &str, e: &Entry<'_>) -> String {
+        let protocol = if e.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" };
+        let micros = e.duration.as_micros();
+        let dash = || "-".to_string();
+        match name {
+            "h" => e.remote.to_string(),
+            "l" => dash(),
+            "u" => basic_user(e.request_headers).unwrap_or_else(dash),
+            "t" => timestamp(SystemTime::now()),
+            "r" => format!("{} {} {protocol}", latin1(e.method), latin1(e.target)),
+            "s" => e.status.to_string(),
+            "m" => latin1(e.method),
+            "U" => e.path.to_string(),
+            "q" => latin1(e.query),
+            "H" => protocol.to_string(),
+            "b" => e.sent.map_or_else(dash, |n| n.to_string()),
+            "B" => e.sent.map_or_else(|| "None".to_string(), |n| n.to_string()),
+            "f" => header(e.request_headers, "referer").map_or_else(dash, latin1),
+            "a" => header(e.request_headers, "user-agent").map_or_else(dash, latin1),
+            "T" => e.duration.as_secs().to_string(),
+            "D" => micros.to_string(),
+            "M" => (micros / 1000).to_string(),
+            "L" => format!("{}.{:06}", e.duration.as_secs(), e.duration.subsec_micros()),
+            "p" => format!("<{}>", std::process::id()),
+            _ => {
+                let lower = name.to_ascii_lowercase();
+                if let Some(h) = lower.strip_prefix('{').and_then(|n| n.strip_suffix("}i")) {
+                    header(e.request_headers, h).map_or_else(dash, latin1)
+                } else if let Some(h) = lower.strip_prefix('{').and_then(|n| n.strip_suffix("}o")) {
+                    header(e.response_headers, h).map_or_else(dash, latin1)
+                } else if let Some(var) = lower.strip_prefix('{').and_then(|n| n.strip_suffix("}e"))
+                {
+                    environ(var, e).unwrap_or_else(dash)
+                } else {
+                    dash()
+                }
+            }
+        }
+    }
+}
+
+/// `{var}e`: a key of the request's WSGI environ, by lower-case name, as
+/// Gunicorn looks it up. The CGI keys turbo can rebuild are known.
+fn environ(var: &str, e: &Entry<'_>) -> Option<String> {
+    let protocol = if e.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" };
+    Some(match var {
+        "request_method" => latin1(e.method),
+        "path_info" => e.path.to_string(),
+        "query_string" => latin1(e.query),
+        "raw_uri" | "request_uri" => latin1(e.target),
+        "server_protocol" => protocol.to_string(),
+        "remote_addr" => e.remote.to_string(),
+        "script_name" => std::env::var("SCRIPT_NAME").unwrap_or_default(),
+        "wsgi.url_scheme" => "http".to_string(),
+        "content_type" => latin1(header(e.request_headers, "content-type")?),
+        "content_length" => latin1(header(e.request_headers, "content-length")?),
+        _ => {
+            let name = var.strip_prefix("http_")?.replace('_', "-");
+            latin1(header(e.request_headers, &name)?)
+        }
+    })
+}
+
+/// Where access log lines go: standard output, or a file that USR1 reopens.
+pub struct AccessLog {
+    pub format: Format,
+    path: Option<std::path::PathBuf>,
+    file: Mutex<Option<std::fs::File>>,
+}
+
+impl AccessLog {
+    /// `target` is `-` for standard output, or a file path.
+    pub fn open(target: &str, format: Format) -> std::io::Result<AccessLog> {
+        let path = (target != "-").then(|| std::path::PathBuf::from(target));
+        let log = AccessLog {
+            format,
+            path,
+            file: Mutex::new(None),
+        };
+        log.reopen()?;
+        Ok(log)
+    }
+
+    /// Opens the file again (after log rotation); false for standard output.
+    pub fn reopen(&self) -> std::io::Result<bool> {
+        if let Some(path) = &self.path {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)?;
+            if let Ok(mut slot) = self.file.lock() {
+                *slot = Some(file);
+            }
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// Logs a finished request from `remote`.
+    pub fn log(&self, remote: &str, request: &Request, outcome: &Outcome) {
+        self.write(&Entry {
+            remote,
+            method: &request.method,
+            target: &request.target,
+            path: &request.path,
+            query: &request.query,
+            minor: request.minor,
+            request_headers: &request.headers,
+            status: outcome.status,
+            sent: outcome.sent,
+            response_headers: &outcome.headers,
+            duration: request.started.elapsed(),
+        });
+    }
+
+    fn write(&self, entry: &Entry<'_>) {
+        let mut line = self.format.line(entry);
+        line.push('\n');
+        // One write per line keeps lines whole across shards and workers.
+        match self.file.lock() {
+            Ok(mut file) if file.is_some() => {
+                if let Some(f) = file.as_mut() {
+                    let _ = f.write_all(line.as_bytes());
+                }
+            }
+            _ => {
+                let _ = std::io::stdout().lock().write_all(line.as_bytes());
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry<'a>(headers: &'a [(Vec<u8>, Vec<u8>)], out: &'a [(Vec<u8>, Vec<u8>)]) -> Entry<'a> {
+        Entry {
+            remote: "127.0.0.1",
+            method: b"GET",
+            target: b"/a%20b?x=1",
+            path: "/a b",
+            query: b"x=1",
+            minor: 1,
+            request_headers: headers,
+            status: 200,
+            sent: Some(13),
+            response_headers: out,
+            duration: Duration::from_micros(1_234_567),
+        }
+    }
+
+    #[test]
+    fn gunicorns_default_format() {
+        let headers = vec![
+            (b"User-Agent".to_vec(), b"curl/8 \"x\"".to_vec()),
+            (b"Authorization".to_vec(), b"Basic dXNlcjpwYXNz".to_vec()),
+        ];
+        let f = Format::parse(DEFAULT_FORMAT).unwrap();
+        let line = f.line(&entry(&headers, &[]));
+        let (start, end) = line.split_once(" [").unwrap();
+        assert_eq!(start, "127.0.0.1 - user");
+        let rest = end.split_once("] ").unwrap().1;
+        assert_eq!(
+            rest,
+            r#""GET /a%20b?x=1 HTTP/1.1" 200 13 "-" "curl/8 \"x\"""#
+        );
+    }
+
+    #[test]
+    fn every_atom() {
+        let out = vec![(b"content-type".to_vec(), b"text/plain".to_vec())];
+        let f = Format::parse("%(m)s %(U)s %(q)s %(H)s %(s)s %(B)s %(b)s %(T)s %(M)s %(D)s %(L)s %({content-type}o)s %({x-missing}i)s %({Content-Type}O)s 100%%")
+            .unwrap();
+        assert!(f.wants_response_headers);
+        assert_eq!(
+            f.line(&entry(&[], &out)),
+            "GET /a b x=1 HTTP/1.1 200 13 13 1 1234 1234567 1.234567 text/plain - text/plain 100%"
+        );
+        assert!(Format::parse("%(h)x").is_err());
+        assert!(Format::parse("%h").is_err());
+    }
+}

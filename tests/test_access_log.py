@@ -1,0 +1,111 @@
+"""The access log: Gunicorn's format atoms give the same line as Gunicorn for
+the same request, byte for byte once time, duration and pid are masked."""
+
+import os
+import re
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+
+from conftest import APPS, free_port, read_response
+
+FORMAT = ('%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s %(B)s "%(f)s" "%(a)s" %(m)s %(U)s %(q)s '
+          '%(H)s %(T)s %(M)s %(D)s %(L)s %(p)s %({x-test}i)s %({x-served}o)s %({content-type}o)s '
+          '%({REQUEST_METHOD}e)s %({http_x_test}e)s %(missing)s 100%%')
+
+REQUESTS = [
+    b"GET /plain HTTP/1.1\r\nHost: x\r\n\r\n",
+    b"GET /p%20q/x?a=1&b=two HTTP/1.1\r\nHost: x\r\nUser-Agent: agent/1\r\n"
+    b"Referer: http://ref/\r\nX-Test: say \"hi\"\r\nAuthorization: Basic Ym9iOnNlY3JldA==\r\n\r\n",
+    b"GET /missing/page HTTP/1.0\r\nHost: x\r\n\r\n",
+    b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nContent-Type: text/x\r\n\r\nhello",
+    b"HEAD /head HTTP/1.1\r\nHost: x\r\n\r\n",
+]
+
+
+def mask(line):
+    line = re.sub(r"\[\d\d/\w{3}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}\]", "[TIME]", line)
+    line = re.sub(r"<\d+>", "<PID>", line)
+    # T, M, D and L: the durations differ by nature.
+    return re.sub(r" \d+ \d+ \d+ \d+\.\d{6} ", " T M D L ", line)
+
+
+def send_all(port):
+    import socket
+    for request in REQUESTS:
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
+            s.sendall(request)
+            if request.startswith(b"HEAD"):
+                head = b""
+                while b"\r\n\r\n" not in head:
+                    head += s.recv(4096)
+            else:
+                read_response(s)
+
+
+def access_lines(text):
+    return [mask(line) for line in text.splitlines() if not line.startswith("[20")]
+
+
+def test_lines_match_gunicorn(turbo, tmp_path):
+    conf = tmp_path / "gunicorn.conf.py"
+    conf.write_text(f"accesslog = '-'\naccess_log_format = {FORMAT!r}\n")
+    srv = turbo("access_app:app", "-c", str(conf))
+    send_all(srv.port)
+    srv.stop()
+    ours = access_lines(srv.log)
+
+    port = free_port()
+    gunicorn = Path(sys.executable).parent / "gunicorn"
+    proc = subprocess.Popen([str(gunicorn), "access_app:app", "-c", str(conf), "-b", f"127.0.0.1:{port}"],
+                            cwd=APPS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        import socket
+        import time
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "gunicorn did not start"
+                time.sleep(0.05)
+        send_all(port)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=30)
+    theirs = access_lines(out)
+    assert len(ours) == len(REQUESTS)
+    assert ours == theirs
+
+
+def test_default_format_and_a_log_file_reopened_on_usr1(turbo, tmp_path):
+    log = tmp_path / "access.log"
+    srv = turbo("access_app:app", "--access-logfile", str(log))
+    httpx.get(srv.url("/first"), headers={"User-Agent": "ua/1"}, timeout=10)
+    line = log.read_text().strip()
+    assert re.fullmatch(r'127\.0\.0\.1 - - \[[^]]+\] "GET /first HTTP/1\.1" 200 11 "-" "ua/1"', line), line
+    log.rename(tmp_path / "access.log.1")
+    srv.proc.send_signal(signal.SIGUSR1)
+    srv.wait_for("Reopened the access log")
+    httpx.get(srv.url("/again"), timeout=10)
+    assert "/again" in log.read_text()
+    assert "/again" not in (tmp_path / "access.log.1").read_text()
+
+
+def test_asgi_requests_are_logged(turbo):
+    srv = turbo("access_app:asgi", "--access-logfile", "-",
+                "--access-logformat", "%(m)s %(U)s %(s)s %(b)s %({x-served}o)s")
+    httpx.post(srv.url("/made"), content=b"x", timeout=10)
+    srv.wait_for("^POST /made 201 7 asgi$")
+
+
+def test_no_access_log_by_default(turbo):
+    srv = turbo("access_app:app")
+    httpx.get(srv.url("/quiet"), timeout=10)
+    srv.stop()
+    assert "/quiet" not in srv.log
