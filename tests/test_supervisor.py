@@ -305,3 +305,12 @@ def test_usr1_reopens_the_error_log(turbo, tmp_path):
     get(srv, "/slow?0")
     assert "slow request started" in wait_in_file(log, "slow request started")
     assert "slow request started" not in rotated.read_text()
+
+
+def test_pidfile_is_written_then_removed_on_exit(turbo, tmp_path):
+    pidfile = tmp_path / "turbo.pid"
+    srv = turbo("lifecycle:app", "--pid", str(pidfile))
+    assert pidfile.read_text().strip() == str(srv.proc.pid)
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.wait_exit() == 0
+    assert not pidfile.exists()
