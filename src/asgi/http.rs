@@ -129,6 +129,7 @@ pub(super) fn scope<'py>(
     head: &RequestHead,
     peers: &Peers,
     websocket: bool,
+    https: bool,
 ) -> Result<Bound<'py, PyDict>, HttpError> {
     let target = &buf[head.target.clone()];
     let (raw_path, query) = split_target(target)?;
@@ -154,7 +155,7 @@ pub(super) fn scope<'py>(
         let k = &asgi.keys;
         if websocket {
             scope.set_item(k.type_.bind(py), "websocket")?;
-            scope.set_item("scheme", "ws")?;
+            scope.set_item("scheme", if https { "wss" } else { "ws" })?;
             let offered = PyList::empty(py);
             for (name, value) in &head.headers {
                 if buf[name.clone()].eq_ignore_ascii_case(b"sec-websocket-protocol") {
@@ -173,7 +174,7 @@ pub(super) fn scope<'py>(
         } else {
             scope.set_item(k.type_.bind(py), "http")?;
             scope.set_item("method", method)?;
-            scope.set_item("scheme", "http")?;
+            scope.set_item("scheme", if https { "https" } else { "http" })?;
             let extensions = PyDict::new(py);
             extensions.set_item("http.response.pathsend", PyDict::new(py))?;
             scope.set_item("extensions", extensions)?;
@@ -510,6 +511,8 @@ pub struct Request<'a> {
     pub access_log: Option<&'a AccessLog>,
     /// The client's address, for the access log.
     pub remote: &'a str,
+    /// A trusted proxy says the client used https.
+    pub https: bool,
 }
 
 /// Runs one request through the app. `rbuf` holds the head and whatever
@@ -589,7 +592,9 @@ async fn exchange(
     let head = req.head;
     let meta = req.meta;
     let mut decoder = Decoder::new(head.body);
-    let scope = Python::attach(|py| scope(py, asgi, rbuf, head, peers, false).map(Bound::unbind));
+    let scope = Python::attach(|py| {
+        scope(py, asgi, rbuf, head, peers, false, req.https).map(Bound::unbind)
+    });
     rbuf.drain(..head.len);
     let scope = match scope {
         Ok(scope) => scope,

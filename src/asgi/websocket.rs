@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use super::Asgi;
-use super::http::{Peers, check_header, client_gone, runtime_error, scope, write_out};
+use super::http::{Peers, Request, check_header, client_gone, runtime_error, scope, write_out};
 use super::task::{self, Link};
 use crate::http::encode;
 use crate::http::parse::RequestHead;
@@ -298,9 +298,10 @@ pub async fn serve(
     rbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     peers: &Peers,
-    head: &RequestHead,
-    date: Vec<u8>,
+    req: Request<'_>,
 ) -> Option<bool> {
+    let head = req.head;
+    let date = req.date;
     let key = header(rbuf, head, b"sec-websocket-key").map(<[u8]>::to_vec);
     let version_ok = header(rbuf, head, b"sec-websocket-version") == Some(b"13");
     let Some(key) = key.filter(|k| !k.is_empty() && version_ok) else {
@@ -308,7 +309,8 @@ pub async fn serve(
         encode::error_response(out, err, &date);
         return Some(false);
     };
-    let scope = Python::attach(|py| scope(py, asgi, rbuf, head, peers, true).map(Bound::unbind));
+    let scope =
+        Python::attach(|py| scope(py, asgi, rbuf, head, peers, true, req.https).map(Bound::unbind));
     let offered: Vec<String> = header(rbuf, head, b"sec-websocket-protocol")
         .map(|v| {
             v.split(|&b| b == b',')

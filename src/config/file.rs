@@ -59,8 +59,6 @@ const NOT_YET: &[&str] = &[
     "umask",
     "initgroups",
     "tmp_upload_dir",
-    "secure_scheme_headers",
-    "forwarded_allow_ips",
     "disable_redirect_access_to_syslog",
     "capture_output",
     "logger_class",
@@ -170,6 +168,16 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
             continue;
         }
         let list = match setting.kind {
+            Kind::List if value.is_instance_of::<PyDict>() => {
+                let mut items = Vec::new();
+                let dict = value.cast::<PyDict>().map_err(|e| e.to_string())?;
+                for (k, v) in dict.iter() {
+                    let k = text(&k).ok_or_else(|| bad(location, &name, &value))?;
+                    let v = text(&v).ok_or_else(|| bad(location, &name, &value))?;
+                    items.push(format!("{k}={v}"));
+                }
+                items
+            }
             Kind::Bool => vec![value.is_truthy().map_err(|e| e.to_string())?.to_string()],
             Kind::List if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() => {
                 let mut items = Vec::new();

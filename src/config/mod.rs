@@ -72,6 +72,8 @@ pub struct Config {
     pub pidfile: Option<std::path::PathBuf>,
     /// None for standard error.
     pub error_logfile: Option<std::path::PathBuf>,
+    pub forwarded_allow_ips: crate::http::proxy::Allow,
+    pub secure_scheme_headers: crate::http::proxy::SchemeHeaders,
     /// The access log's file (`-` for standard output), if there is one.
     pub access_log: Option<String>,
     pub access_log_format: crate::access_log::Format,
@@ -196,7 +198,7 @@ fn command() -> Command {
             "The app as MODULE:CALLABLE, imported from the working directory. \
                      MODULE:factory() calls a factory; CALLABLE defaults to `application`.",
         ));
-    for s in SETTINGS {
+    for s in SETTINGS.iter().filter(|s| !s.flags.is_empty()) {
         let mut arg = Arg::new(s.name).help(s.help).help_heading(s.section);
         let mut long_named = false;
         for flag in s.flags {
@@ -230,7 +232,7 @@ fn given(matches: &ArgMatches) -> Values {
         app: matches.get_one::<String>("APP").cloned(),
         ..Values::default()
     };
-    for s in SETTINGS {
+    for s in SETTINGS.iter().filter(|s| !s.flags.is_empty()) {
         if matches.value_source(s.name) != Some(clap::parser::ValueSource::CommandLine) {
             continue;
         }
@@ -428,6 +430,19 @@ fn print(values: &Values, config: &Config) -> String {
                 format!("[{}]", quoted.join(", "))
             }
             "workers" => config.cores.to_string(),
+            "forwarded_allow_ips" => values
+                .one(name)
+                .map(str::to_string)
+                .or_else(|| std::env::var("FORWARDED_ALLOW_IPS").ok())
+                .unwrap_or_else(|| "127.0.0.1,::1".to_string()),
+            "secure_scheme_headers" => {
+                let pairs: Vec<String> = config
+                    .secure_scheme_headers
+                    .iter()
+                    .map(|(n, v)| format!("'{n}': '{v}'"))
+                    .collect();
+                format!("{{{}}}", pairs.join(", "))
+            }
             _ => match settings::find(name) {
                 Some(s) if s.kind == Kind::Bool => {
                     if values.is_set(name) { "True" } else { "False" }.to_string()
@@ -576,6 +591,24 @@ impl Config {
             preload: values.is_set("preload_app"),
             pidfile: values.one("pidfile").map(Into::into),
             error_logfile: (errorlog != "-").then(|| errorlog.into()),
+            forwarded_allow_ips: crate::http::proxy::Allow::parse(
+                &values
+                    .one("forwarded_allow_ips")
+                    .map(str::to_string)
+                    .or_else(|| std::env::var("FORWARDED_ALLOW_IPS").ok())
+                    .unwrap_or_else(|| "127.0.0.1,::1".to_string()),
+            )?,
+            secure_scheme_headers: match values.given.get("secure_scheme_headers") {
+                Some(pairs) => pairs
+                    .iter()
+                    .map(|p| {
+                        p.split_once('=')
+                            .map(|(n, v)| (n.to_string(), v.to_string()))
+                            .ok_or_else(|| format!("invalid secure_scheme_headers entry '{p}'"))
+                    })
+                    .collect::<Result<_, _>>()?,
+                None => crate::http::proxy::default_scheme_headers(),
+            },
             access_log: values.one("accesslog").map(str::to_string),
             access_log_format: crate::access_log::Format::parse(
                 values
@@ -649,7 +682,7 @@ mod tests {
         assert_eq!(config.threads, 1);
         assert_eq!(config.backlog, 2048);
         assert_eq!(config.ws_max_size, 16 << 20);
-        for s in SETTINGS {
+        for s in SETTINGS.iter().filter(|s| !s.flags.is_empty()) {
             assert!(s.flags.iter().any(|f| f.starts_with("--")), "{}", s.name);
         }
     }

@@ -19,7 +19,7 @@ pub struct Setting {
     pub name: &'static str,
     pub section: &'static str,
     /// Short flags as `-b`, long ones as `--bind`; the first long one is the
-    /// name in `--help`, the rest are aliases.
+    /// name in `--help`, the rest are aliases. None: config file only.
     pub flags: &'static [&'static str],
     pub kind: Kind,
     /// The default as text, parsed like a command-line value; "" for none.
@@ -249,6 +249,27 @@ pub static SETTINGS: &[Setting] = &[
         "8190",
         "INT",
         "The maximum size of one request header field in bytes (0 means unlimited).",
+    ),
+    setting(
+        "forwarded_allow_ips",
+        "Server Mechanics",
+        &["--forwarded-allow-ips"],
+        Value,
+        "127.0.0.1,::1",
+        "STRING",
+        "Proxies trusted to set secure_scheme_headers: addresses and CIDR networks, \
+         comma-separated, or *. Default: $FORWARDED_ALLOW_IPS, or 127.0.0.1,::1.",
+    ),
+    setting(
+        "secure_scheme_headers",
+        "Server Mechanics",
+        &[],
+        List,
+        "",
+        "",
+        "Headers from a trusted proxy that mean https, with the value that means it \
+         (config file only, a dict). Default: X-FORWARDED-PROTOCOL: ssl, \
+         X-FORWARDED-PROTO: https, X-FORWARDED-SSL: on.",
     ),
     setting(
         "preload_app",

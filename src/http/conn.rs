@@ -19,6 +19,7 @@ use super::HttpError;
 use super::body::Decoder;
 use super::encode;
 use super::parse::{self, RequestHead};
+use super::proxy;
 use crate::access_log::{self, Outcome};
 use crate::asgi::http::{self as asgi_http, Peers};
 use crate::asgi::websocket as asgi_ws;
@@ -61,6 +62,10 @@ struct Conn {
     shard: Rc<Shard>,
     /// The client's address, for the access log.
     peer: String,
+    /// The peer is a trusted proxy (`forwarded_allow_ips`).
+    trusted: bool,
+    /// The current request came through https, as its trusted proxy says.
+    https: bool,
     stream: TcpStream,
     rbuf: Vec<u8>,
     out: Vec<u8>,
@@ -82,6 +87,8 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let _live = counted.drain.connection();
     let mut conn = Conn {
         peer: peer.ip().to_string(),
+        trusted: shard.config.forwarded_allow_ips.allows(peer.ip()),
+        https: false,
         shard,
         stream,
         rbuf: Vec::with_capacity(8192),
@@ -132,6 +139,13 @@ impl Conn {
             }
 
             first = false;
+            self.https = match self.trusted {
+                true => match proxy::is_https(&self.rbuf, &head, &cfg.secure_scheme_headers) {
+                    Ok(https) => https,
+                    Err(err) => return self.refuse(err).await,
+                },
+                false => false,
+            };
             let shard = self.shard.clone();
             let keep_alive = match (&shard.app, info) {
                 (App::Wsgi { wsgi, pool }, PeerInfo::Wsgi(info)) => {
@@ -145,15 +159,25 @@ impl Conn {
                 (App::Asgi(asgi), PeerInfo::Asgi(peers))
                     if head.minor == 1 && asgi_ws::is_upgrade(&self.rbuf, &head) =>
                 {
-                    let date = shard.date.borrow_mut().get().to_vec();
+                    let req = asgi_http::Request {
+                        head: &head,
+                        meta: asgi_http::Meta {
+                            minor: head.minor,
+                            is_head: false,
+                            keep_alive: false,
+                        },
+                        date: shard.date.borrow_mut().get().to_vec(),
+                        access_log: None,
+                        remote: &self.peer,
+                        https: self.https,
+                    };
                     asgi_ws::serve(
                         asgi,
                         &self.stream,
                         &mut self.rbuf,
                         &mut self.out,
                         peers,
-                        &head,
-                        date,
+                        req,
                     )
                     .await
                 }
@@ -170,6 +194,7 @@ impl Conn {
                         date: shard.date.borrow_mut().get().to_vec(),
                         access_log: shard.access_log.as_deref(),
                         remote: &self.peer,
+                        https: self.https,
                     };
                     asgi_http::respond(
                         asgi,
@@ -380,6 +405,12 @@ impl Conn {
                 }
             };
             let environ = wsgi.environ(py, &self.rbuf, head, info, &shard.header_keys, input)?;
+            if self.https {
+                let k = &wsgi.keys;
+                environ
+                    .set_item(k.url_scheme.bind(py), k.https.bind(py))
+                    .map_err(|_| HttpError::new(500, "environ could not be built"))?;
+            }
             Ok((environ.unbind(), start_response.unbind()))
         });
         self.rbuf.drain(..head.len);

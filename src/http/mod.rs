@@ -6,6 +6,7 @@ pub mod body;
 pub mod conn;
 pub mod encode;
 pub mod parse;
+pub mod proxy;
 pub mod websocket;
 
 /// A request the server refuses, with the status that says why. Each one closes the

@@ -35,6 +35,8 @@ pub struct Keys {
     pub content_type: Py<PyString>,
     pub content_length: Py<PyString>,
     pub wsgi_input: Py<PyString>,
+    pub url_scheme: Py<PyString>,
+    pub https: Py<PyString>,
     pub http_10: Py<PyString>,
     pub http_11: Py<PyString>,
     pub methods: Vec<(&'static [u8], Py<PyString>)>,
@@ -123,6 +125,8 @@ impl Wsgi {
             content_type: key(py, "CONTENT_TYPE"),
             content_length: key(py, "CONTENT_LENGTH"),
             wsgi_input: key(py, "wsgi.input"),
+            url_scheme: key(py, "wsgi.url_scheme"),
+            https: key(py, "https"),
             http_10: key(py, "HTTP/1.0"),
             http_11: key(py, "HTTP/1.1"),
             methods: ["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]
