@@ -31,10 +31,5 @@ fn main() {
         }
         config::Action::CheckPassed => return,
     };
-    logging::init(config.log_level);
-    if let Err(e) = logging::open_error_log(config.error_logfile.as_deref()) {
-        eprintln!("turbo: error: cannot open the error log: {e}");
-        std::process::exit(1);
-    }
     supervisor::run(config);
 }

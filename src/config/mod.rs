@@ -72,6 +72,15 @@ pub struct Config {
     pub pidfile: Option<std::path::PathBuf>,
     /// None for standard error.
     pub error_logfile: Option<std::path::PathBuf>,
+    pub chdir: Option<std::path::PathBuf>,
+    /// Directories put at the front of every interpreter's sys.path.
+    pub pythonpath: Vec<String>,
+    pub raw_env: Vec<(String, String)>,
+    pub umask: u32,
+    /// The uid and gid worker processes switch to.
+    pub user: Option<u32>,
+    pub group: Option<u32>,
+    pub daemon: bool,
     pub forwarded_allow_ips: crate::http::proxy::Allow,
     pub secure_scheme_headers: crate::http::proxy::SchemeHeaders,
     /// The access log's file (`-` for standard output), if there is one.
@@ -459,6 +468,54 @@ fn print(values: &Values, config: &Config) -> String {
     out
 }
 
+/// `--umask`: 0o22, 0x12, 18, or 022 with the leading zero meaning octal.
+fn parse_umask(text: &str) -> Result<u32, String> {
+    let t = text.trim();
+    let parsed = if let Some(oct) = t.strip_prefix("0o") {
+        u32::from_str_radix(oct, 8)
+    } else if let Some(hex) = t.strip_prefix("0x") {
+        u32::from_str_radix(hex, 16)
+    } else if t.len() > 1 && t.starts_with('0') {
+        u32::from_str_radix(&t[1..], 8)
+    } else {
+        t.parse()
+    };
+    parsed
+        .ok()
+        .filter(|&m| m <= 0o777)
+        .ok_or_else(|| format!("invalid value '{text}' for --umask"))
+}
+
+/// A user name or uid, as `--user` takes it.
+fn user_id(name: &str) -> Result<u32, String> {
+    if let Ok(uid) = name.parse() {
+        return Ok(uid);
+    }
+    let c = std::ffi::CString::new(name).map_err(|_| format!("invalid user '{name}'"))?;
+    // SAFETY: getpwnam reads a NUL-terminated name; the result is read at once.
+    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
+    if pw.is_null() {
+        return Err(format!("no such user '{name}'"));
+    }
+    // SAFETY: pw points to a valid passwd entry.
+    Ok(unsafe { (*pw).pw_uid })
+}
+
+/// A group name or gid, as `--group` takes it.
+fn group_id(name: &str) -> Result<u32, String> {
+    if let Ok(gid) = name.parse() {
+        return Ok(gid);
+    }
+    let c = std::ffi::CString::new(name).map_err(|_| format!("invalid group '{name}'"))?;
+    // SAFETY: getgrnam reads a NUL-terminated name; the result is read at once.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        return Err(format!("no such group '{name}'"));
+    }
+    // SAFETY: gr points to a valid group entry.
+    Ok(unsafe { (*gr).gr_gid })
+}
+
 fn usage_error(msg: &str) -> ! {
     eprintln!("turbo: error: {msg} (see 'turbo --help')");
     std::process::exit(2);
@@ -591,6 +648,36 @@ impl Config {
             preload: values.is_set("preload_app"),
             pidfile: values.one("pidfile").map(Into::into),
             error_logfile: (errorlog != "-").then(|| errorlog.into()),
+            chdir: values.one("chdir").map(Into::into),
+            pythonpath: values
+                .one("pythonpath")
+                .map(|p| {
+                    p.split(',')
+                        .map(str::trim)
+                        .filter(|d| !d.is_empty())
+                        .map(str::to_string)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            raw_env: values
+                .given
+                .get("raw_env")
+                .map(|list| {
+                    list.iter()
+                        .map(|kv| {
+                            kv.split_once('=')
+                                .filter(|(k, _)| !k.is_empty())
+                                .map(|(k, v)| (k.to_string(), v.to_string()))
+                                .ok_or_else(|| format!("invalid --env '{kv}' (expected KEY=VALUE)"))
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?
+                .unwrap_or_default(),
+            umask: parse_umask(values.one("umask").unwrap_or("0"))?,
+            user: values.one("user").map(user_id).transpose()?,
+            group: values.one("group").map(group_id).transpose()?,
+            daemon: values.is_set("daemon"),
             forwarded_allow_ips: crate::http::proxy::Allow::parse(
                 &values
                     .one("forwarded_allow_ips")
@@ -655,6 +742,19 @@ mod tests {
         );
         assert!(parse_bind("127.0.0.1:http").is_err());
         assert!(parse_bind("[::1").is_err());
+    }
+
+    #[test]
+    fn umask_forms() {
+        assert_eq!(parse_umask("0o22"), Ok(0o22));
+        assert_eq!(parse_umask("022"), Ok(0o22));
+        assert_eq!(parse_umask("18"), Ok(18));
+        assert_eq!(parse_umask("0x12"), Ok(0x12));
+        assert_eq!(parse_umask("0"), Ok(0));
+        assert!(parse_umask("0o1000").is_err());
+        assert_eq!(user_id("0"), Ok(0));
+        assert_eq!(user_id("root"), Ok(0));
+        assert!(user_id("no-such-user-here").is_err());
     }
 
     #[test]

@@ -32,8 +32,14 @@ pub struct Loaded {
 }
 
 impl Loaded {
-    /// Imports the app as `spec` says, in the current interpreter.
-    pub fn load(py: Python<'_>, spec: &AppSpec, isolation: Isolation) -> Result<Loaded, LoadError> {
+    /// Imports the app as `spec` says, in the current interpreter, with
+    /// `pythonpath` at the front of sys.path.
+    pub fn load(
+        py: Python<'_>,
+        spec: &AppSpec,
+        isolation: Isolation,
+        pythonpath: &[String],
+    ) -> Result<Loaded, LoadError> {
         let loader = PyModule::from_code(py, LOADER, c"turbo_loader.py", c"turbo_loader")
             .map_err(|e| LoadError::Failed(format!("turbo's loader failed: {e}")))?;
         let format_exception = loader
@@ -49,7 +55,13 @@ impl Loaded {
         }
         let app = loader
             .getattr("load_app")
-            .and_then(|f| f.call1((spec.module.as_str(), spec.expr.as_str())))
+            .and_then(|f| {
+                f.call1((
+                    spec.module.as_str(),
+                    spec.expr.as_str(),
+                    pythonpath.to_vec(),
+                ))
+            })
             .map_err(|err| {
                 let refusal = loader
                     .getattr("subinterpreter_refusal")

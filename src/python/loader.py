@@ -14,11 +14,15 @@ class AppLoadError(Exception):
     pass
 
 
-def load_app(module_name, expr):
-    """Imports MODULE and evaluates NAME or NAME(args) in it, as Gunicorn does."""
+def load_app(module_name, expr, pythonpath=()):
+    """Imports MODULE and evaluates NAME or NAME(args) in it, as Gunicorn does,
+    with the working directory and then `pythonpath` first on sys.path."""
     cwd = os.getcwd()
     if cwd not in sys.path:
         sys.path.insert(0, cwd)
+    for directory in reversed(pythonpath):
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
     try:
         tree = ast.parse(expr, mode="eval").body
     except SyntaxError:

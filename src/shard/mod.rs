@@ -111,7 +111,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
     Python::attach(|py| {
         let loaded = match preloaded {
             Some(loaded) => Ok(loaded),
-            None => Loaded::load(py, &config.app, isolation).map(Arc::new),
+            None => Loaded::load(py, &config.app, isolation, &config.pythonpath).map(Arc::new),
         };
         let loaded = match loaded {
             Ok(loaded) => loaded,

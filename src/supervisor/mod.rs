@@ -45,7 +45,81 @@ struct Supervisor {
     all_ready: bool,
 }
 
+/// The process-wide settings, applied before anything else: umask, chdir,
+/// raw_env, daemon, then the error log.
+fn prepare_process(config: &Config) {
+    // SAFETY: umask only changes this process's mask.
+    unsafe { libc::umask(config.umask as libc::mode_t) };
+    if let Some(dir) = &config.chdir
+        && let Err(e) = std::env::set_current_dir(dir)
+    {
+        eprintln!("turbo: error: cannot change to {}: {e}", dir.display());
+        exit_now(1);
+    }
+    for (key, value) in &config.raw_env {
+        // SAFETY: the supervisor has no other threads yet.
+        unsafe { std::env::set_var(key, value) };
+    }
+    if python::is_initialized() && !config.raw_env.is_empty() {
+        // The config file started Python, whose os.environ is a snapshot.
+        Python::attach(|py| {
+            if let Ok(environ) = py.import("os").and_then(|os| os.getattr("environ")) {
+                for (key, value) in &config.raw_env {
+                    let _ = environ.set_item(key, value);
+                }
+            }
+        });
+    }
+    if config.daemon {
+        daemonize();
+    }
+    crate::logging::init(config.log_level);
+    if let Err(e) = crate::logging::open_error_log(config.error_logfile.as_deref()) {
+        eprintln!("turbo: error: cannot open the error log: {e}");
+        exit_now(1);
+    }
+}
+
+/// `--daemon`: leaves the terminal's session, as Gunicorn does (fork, setsid,
+/// fork), with standard input and output on /dev/null.
+fn daemonize() {
+    for step in 0..2 {
+        let pid = if python::is_initialized() {
+            python::fork_with_python()
+        } else {
+            // SAFETY: single-threaded here; the child carries on normally.
+            unsafe { libc::fork() }
+        };
+        match pid {
+            -1 => {
+                eprintln!(
+                    "turbo: error: cannot fork: {}",
+                    std::io::Error::last_os_error()
+                );
+                exit_now(1);
+            }
+            0 if step == 0 => {
+                // SAFETY: a new session for this child.
+                unsafe { libc::setsid() };
+            }
+            0 => {}
+            _ => exit_now(0),
+        }
+    }
+    // SAFETY: opening /dev/null and duplicating it onto our own stdio.
+    unsafe {
+        let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+        if null >= 0 {
+            for fd in [libc::STDIN_FILENO, libc::STDOUT_FILENO, libc::STDERR_FILENO] {
+                libc::dup2(null, fd);
+            }
+            libc::close(null);
+        }
+    }
+}
+
 pub fn run(config: Config) -> ! {
+    prepare_process(&config);
     let signal_fd = match signals::supervisor() {
         Ok(fd) => fd,
         Err(e) => {
@@ -120,7 +194,7 @@ fn preload(config: &Config) -> Arc<Loaded> {
         log::error!("{e}");
         exit_now(1);
     }
-    match Python::attach(|py| Loaded::load(py, &config.app, Isolation::Main)) {
+    match Python::attach(|py| Loaded::load(py, &config.app, Isolation::Main, &config.pythonpath)) {
         Ok(loaded) => Arc::new(loaded),
         Err(LoadError::Failed(msg)) => {
             eprintln!("{}", msg.trim_end());

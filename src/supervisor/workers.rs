@@ -98,6 +98,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
                 libc::close(fd);
             }
         }
+        switch_user(config);
         drop(read_end);
         let shards = fork.sockets.take_for(&fork.shards);
         worker::run(worker::Spec {
@@ -137,6 +138,38 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
         max_requests,
         gone_quietly: false,
     })
+}
+
+/// `--group` and `--user`, in a new worker: the group first, while it may
+/// still be changed.
+fn switch_user(config: &Config) {
+    // SAFETY: identity changes in this single-threaded child.
+    unsafe {
+        if let Some(gid) = config.group {
+            if libc::setgroups(0, std::ptr::null()) != 0 && libc::geteuid() == 0 {
+                log::error!(
+                    "Cannot clear supplementary groups: {}",
+                    std::io::Error::last_os_error()
+                );
+            }
+            if libc::setgid(gid) != 0 {
+                log::error!(
+                    "Cannot switch to group {gid}: {}",
+                    std::io::Error::last_os_error()
+                );
+                libc::_exit(worker::WORKER_BOOT_ERROR);
+            }
+        }
+        if let Some(uid) = config.user
+            && libc::setuid(uid) != 0
+        {
+            log::error!(
+                "Cannot switch to user {uid}: {}",
+                std::io::Error::last_os_error()
+            );
+            libc::_exit(worker::WORKER_BOOT_ERROR);
+        }
+    }
 }
 
 impl Worker {

@@ -1,6 +1,7 @@
 """Test apps that report what the server gave them."""
 
 import json
+import os
 import sys
 import threading
 import time
@@ -284,6 +285,13 @@ def blocker(environ, start_response):
         body = b"fast"
     start_response("200 OK", [("Content-Type", "text/plain")])
     return [body]
+
+
+def osenv_app(environ, start_response):
+    """Returns the process environment variable named by the query string."""
+    value = os.environ.get(environ["QUERY_STRING"], "<unset>")
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [value.encode()]
 
 
 def factory(greeting="hi"):
