@@ -9,6 +9,7 @@
 mod access_log;
 mod asgi;
 mod config;
+mod hooks;
 mod http;
 mod logging;
 mod python;

@@ -61,7 +61,13 @@ pub fn read(fd: &OwnedFd) -> Option<i32> {
 /// In a new worker: blocks the signals it waits for and unblocks the rest of
 /// the supervisor's, so child processes the app starts see the usual defaults.
 pub fn worker() -> libc::sigset_t {
-    let waits = set_of(&[libc::SIGINT, libc::SIGQUIT, libc::SIGTERM, libc::SIGUSR1]);
+    let waits = set_of(&[
+        libc::SIGINT,
+        libc::SIGQUIT,
+        libc::SIGTERM,
+        libc::SIGUSR1,
+        libc::SIGABRT,
+    ]);
     // SAFETY: signal mask and disposition changes in a single-threaded child.
     unsafe {
         libc::pthread_sigmask(libc::SIG_SETMASK, &waits, std::ptr::null_mut());
@@ -130,6 +136,18 @@ pub fn full_name(sig: i32) -> String {
         _ => return format!("signal {sig} ({description})"),
     };
     name.to_string()
+}
+
+/// Ends the process by `sig`'s default action, so the supervisor sees it.
+pub fn die_of(sig: i32) -> ! {
+    // SAFETY: restores the default action, unblocks and raises the signal.
+    unsafe {
+        libc::signal(sig, libc::SIG_DFL);
+        let set = set_of(&[sig]);
+        libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        libc::raise(sig);
+    }
+    exit_now(128 + sig)
 }
 
 /// Leaves the process without finalising Python, which CPython 3.12 cannot do

@@ -12,6 +12,7 @@ use futures_channel::oneshot;
 
 use crate::access_log::AccessLog;
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::python::app::Loaded;
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;
@@ -36,6 +37,7 @@ pub struct Spec {
     pub python_running: bool,
     /// The app the supervisor imported (`--preload`), for main-interpreter shards.
     pub preloaded: Option<Arc<Loaded>>,
+    pub hooks: Hooks,
 }
 
 /// Reports one line to the supervisor (`ready`, or `refused REASON`).
@@ -53,6 +55,7 @@ pub fn run(spec: Spec) -> ! {
         report: mut report_pipe,
         python_running,
         preloaded,
+        hooks,
     } = spec;
     let waits = signals::worker();
     log::info!("Booting worker with pid: {}", std::process::id());
@@ -127,6 +130,7 @@ pub fn run(spec: Spec) -> ! {
         }
     }
     report(&mut report_pipe, "ready");
+    hooks.call("post_worker_init", &[]);
 
     loop {
         match signals::wait(&waits) {
@@ -140,16 +144,27 @@ pub fn run(spec: Spec) -> ! {
                 // cut the wait short, and the supervisor kills after
                 // --graceful-timeout.
                 let joining = std::mem::take(&mut threads);
+                let exiting = hooks.clone();
                 let _ = std::thread::Builder::new()
                     .name("turbo-drain".into())
                     .spawn(move || {
                         for thread in joining {
                             let _ = thread.join();
                         }
+                        exiting.call("worker_exit", &[]);
                         signals::exit_now(0);
                     });
             }
-            libc::SIGINT | libc::SIGQUIT => signals::exit_now(0),
+            libc::SIGINT | libc::SIGQUIT => {
+                hooks.call("worker_int", &[]);
+                hooks.call("worker_exit", &[]);
+                signals::exit_now(0);
+            }
+            libc::SIGABRT => {
+                // A timeout: run the hook, then die of the signal as before.
+                hooks.call("worker_abort", &[]);
+                signals::die_of(libc::SIGABRT);
+            }
             libc::SIGUSR1 => {
                 crate::logging::reopen_error_log(config.error_logfile.as_deref());
                 match access_log.as_ref().map(|l| l.reopen()) {

@@ -9,7 +9,7 @@ import sys
 
 
 def read(location, settings, hooks):
-    """Returns (values, hooks found, other names) for the file at `location`,
+    """Returns (values, hooks found, other names, namespace) for the file at `location`,
     or for python:MODULE. `settings` and `hooks` are the names turbo knows."""
     if location.startswith("python:"):
         namespace = vars(importlib.import_module(location[len("python:"):]))
@@ -32,4 +32,4 @@ def read(location, settings, hooks):
                 found_hooks.append(name)
         else:
             others.append(name)
-    return values, found_hooks, others
+    return values, found_hooks, others, namespace

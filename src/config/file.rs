@@ -18,8 +18,7 @@ const READER: &std::ffi::CStr =
 /// The file read when no `-c` is given, as in Gunicorn.
 pub const DEFAULT: &str = "./gunicorn.conf.py";
 
-/// Gunicorn's server hooks; they run at Gunicorn's moments once turbo calls
-/// them (not yet).
+/// Gunicorn's server hooks; `crate::hooks` calls them.
 const HOOKS: &[&str] = &[
     "on_starting",
     "on_reload",
@@ -91,9 +90,12 @@ const NOT_YET: &[&str] = &[
 ];
 
 /// What a config file gave, and the warnings to log once logging is up.
+#[derive(Default)]
 pub struct FileValues {
     pub values: Values,
     pub warnings: Vec<String>,
+    /// The file's namespace, when it defines hooks.
+    pub hooks: Option<std::sync::Arc<crate::python::Held<PyDict>>>,
 }
 
 /// Reads the config file at `location`; errors are one line, except a
@@ -126,12 +128,19 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
                 .unwrap_or_default();
             format!("failed to read config file {location}:\n{tb}{e}")
         })?;
-    let (found, hooks, others): (Bound<'_, PyDict>, Vec<String>, Vec<String>) = read
+    let (found, hooks, others, namespace): (
+        Bound<'_, PyDict>,
+        Vec<String>,
+        Vec<String>,
+        Bound<'_, PyDict>,
+    ) = read
         .extract()
         .map_err(|e| format!("turbo's config reader failed: {e}"))?;
     let mut file = FileValues {
         values: Values::default(),
         warnings: Vec::new(),
+        hooks: (!hooks.is_empty())
+            .then(|| std::sync::Arc::new(crate::python::Held::new(namespace.unbind()))),
     };
     for (name, value) in found.iter() {
         let name: String = name.extract().map_err(|e: PyErr| e.to_string())?;
@@ -184,10 +193,15 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
         };
         file.values.given.insert(setting.name, list);
     }
-    if !hooks.is_empty() {
+    let not_yet: Vec<&str> = hooks
+        .iter()
+        .map(String::as_str)
+        .filter(|h| matches!(*h, "pre_request" | "post_request" | "ssl_context"))
+        .collect();
+    if !not_yet.is_empty() {
         file.warnings.push(format!(
-            "{location}: server hooks are not called by turbo yet: {}",
-            hooks.join(", ")
+            "{location}: these hooks are not called by turbo yet: {}",
+            not_yet.join(", ")
         ));
     }
     for name in others {

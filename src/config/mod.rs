@@ -88,6 +88,8 @@ pub struct Config {
     pub access_log_format: crate::access_log::Format,
     /// What reading the configuration found worth a warning, logged at start.
     pub warnings: Vec<String>,
+    /// The config file's namespace, when it defines server hooks.
+    pub hooks: Option<std::sync::Arc<crate::python::Held<pyo3::types::PyDict>>>,
 }
 
 /// `module:expression`, split; the expression is checked again in Python.
@@ -344,7 +346,7 @@ fn first_line(err: &clap::Error) -> String {
 /// Every source merged, lowest precedence first: the config file,
 /// GUNICORN_CMD_ARGS, the command line. (The environment's $PORT and
 /// $WEB_CONCURRENCY apply in `Config::from_values` when nothing else did.)
-fn gather() -> Result<(Values, Vec<String>), Failure> {
+fn gather() -> Result<(Values, file::FileValues), Failure> {
     let command_line = parse(std::env::args()).map_err(|err| {
         use clap::error::ErrorKind;
         match err.kind() {
@@ -371,7 +373,7 @@ fn gather() -> Result<(Values, Vec<String>), Failure> {
             .then(|| file::DEFAULT.to_string())
     });
     let mut values = Values::default();
-    let mut warnings = Vec::new();
+    let mut extras = file::FileValues::default();
     if let Some(location) = location {
         let file = file::read(&location).map_err(|msg| {
             if msg.contains('\n') {
@@ -380,18 +382,18 @@ fn gather() -> Result<(Values, Vec<String>), Failure> {
                 Failure::Usage(msg)
             }
         })?;
-        values.merge(file.values);
-        warnings = file.warnings;
+        extras = file;
+        values.merge(std::mem::take(&mut extras.values));
     }
     values.merge(env_args);
     values.merge(command_line);
-    Ok((values, warnings))
+    Ok((values, extras))
 }
 
 /// Reads every source at start-up; errors end the process (exit status 2,
 /// or 1 for a config file that raised).
 pub fn load() -> Action {
-    let (values, warnings) = match gather() {
+    let (values, extras) = match gather() {
         Ok(gathered) => gathered,
         Err(Failure::Display(err)) => {
             let _ = err.print();
@@ -404,7 +406,12 @@ pub fn load() -> Action {
         Err(Failure::Usage(msg)) => usage_error(&msg),
     };
     let checking = values.is_set("check_config");
-    match Config::from_values(&values).map(|config| Config { warnings, ..config }) {
+    let built = Config::from_values(&values).map(|config| Config {
+        warnings: extras.warnings,
+        hooks: extras.hooks,
+        ..config
+    });
+    match built {
         Ok(config) if values.is_set("print_config") => Action::Print(print(&values, &config)),
         Ok(_) if checking => Action::CheckPassed,
         Ok(config) => Action::Serve(Box::new(config)),
@@ -418,11 +425,15 @@ pub fn load() -> Action {
 
 /// Reads every source again (HUP), reporting errors instead of exiting.
 pub fn reload() -> Result<Config, String> {
-    let (values, warnings) = gather().map_err(|failure| match failure {
+    let (values, extras) = gather().map_err(|failure| match failure {
         Failure::Display(err) => first_line(&err),
         Failure::FileRaised(msg) | Failure::Usage(msg) => msg,
     })?;
-    Config::from_values(&values).map(|config| Config { warnings, ..config })
+    Config::from_values(&values).map(|config| Config {
+        warnings: extras.warnings,
+        hooks: extras.hooks,
+        ..config
+    })
 }
 
 /// `--print-config`: every setting with its resolved value, sorted by name,
@@ -703,6 +714,7 @@ impl Config {
                     .unwrap_or(crate::access_log::DEFAULT_FORMAT),
             )?,
             warnings: Vec::new(),
+            hooks: None,
         })
     }
 }

@@ -226,6 +226,37 @@ pub fn without_gil<T>(f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// A Python object held by Rust code that may drop it anywhere: the drop
+/// takes the GIL, which a bare `Py` (without pyo3's reference pool) requires.
+pub struct Held<T>(Option<pyo3::Py<T>>);
+
+impl<T> Held<T> {
+    pub fn new(obj: pyo3::Py<T>) -> Held<T> {
+        Held(Some(obj))
+    }
+
+    pub fn get(&self) -> &pyo3::Py<T> {
+        match &self.0 {
+            Some(obj) => obj,
+            None => unreachable!("a Held object is only emptied by its drop"),
+        }
+    }
+}
+
+impl<T> Drop for Held<T> {
+    fn drop(&mut self) {
+        if let Some(obj) = self.0.take() {
+            pyo3::Python::attach(|_| drop(obj));
+        }
+    }
+}
+
+impl<T> std::fmt::Debug for Held<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<Python object>")
+    }
+}
+
 /// Whether Python runs in this process (a config file, or --preload).
 pub fn is_initialized() -> bool {
     // SAFETY: Py_IsInitialized may be called at any time.

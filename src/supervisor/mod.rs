@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 
 use crate::config::{Config, IsolationMode};
+use crate::hooks::Hooks;
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
 use crate::signals::{self, exit_now};
@@ -43,6 +44,9 @@ struct Supervisor {
     successor: Option<libc::pid_t>,
     /// Whether every shard was served by a ready worker at the last check.
     all_ready: bool,
+    hooks: Hooks,
+    /// Workers started so far.
+    age: u64,
 }
 
 /// The process-wide settings, applied before anything else: umask, chdir,
@@ -120,6 +124,9 @@ fn daemonize() {
 
 pub fn run(config: Config) -> ! {
     prepare_process(&config);
+    let hooks = Hooks::new(&config);
+    hooks.call("nworkers_changed", &[config.cores as i64, -1]);
+    hooks.call("on_starting", &[]);
     let signal_fd = match signals::supervisor() {
         Ok(fd) => fd,
         Err(e) => {
@@ -171,6 +178,7 @@ pub fn run(config: Config) -> ! {
 
     let config = Arc::new(config);
     let preloaded = config.preload.then(|| preload(&config));
+    hooks.call("when_ready", &[]);
     let mut supervisor = Supervisor {
         cores: config.cores,
         config,
@@ -184,6 +192,8 @@ pub fn run(config: Config) -> ! {
         stopping: None,
         successor: None,
         all_ready: false,
+        hooks,
+        age: 0,
     };
     supervisor.run()
 }
@@ -263,7 +273,12 @@ impl Supervisor {
             _ if self.stopping.is_some() => {}
             libc::SIGHUP => {
                 log::info!("Hang up: Master");
+                // As in Gunicorn: the configuration first, then the hooks.
+                let before = self.cores;
                 self.reload_config();
+                self.hooks
+                    .call("nworkers_changed", &[self.cores as i64, before as i64]);
+                self.hooks.call("on_reload", &[]);
                 self.replace_all();
             }
             libc::SIGTTIN => {
@@ -273,6 +288,10 @@ impl Supervisor {
                 }
                 self.cores += 1;
                 log::info!("Shards: {}", self.cores);
+                self.hooks.call(
+                    "nworkers_changed",
+                    &[self.cores as i64, self.cores as i64 - 1],
+                );
                 if self.isolation == Isolation::Subinterpreter {
                     self.replace_all();
                 }
@@ -284,6 +303,10 @@ impl Supervisor {
                 }
                 self.cores -= 1;
                 log::info!("Shards: {}", self.cores);
+                self.hooks.call(
+                    "nworkers_changed",
+                    &[self.cores as i64, self.cores as i64 + 1],
+                );
                 match self.isolation {
                     Isolation::Subinterpreter => self.replace_all(),
                     Isolation::Main => {
@@ -328,6 +351,7 @@ impl Supervisor {
         }
         log::set_max_level(config.log_level);
         self.cores = config.cores;
+        self.hooks = Hooks::new(&config);
         self.config = Arc::new(config);
     }
 
@@ -349,6 +373,7 @@ impl Supervisor {
 
     fn shut_down(&self) -> ! {
         log::info!("Shutting down: Master");
+        self.hooks.call("on_exit", &[]);
         self.remove_pidfile();
         exit_now(0);
     }
@@ -446,7 +471,10 @@ impl Supervisor {
             python_running: self.python_running,
             preloaded: self.preloaded.clone(),
             close_in_child: &others,
+            hooks: &self.hooks,
+            age: self.age + 1,
         });
+        self.age += 1;
         match spawned {
             Ok(worker) => {
                 log::info!(
@@ -513,6 +541,8 @@ impl Supervisor {
             };
             let w = self.workers.swap_remove(i);
             w.log_exit(status);
+            self.hooks
+                .call("child_exit", &[i64::from(pid), w.age as i64]);
             let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
             let expected = w.stopped_at.is_some() || w.gone_quietly;
             if expected || self.stopping.is_some() {
@@ -594,6 +624,7 @@ impl Supervisor {
         for w in &self.workers {
             w.signal(libc::SIGKILL);
         }
+        self.hooks.call("on_exit", &[]);
         self.remove_pidfile();
         exit_now(code);
     }
@@ -610,6 +641,7 @@ impl Supervisor {
         if let Some(path) = &self.config.pidfile {
             let _ = std::fs::rename(path, oldbin(path));
         }
+        self.hooks.call("pre_exec", &[]);
         match workers::exec_successor(&fds, &[self.signals.as_raw_fd()]) {
             Ok(pid) => {
                 log::info!("Started a new supervisor (pid:{pid})");

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use super::sockets::{INHERIT_VAR, Sockets};
 use crate::config::Config;
+use crate::hooks::Hooks;
 use crate::python::app::Loaded;
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;
@@ -34,6 +35,7 @@ pub struct Worker {
     pub max_requests: u64,
     /// It ended on purpose (the sub-interpreter probe refused the app).
     pub gone_quietly: bool,
+    pub age: u64,
 }
 
 /// What a fork needs from the supervisor.
@@ -46,6 +48,9 @@ pub struct Fork<'a> {
     pub preloaded: Option<Arc<Loaded>>,
     /// Supervisor descriptors the worker must not keep.
     pub close_in_child: &'a [RawFd],
+    pub hooks: &'a Hooks,
+    /// The worker's number, counting every worker started (Gunicorn's age).
+    pub age: u64,
 }
 
 fn random_below(bound: u64) -> u64 {
@@ -74,6 +79,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
         )
     };
     let supervisor = std::process::id() as libc::pid_t;
+    fork.hooks.call("pre_fork", &[fork.age as i64]);
     use std::io::Write;
     let _ = std::io::stderr().flush();
     let pid = if fork.python_running {
@@ -99,6 +105,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
             }
         }
         switch_user(config);
+        fork.hooks.call("post_fork", &[fork.age as i64]);
         drop(read_end);
         let shards = fork.sockets.take_for(&fork.shards);
         worker::run(worker::Spec {
@@ -109,6 +116,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
             report: write_end,
             python_running: fork.python_running,
             preloaded: fork.preloaded,
+            hooks: fork.hooks.clone(),
         });
     }
     drop(write_end);
@@ -137,6 +145,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
         aborted_at: None,
         max_requests,
         gone_quietly: false,
+        age: fork.age,
     })
 }
 

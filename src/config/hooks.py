@@ -1,0 +1,131 @@
+"""Gunicorn's server hooks, called at Gunicorn's moments with stand-ins for
+the objects Gunicorn passes: `server` (log, cfg, pid), `worker` (pid, ppid,
+age, log, cfg). Executed in the supervisor's interpreter; worker processes
+inherit it across fork."""
+
+import os
+import traceback
+
+NAMES = (
+    "on_starting", "on_reload", "when_ready", "pre_fork", "post_fork",
+    "post_worker_init", "worker_int", "worker_abort", "pre_exec", "pre_request",
+    "post_request", "child_exit", "worker_exit", "nworkers_changed", "on_exit",
+)
+
+
+class Log:
+    """The logger hooks get as server.log and worker.log."""
+
+    def __init__(self, emit):
+        self._emit = emit
+
+    def _log(self, level, msg, args):
+        self._emit(level, str(msg) % args if args else str(msg))
+
+    def debug(self, msg, *args, **kw):
+        self._log(10, msg, args)
+
+    def info(self, msg, *args, **kw):
+        self._log(20, msg, args)
+
+    def warning(self, msg, *args, **kw):
+        self._log(30, msg, args)
+
+    warn = warning
+
+    def error(self, msg, *args, **kw):
+        self._log(40, msg, args)
+
+    def critical(self, msg, *args, **kw):
+        self._log(50, msg, args)
+
+    def exception(self, msg, *args, **kw):
+        self._log(40, f"{msg % args if args else msg}\n{traceback.format_exc().rstrip()}", ())
+
+
+class Config:
+    """server.cfg: settings by name, as resolved."""
+
+    def __init__(self, settings):
+        self.__dict__.update(settings)
+
+
+class Server:
+    def __init__(self, log, cfg):
+        self.log = log
+        self.cfg = cfg
+        self.pid = os.getpid()
+        self.num_workers = getattr(cfg, "workers", 1)
+
+
+class Worker:
+    def __init__(self, pid, age, log, cfg):
+        self.pid = pid
+        self.ppid = os.getpid() if pid is None else None
+        self.age = age
+        self.log = log
+        self.cfg = cfg
+
+
+class Hooks:
+    def __init__(self, namespace, emit, settings):
+        self.functions = {n: namespace[n] for n in NAMES if callable(namespace.get(n))}
+        self.log = Log(emit)
+        self.cfg = Config(settings)
+        self.server = Server(self.log, self.cfg)
+        self.worker = None
+
+    def _call(self, name, *args):
+        function = self.functions.get(name)
+        if function is None:
+            return
+        try:
+            function(*args)
+        except Exception:
+            self.log.exception(f"Exception in {name} hook")
+
+    # The supervisor's hooks.
+    def on_starting(self):
+        self._call("on_starting", self.server)
+
+    def when_ready(self):
+        self._call("when_ready", self.server)
+
+    def on_reload(self):
+        self._call("on_reload", self.server)
+
+    def pre_fork(self, age):
+        self._call("pre_fork", self.server, Worker("[booting]", age, self.log, self.cfg))
+
+    def pre_exec(self):
+        self._call("pre_exec", self.server)
+
+    def child_exit(self, pid, age):
+        self._call("child_exit", self.server, Worker(pid, age, self.log, self.cfg))
+
+    def nworkers_changed(self, new, old):
+        """`old` is negative at start-up, where Gunicorn passes None."""
+        self.server.num_workers = new
+        self._call("nworkers_changed", self.server, new, None if old < 0 else old)
+
+    def on_exit(self):
+        self._call("on_exit", self.server)
+
+    # A worker's hooks, in the worker process.
+    def post_fork(self, age):
+        self.server.pid = os.getppid()
+        self.worker = Worker(os.getpid(), age, self.log, self.cfg)
+        self.worker.ppid = os.getppid()
+        self._call("post_fork", self.server, self.worker)
+
+    def post_worker_init(self):
+        self._call("post_worker_init", self.worker)
+
+    def worker_int(self):
+        self._call("worker_int", self.worker)
+
+    def worker_abort(self):
+        self._call("worker_abort", self.worker)
+
+    def worker_exit(self):
+        self._call("worker_exit", self.server, self.worker)

@@ -1,0 +1,146 @@
+"""Gunicorn's server hooks from the config file, called at Gunicorn's moments:
+the same config runs under turbo and under the real Gunicorn, and the hooks
+each process called are compared."""
+
+import collections
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+from conftest import APPS, free_port
+
+HOOKS = '''
+import os
+
+def record(server_or_worker, name):
+    with open(os.environ["HOOK_LOG"], "a") as f:
+        f.write(f"{os.getpid()} {name}\\n")
+
+def on_starting(server): record(server, "on_starting")
+def when_ready(server): record(server, "when_ready")
+def on_reload(server): record(server, "on_reload")
+def pre_fork(server, worker): record(server, "pre_fork")
+def post_fork(server, worker):
+    assert worker.pid == os.getpid() and server.log is not None and server.cfg.workers == 1
+    record(worker, "post_fork")
+def post_worker_init(worker): record(worker, "post_worker_init")
+def worker_exit(server, worker): record(worker, "worker_exit")
+def child_exit(server, worker): record(server, "child_exit")
+def on_exit(server): record(server, "on_exit")
+def nworkers_changed(server, new, old): record(server, f"nworkers_changed {new} {old}")
+'''
+
+
+def wait_port(port):
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.05)
+
+
+def wait_lines(log, count):
+    deadline = time.monotonic() + 30
+    while len(log.read_text().splitlines()) < count if log.exists() else True:
+        assert time.monotonic() < deadline, log.read_text() if log.exists() else "no hook log"
+        time.sleep(0.05)
+
+
+def scenario(argv, tmp_path, name):
+    """Start, serve a request, HUP (new worker, old one gone), TERM.
+    Returns the hook calls per process, in order."""
+    log = tmp_path / f"{name}.log"
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix, HOOK_LOG=str(log))
+    env.pop("GUNICORN_CMD_ARGS", None)
+    proc = subprocess.Popen(argv, cwd=APPS, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        port = int(argv[argv.index("-b") + 1].rsplit(":", 1)[1])
+        wait_port(port)
+        wait_lines(log, 4)  # on_starting, when_ready, pre_fork, post_fork...
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+        proc.send_signal(signal.SIGHUP)
+        wait_lines(log, 10)  # ...then on_reload and a whole worker swap
+        assert httpx.get(f"http://127.0.0.1:{port}/", timeout=10).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=60)
+    calls = collections.defaultdict(list)
+    for line in log.read_text().splitlines():
+        pid, call = line.split(" ", 1)
+        calls[pid].append(call)
+    return sorted(calls.values(), key=lambda c: c[0]), err
+
+
+def test_hooks_are_called_as_gunicorn_calls_them(tmp_path):
+    conf = tmp_path / "hooks.conf.py"
+    conf.write_text(HOOKS)
+    turbo_bin = os.environ.get("TURBO_BIN", "target/release/turbo")
+    turbo_bin = os.path.abspath(Path(__file__).resolve().parent.parent / turbo_bin) \
+        if not os.path.isabs(turbo_bin) else turbo_bin
+    gunicorn = str(Path(sys.executable).parent / "gunicorn")
+    ours, err = scenario([turbo_bin, "hello:app", "-c", str(conf), "-w", "1",
+                          "-b", f"127.0.0.1:{free_port()}"], tmp_path, "turbo")
+    theirs, _ = scenario([gunicorn, "hello:app", "-c", str(conf), "-w", "1",
+                          "-b", f"127.0.0.1:{free_port()}"], tmp_path, "gunicorn")
+    print("turbo:", ours, "\ngunicorn:", theirs)
+    assert "Traceback" not in err, err
+    master = ["nworkers_changed 1 None", "on_starting", "when_ready", "pre_fork",
+              "nworkers_changed 1 1", "on_reload", "pre_fork", "child_exit", "child_exit", "on_exit"]
+    worker = ["post_fork", "post_worker_init", "worker_exit"]
+    for calls in (ours, theirs):
+        masters = [c for c in calls if "on_starting" in c]
+        workers = [c for c in calls if c[0] == "post_fork"]
+        assert len(masters) == 1 and len(workers) == 2, calls
+        assert sorted(masters[0]) == sorted(master), calls
+        assert masters[0][:2] == ["nworkers_changed 1 None", "on_starting"]
+        assert masters[0][-1] == "on_exit"
+        assert masters[0].index("nworkers_changed 1 1") < masters[0].index("on_reload")
+        assert masters[0].index("on_reload") < masters[0].index("child_exit")
+        for w in workers:
+            assert w == worker, calls
+
+
+def test_a_failing_hook_is_logged_not_fatal(turbo, tmp_path):
+    conf = tmp_path / "c.py"
+    conf.write_text("def when_ready(server):\n    raise RuntimeError('hook trouble')\n")
+    srv = turbo("hello:app", "-c", str(conf))
+    srv.wait_for("Exception in when_ready hook")
+    assert "RuntimeError: hook trouble" in srv.log
+    assert httpx.get(srv.url(), timeout=10).status_code == 200
+
+
+def test_hooks_get_a_working_server_log(turbo, tmp_path):
+    conf = tmp_path / "c.py"
+    conf.write_text("def on_starting(server):\n    server.log.info('hello from %s', 'a hook')\n")
+    srv = turbo("hello:app", "-c", str(conf))
+    assert "[INFO] hello from a hook" in srv.log
+
+
+def test_worker_abort_and_worker_int(turbo, tmp_path):
+    log = tmp_path / "calls.log"
+    conf = tmp_path / "c.py"
+    conf.write_text(
+        "import os\n"
+        f"def record(name):\n    open({str(log)!r}, 'a').write(name + '\\n')\n"
+        "def worker_abort(worker): record(f'worker_abort {worker.pid == os.getpid()}')\n"
+        "def worker_int(worker): record('worker_int')\n")
+    srv = turbo("lifecycle:app", "-c", str(conf), "--timeout", "1")
+    try:
+        httpx.get(srv.url("/hang"), timeout=30)
+    except httpx.HTTPError:
+        pass
+    srv.wait_for(r"was sent SIGABRT!")
+    assert log.read_text().splitlines() == ["worker_abort True"]
+    srv.wait_for_count("Ready:", 2)
+    srv.proc.send_signal(signal.SIGINT)
+    assert srv.wait_exit() == 0
+    assert log.read_text().splitlines() == ["worker_abort True", "worker_int"]
