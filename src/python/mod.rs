@@ -211,6 +211,14 @@ pub fn attach_thread(interp: InterpreterRef) {
     }
 }
 
+/// Detaches the calling thread, at its end, from the interpreter it was
+/// attached to for its life, releasing that interpreter's GIL.
+pub fn detach_thread() {
+    // SAFETY: the thread holds its interpreter's GIL (attached for its life)
+    // and touches no Python object afterwards.
+    unsafe { ffi::PyEval_SaveThread() };
+}
+
 /// Releases the GIL around a blocking wait so other threads of the same
 /// interpreter can run.
 ///

@@ -188,6 +188,9 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             }
         }
     });
+    // The thread leaves its interpreter: in process mode that is the main
+    // interpreter, whose GIL the worker's last hooks still need.
+    python::detach_thread();
 }
 
 fn wsgi_app(
