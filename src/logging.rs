@@ -30,8 +30,9 @@ pub fn init(level: LevelFilter) {
 
 /// Points standard error at the error log file (`--error-logfile`), so the
 /// log and anything else written to stderr land there; workers inherit it.
+/// With `capture_output`, standard output goes there too, as in Gunicorn.
 /// Called again on USR1 to reopen the file after log rotation.
-pub fn open_error_log(path: Option<&std::path::Path>) -> std::io::Result<()> {
+pub fn open_error_log(path: Option<&std::path::Path>, capture_output: bool) -> std::io::Result<()> {
     let Some(path) = path else {
         return Ok(());
     };
@@ -40,9 +41,15 @@ pub fn open_error_log(path: Option<&std::path::Path>) -> std::io::Result<()> {
         .create(true)
         .append(true)
         .open(path)?;
-    // SAFETY: dup2 onto our own standard error descriptor.
-    if unsafe { libc::dup2(file.as_raw_fd(), libc::STDERR_FILENO) } < 0 {
-        return Err(std::io::Error::last_os_error());
+    let mut targets = vec![libc::STDERR_FILENO];
+    if capture_output {
+        targets.push(libc::STDOUT_FILENO);
+    }
+    for target in targets {
+        // SAFETY: dup2 onto our own standard descriptors.
+        if unsafe { libc::dup2(file.as_raw_fd(), target) } < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
     }
     Ok(())
 }
@@ -101,11 +108,11 @@ impl Log for ErrorLog {
 }
 
 /// USR1: reopens `--error-logfile` after rotation, if there is one.
-pub fn reopen_error_log(path: Option<&std::path::Path>) {
+pub fn reopen_error_log(path: Option<&std::path::Path>, capture_output: bool) {
     if path.is_none() {
         return;
     }
-    match open_error_log(path) {
+    match open_error_log(path, capture_output) {
         Ok(()) => log::info!("Reopened the error log"),
         Err(e) => log::error!("Cannot reopen the error log: {e}"),
     }

@@ -166,7 +166,10 @@ pub fn run(spec: Spec) -> ! {
                 signals::die_of(libc::SIGABRT);
             }
             libc::SIGUSR1 => {
-                crate::logging::reopen_error_log(config.error_logfile.as_deref());
+                crate::logging::reopen_error_log(
+                    config.error_logfile.as_deref(),
+                    config.capture_output,
+                );
                 match access_log.as_ref().map(|l| l.reopen()) {
                     Some(Ok(true)) => log::info!("Reopened the access log"),
                     Some(Err(e)) => log::error!("Cannot reopen the access log: {e}"),

@@ -95,3 +95,26 @@ def test_daemon_detaches_and_serves(tmp_path):
     while pidfile.exists():
         assert time.monotonic() < deadline, "the daemon did not stop"
         time.sleep(0.05)
+
+
+def test_capture_output_sends_prints_to_the_error_log(turbo, tmp_path):
+    log = tmp_path / "error.log"
+    srv = turbo("echo:print_app", "--error-logfile", str(log), "--capture-output", wait=False)
+    deadline = time.monotonic() + 30
+    while "Ready:" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    httpx.get(srv.url("/?captured"), timeout=10)
+    assert "printed: captured" in log.read_text()
+
+
+def test_without_capture_output_prints_stay_on_stdout(turbo, tmp_path):
+    log = tmp_path / "error.log"
+    srv = turbo("echo:print_app", "--error-logfile", str(log), wait=False)
+    deadline = time.monotonic() + 30
+    while "Ready:" not in (log.read_text() if log.exists() else ""):
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    httpx.get(srv.url("/?free"), timeout=10)
+    srv.wait_for("printed: free")
+    assert "printed: free" not in log.read_text()

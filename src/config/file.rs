@@ -53,7 +53,6 @@ const NOT_YET: &[&str] = &[
     "initgroups",
     "tmp_upload_dir",
     "disable_redirect_access_to_syslog",
-    "capture_output",
     "logger_class",
     "logconfig",
     "logconfig_dict",

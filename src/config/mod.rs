@@ -72,6 +72,8 @@ pub struct Config {
     pub pidfile: Option<std::path::PathBuf>,
     /// None for standard error.
     pub error_logfile: Option<std::path::PathBuf>,
+    /// Standard output goes to the error log file too.
+    pub capture_output: bool,
     pub chdir: Option<std::path::PathBuf>,
     /// Directories put at the front of every interpreter's sys.path.
     pub pythonpath: Vec<String>,
@@ -659,6 +661,7 @@ impl Config {
             preload: values.is_set("preload_app"),
             pidfile: values.one("pidfile").map(Into::into),
             error_logfile: (errorlog != "-").then(|| errorlog.into()),
+            capture_output: values.is_set("capture_output"),
             chdir: values.one("chdir").map(Into::into),
             pythonpath: values
                 .one("pythonpath")

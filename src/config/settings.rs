@@ -381,6 +381,15 @@ pub static SETTINGS: &[Setting] = &[
         "The error log file; - is standard error. USR1 reopens it.",
     ),
     setting(
+        "capture_output",
+        "Logging",
+        &["--capture-output"],
+        Bool,
+        "",
+        "",
+        "Send the app's standard output to the error log file too.",
+    ),
+    setting(
         "loglevel",
         "Logging",
         &["--log-level"],

@@ -78,7 +78,9 @@ fn prepare_process(config: &Config) {
         daemonize();
     }
     crate::logging::init(config.log_level);
-    if let Err(e) = crate::logging::open_error_log(config.error_logfile.as_deref()) {
+    if let Err(e) =
+        crate::logging::open_error_log(config.error_logfile.as_deref(), config.capture_output)
+    {
         eprintln!("turbo: error: cannot open the error log: {e}");
         exit_now(1);
     }
@@ -318,7 +320,10 @@ impl Supervisor {
                 }
             }
             libc::SIGUSR1 => {
-                crate::logging::reopen_error_log(self.config.error_logfile.as_deref());
+                crate::logging::reopen_error_log(
+                    self.config.error_logfile.as_deref(),
+                    self.config.capture_output,
+                );
                 for w in &self.workers {
                     w.signal(libc::SIGUSR1);
                 }

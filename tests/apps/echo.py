@@ -287,6 +287,13 @@ def blocker(environ, start_response):
     return [body]
 
 
+def print_app(environ, start_response):
+    """Prints the query string to standard output."""
+    print(f"printed: {environ['QUERY_STRING']}", flush=True)
+    start_response("200 OK", [("Content-Type", "text/plain")])
+    return [b"printed"]
+
+
 def osenv_app(environ, start_response):
     """Returns the process environment variable named by the query string."""
     value = os.environ.get(environ["QUERY_STRING"], "<unset>")
