@@ -135,7 +135,14 @@ pub(super) fn scope<'py>(
     let (raw_path, query) = split_target(target)?;
     let decoded = percent_decode(raw_path);
     let path = String::from_utf8_lossy(&decoded);
-    let scope = PyDict::new(py);
+    let k = &asgi.keys;
+    let internal = |_| HttpError::new(500, "the request could not be prepared");
+    let template = if websocket {
+        &asgi.ws_template
+    } else {
+        &asgi.http_template
+    };
+    let scope = template.bind(py).copy().map_err(internal)?;
     let headers = PyList::empty(py);
     for (name, value) in &head.headers {
         let name = buf[name.clone()].to_ascii_lowercase();
@@ -146,16 +153,17 @@ pub(super) fn scope<'py>(
                 PyBytes::new(py, &buf[value.clone()]),
             ],
         );
-        pair.and_then(|p| headers.append(p))
-            .map_err(|_| HttpError::new(500, "the request could not be prepared"))?;
+        pair.and_then(|p| headers.append(p)).map_err(internal)?;
     }
-    let method = std::str::from_utf8(&buf[head.method.clone()]).unwrap_or("GET");
-    let state = asgi.state.bind(py).copy();
     let filled = (|| -> PyResult<()> {
-        let k = &asgi.keys;
+        let scheme = match (websocket, https) {
+            (true, true) => &k.wss,
+            (true, false) => &k.ws,
+            (false, true) => &k.https,
+            (false, false) => &k.http,
+        };
+        scope.set_item(k.scheme.bind(py), scheme.bind(py))?;
         if websocket {
-            scope.set_item(k.type_.bind(py), "websocket")?;
-            scope.set_item("scheme", if https { "wss" } else { "ws" })?;
             let offered = PyList::empty(py);
             for (name, value) in &head.headers {
                 if buf[name.clone()].eq_ignore_ascii_case(b"sec-websocket-protocol") {
@@ -167,31 +175,26 @@ pub(super) fn scope<'py>(
                     }
                 }
             }
-            scope.set_item("subprotocols", offered)?;
-            let extensions = PyDict::new(py);
-            extensions.set_item("websocket.http.response", PyDict::new(py))?;
-            scope.set_item("extensions", extensions)?;
+            scope.set_item(k.subprotocols.bind(py), offered)?;
         } else {
-            scope.set_item(k.type_.bind(py), "http")?;
-            scope.set_item("method", method)?;
-            scope.set_item("scheme", if https { "https" } else { "http" })?;
-            let extensions = PyDict::new(py);
-            extensions.set_item("http.response.pathsend", PyDict::new(py))?;
-            scope.set_item("extensions", extensions)?;
+            let method = &buf[head.method.clone()];
+            match k.methods.iter().find(|(m, _)| *m == method) {
+                Some((_, m)) => scope.set_item(k.method.bind(py), m.bind(py))?,
+                None => scope.set_item(k.method.bind(py), String::from_utf8_lossy(method))?,
+            }
         }
-        scope.set_item("asgi", asgi.asgi_version.bind(py))?;
-        scope.set_item("http_version", if head.minor == 0 { "1.0" } else { "1.1" })?;
-        scope.set_item("path", path.as_ref())?;
-        scope.set_item("raw_path", PyBytes::new(py, raw_path))?;
-        scope.set_item("query_string", PyBytes::new(py, query))?;
-        scope.set_item("root_path", asgi.root_path.bind(py))?;
+        let version = if head.minor == 0 { &k.v10 } else { &k.v11 };
+        scope.set_item(k.http_version.bind(py), version.bind(py))?;
+        scope.set_item(k.path.bind(py), path.as_ref())?;
+        scope.set_item(k.raw_path.bind(py), PyBytes::new(py, raw_path))?;
+        scope.set_item(k.query_string.bind(py), PyBytes::new(py, query))?;
         scope.set_item(k.headers.bind(py), headers)?;
-        scope.set_item("client", peers.client.bind(py))?;
-        scope.set_item("server", peers.server.bind(py))?;
-        scope.set_item("state", state?)?;
+        scope.set_item(k.client.bind(py), peers.client.bind(py))?;
+        scope.set_item(k.server.bind(py), peers.server.bind(py))?;
+        scope.set_item(k.state.bind(py), asgi.state.bind(py).copy()?)?;
         Ok(())
     })();
-    filled.map_err(|_| HttpError::new(500, "the request could not be prepared"))?;
+    filled.map_err(internal)?;
     Ok(scope)
 }
 
@@ -350,19 +353,10 @@ fn send(
                 Some(m) => m.is_truthy()?,
                 None => false,
             };
-            let owned;
+            let mut copy = Vec::new();
             let body: &[u8] = match &body_obj {
                 None => b"",
-                Some(b) => {
-                    if let Ok(bytes) = b.cast::<PyBytes>() {
-                        owned = bytes.as_bytes().to_vec();
-                    } else {
-                        owned = b.extract::<Vec<u8>>().map_err(|_| {
-                            pyo3::exceptions::PyTypeError::new_err("body must be bytes")
-                        })?;
-                    }
-                    &owned
-                }
+                Some(b) => task::body_bytes(b, &mut copy)?,
             };
             if !ex.head_sent {
                 write_head(&mut ex, meta, date, (!more).then_some(body.len() as u64));
@@ -536,22 +530,14 @@ pub async fn respond(
         link: link.clone(),
         ..Exchange::default()
     }));
-    let Some(log) = req.access_log else {
-        return exchange(
-            asgi,
-            stream,
-            rbuf,
-            out,
-            peers,
-            req,
-            header_timeout,
-            &shared,
-            &link,
+    // The access log's copy of the request is taken before its head is dropped.
+    let logged = req.access_log.map(|log| {
+        (
+            log,
+            access_log::Request::capture(rbuf, req.head, true),
+            req.remote,
         )
-        .await;
-    };
-    let request = access_log::Request::capture(rbuf, req.head, true);
-    let remote = req.remote;
+    });
     let keep_alive = exchange(
         asgi,
         stream,
@@ -564,15 +550,17 @@ pub async fn respond(
         &link,
     )
     .await;
-    let outcome = {
-        let mut ex = shared.borrow_mut();
-        Outcome {
-            status: ex.status,
-            sent: ex.head_sent.then_some(ex.sent),
-            headers: std::mem::take(&mut ex.recorded_headers),
-        }
-    };
-    log.log(remote, &request, &outcome);
+    if let Some((log, request, remote)) = logged {
+        let outcome = {
+            let mut ex = shared.borrow_mut();
+            Outcome {
+                status: ex.status,
+                sent: ex.head_sent.then_some(ex.sent),
+                headers: std::mem::take(&mut ex.recorded_headers),
+            }
+        };
+        log.log(remote, &request, &outcome);
+    }
     keep_alive
 }
 
@@ -649,29 +637,21 @@ async fn exchange(
     let mut read_deadline: Option<Instant> = None;
     loop {
         // Write what the app sent.
-        let (pending_out, flushed_waiter) = {
+        let (mut pending_out, flushed_waiter) = {
             let mut ex = shared.borrow_mut();
             (std::mem::take(&mut ex.out), ex.flush_waiter.take())
         };
         if !pending_out.is_empty() {
-            out.extend_from_slice(&pending_out);
+            task::gather(out, &mut pending_out);
+            shared.borrow_mut().out = pending_out;
             if !write_out(stream, out).await {
                 shared.borrow_mut().disconnected = true;
-                Python::attach(|py| {
-                    answer_receive(py, asgi, shared);
-                    if let Some(w) = &flushed_waiter {
-                        let _ = w.call_method1(py, "set_result", (py.None(),));
-                    }
-                });
+                Python::attach(|py| answer_receive(py, asgi, shared));
+                task::release(asgi, flushed_waiter);
                 return client_gone(asgi);
             }
         }
-        if let Some(w) = flushed_waiter {
-            Python::attach(|py| {
-                let _ = w.call_method1(py, "set_result", (py.None(),));
-            });
-            asgi.reactor.wake_python();
-        }
+        task::release(asgi, flushed_waiter);
         let file = shared.borrow_mut().file.take();
         if let Some((file, left)) = file
             && !send_file(stream, out, file, left).await

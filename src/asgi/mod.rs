@@ -77,6 +77,23 @@ pub struct Keys {
     pub headers: Py<PyString>,
     pub http_request: Py<PyString>,
     pub http_disconnect: Py<PyString>,
+    pub method: Py<PyString>,
+    pub scheme: Py<PyString>,
+    pub http_version: Py<PyString>,
+    pub path: Py<PyString>,
+    pub raw_path: Py<PyString>,
+    pub query_string: Py<PyString>,
+    pub client: Py<PyString>,
+    pub server: Py<PyString>,
+    pub state: Py<PyString>,
+    pub subprotocols: Py<PyString>,
+    pub http: Py<PyString>,
+    pub https: Py<PyString>,
+    pub ws: Py<PyString>,
+    pub wss: Py<PyString>,
+    pub v10: Py<PyString>,
+    pub v11: Py<PyString>,
+    pub methods: Vec<(&'static [u8], Py<PyString>)>,
 }
 
 /// Everything one shard needs to run ASGI requests in its interpreter.
@@ -92,12 +109,12 @@ pub struct Asgi {
     pub shim: Py<PyModule>,
     /// What lifespan startup stored; each request gets a shallow copy.
     pub state: Py<PyDict>,
-    /// `scope["asgi"]`, shared by every request.
-    pub asgi_version: Py<PyDict>,
+    /// The constant part of every HTTP and WebSocket scope, copied per request.
+    pub http_template: Py<PyDict>,
+    pub ws_template: Py<PyDict>,
     pub keys: Keys,
     pub reactor: Rc<Reactor>,
     pub lifespan: LifespanMode,
-    pub root_path: Py<PyString>,
     pub ws_max_size: usize,
 }
 
@@ -145,10 +162,11 @@ impl Asgi {
         let done = event_loop.call_method0("create_future").map_err(failed)?;
         done.call_method1("set_result", (py.None(),))
             .map_err(failed)?;
-        let asgi_version = PyDict::new(py);
-        asgi_version.set_item("version", "3.0").map_err(failed)?;
-        asgi_version
-            .set_item("spec_version", "2.4")
+        let root_path = std::env::var("SCRIPT_NAME").unwrap_or_default();
+        let (http_template, ws_template): (Bound<'_, PyDict>, Bound<'_, PyDict>) = shim
+            .getattr("scope_templates")
+            .and_then(|f| f.call1((root_path,)))
+            .and_then(|t| t.extract())
             .map_err(failed)?;
         Ok(Asgi {
             app: loaded.app.clone_ref(py),
@@ -166,7 +184,8 @@ impl Asgi {
             disconnected: shim.getattr("ClientDisconnected").map_err(failed)?.unbind(),
             shim: shim.unbind(),
             state: PyDict::new(py).unbind(),
-            asgi_version: asgi_version.unbind(),
+            http_template: http_template.unbind(),
+            ws_template: ws_template.unbind(),
             keys: Keys {
                 type_: key(py, "type"),
                 body: key(py, "body"),
@@ -175,12 +194,30 @@ impl Asgi {
                 headers: key(py, "headers"),
                 http_request: key(py, "http.request"),
                 http_disconnect: key(py, "http.disconnect"),
+                method: key(py, "method"),
+                scheme: key(py, "scheme"),
+                http_version: key(py, "http_version"),
+                path: key(py, "path"),
+                raw_path: key(py, "raw_path"),
+                query_string: key(py, "query_string"),
+                client: key(py, "client"),
+                server: key(py, "server"),
+                state: key(py, "state"),
+                subprotocols: key(py, "subprotocols"),
+                http: key(py, "http"),
+                https: key(py, "https"),
+                ws: key(py, "ws"),
+                wss: key(py, "wss"),
+                v10: key(py, "1.0"),
+                v11: key(py, "1.1"),
+                methods: ["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]
+                    .into_iter()
+                    .map(|m| (m.as_bytes(), key(py, m)))
+                    .collect(),
             },
             reactor,
             lifespan: config.lifespan,
             ws_max_size: config.ws_max_size,
-            root_path: PyString::new(py, &std::env::var("SCRIPT_NAME").unwrap_or_default())
-                .unbind(),
             loaded,
         })
     }

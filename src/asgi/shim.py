@@ -71,6 +71,16 @@ def request_starter(loop):
     return loop.create_task
 
 
+def scope_templates(root_path):
+    """The constant part of every HTTP and WebSocket scope, copied per request."""
+    asgi = {"version": "3.0", "spec_version": "2.4"}
+    http = {"type": "http", "asgi": asgi, "root_path": root_path,
+            "extensions": {"http.response.pathsend": {}}}
+    websocket = {"type": "websocket", "asgi": asgi, "root_path": root_path,
+                 "extensions": {"websocket.http.response": {}}}
+    return http, websocket
+
+
 class Lifespan:
     """The ASGI lifespan protocol, as Uvicorn runs it: `auto` carries on when
     the app does not support it, `on` requires it, `off` skips it."""

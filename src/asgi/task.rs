@@ -147,3 +147,37 @@ pub fn disconnected(py: Python<'_>, asgi: &Asgi) -> PyErr {
         Err(e) => e,
     }
 }
+
+/// Moves the output the app queued onto the connection's buffer: a swap when
+/// that buffer is empty (no copy), else an append. `queued` is left empty,
+/// with its capacity, for the app's next output.
+pub fn gather(out: &mut Vec<u8>, queued: &mut Vec<u8>) {
+    if out.is_empty() {
+        std::mem::swap(out, queued);
+    } else {
+        out.append(queued);
+    }
+}
+
+/// Resolves with None a future the app awaits (a send held back by a slow
+/// client), and lets the event loop see it.
+pub fn release(asgi: &Asgi, waiter: Option<Py<PyAny>>) {
+    if let Some(waiter) = waiter {
+        Python::attach(|py| {
+            let _ = waiter.call_method1(py, "set_result", (py.None(),));
+        });
+        asgi.reactor.wake_python();
+    }
+}
+
+/// The bytes of a body the app sent: borrowed from a `bytes` object (the
+/// usual case, no copy), copied from a bytearray or memoryview.
+pub fn body_bytes<'a>(value: &'a Bound<'_, PyAny>, copy: &'a mut Vec<u8>) -> PyResult<&'a [u8]> {
+    if let Ok(bytes) = value.cast::<pyo3::types::PyBytes>() {
+        return Ok(bytes.as_bytes());
+    }
+    *copy = value
+        .extract()
+        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("body must be bytes"))?;
+    Ok(copy)
+}

@@ -205,12 +205,18 @@ fn send(
             let bytes = message.get_item("bytes")?.filter(|b| !b.is_none());
             match (text, bytes) {
                 (Some(text), None) => {
-                    let text: String = text.extract()?;
-                    ws::frame(&mut s.out, ws::OP_TEXT, text.as_bytes());
+                    let text = text
+                        .cast::<pyo3::types::PyString>()
+                        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("text must be str"))?;
+                    ws::frame(&mut s.out, ws::OP_TEXT, text.to_str()?.as_bytes());
                 }
                 (None, Some(bytes)) => {
-                    let bytes: Vec<u8> = bytes.extract()?;
-                    ws::frame(&mut s.out, ws::OP_BINARY, &bytes);
+                    let mut copy = Vec::new();
+                    ws::frame(
+                        &mut s.out,
+                        ws::OP_BINARY,
+                        task::body_bytes(&bytes, &mut copy)?,
+                    );
                 }
                 _ => {
                     return Err(runtime_error(
@@ -357,23 +363,19 @@ pub async fn serve(
     let mut scratch = Vec::with_capacity(16 * 1024);
     let mut closing_since: Option<std::time::Instant> = None;
     loop {
-        let (pending, flushed) = {
+        let (mut pending, flushed) = {
             let mut s = shared.borrow_mut();
             (std::mem::take(&mut s.out), s.flush_waiter.take())
         };
         if !pending.is_empty() {
-            out.extend_from_slice(&pending);
+            task::gather(out, &mut pending);
+            shared.borrow_mut().out = pending;
             if !write_out(stream, out).await {
                 disconnect(asgi, &shared, ws::CLOSE_ABNORMAL, "");
                 return client_gone(asgi);
             }
         }
-        if let Some(waiter) = flushed {
-            Python::attach(|py| {
-                let _ = waiter.call_method1(py, "set_result", (py.None(),));
-            });
-            asgi.reactor.wake_python();
-        }
+        task::release(asgi, flushed);
         let (phase, close_sent, disconnected, queued) = {
             let s = shared.borrow();
             (s.phase, s.close_sent, s.disconnected, s.incoming.len())

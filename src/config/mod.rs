@@ -501,32 +501,33 @@ fn parse_umask(text: &str) -> Result<u32, String> {
 
 /// A user name or uid, as `--user` takes it.
 fn user_id(name: &str) -> Result<u32, String> {
-    if let Ok(uid) = name.parse() {
-        return Ok(uid);
-    }
-    let c = std::ffi::CString::new(name).map_err(|_| format!("invalid user '{name}'"))?;
-    // SAFETY: getpwnam reads a NUL-terminated name; the result is read at once.
-    let pw = unsafe { libc::getpwnam(c.as_ptr()) };
-    if pw.is_null() {
-        return Err(format!("no such user '{name}'"));
-    }
-    // SAFETY: pw points to a valid passwd entry.
-    Ok(unsafe { (*pw).pw_uid })
+    // SAFETY: getpwnam reads a NUL-terminated name; the entry is read at once.
+    account_id(name, "user", |c| unsafe {
+        let pw = libc::getpwnam(c);
+        (!pw.is_null()).then(|| (*pw).pw_uid)
+    })
 }
 
 /// A group name or gid, as `--group` takes it.
 fn group_id(name: &str) -> Result<u32, String> {
-    if let Ok(gid) = name.parse() {
-        return Ok(gid);
+    // SAFETY: getgrnam reads a NUL-terminated name; the entry is read at once.
+    account_id(name, "group", |c| unsafe {
+        let gr = libc::getgrnam(c);
+        (!gr.is_null()).then(|| (*gr).gr_gid)
+    })
+}
+
+/// A number as it is, or a name looked up with `lookup`.
+fn account_id(
+    name: &str,
+    what: &str,
+    lookup: impl FnOnce(*const libc::c_char) -> Option<u32>,
+) -> Result<u32, String> {
+    if let Ok(id) = name.parse() {
+        return Ok(id);
     }
-    let c = std::ffi::CString::new(name).map_err(|_| format!("invalid group '{name}'"))?;
-    // SAFETY: getgrnam reads a NUL-terminated name; the result is read at once.
-    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-    if gr.is_null() {
-        return Err(format!("no such group '{name}'"));
-    }
-    // SAFETY: gr points to a valid group entry.
-    Ok(unsafe { (*gr).gr_gid })
+    let c = std::ffi::CString::new(name).map_err(|_| format!("invalid {what} '{name}'"))?;
+    lookup(c.as_ptr()).ok_or_else(|| format!("no such {what} '{name}'"))
 }
 
 fn usage_error(msg: &str) -> ! {

@@ -156,34 +156,10 @@ impl Conn {
                     };
                     self.respond(&head, info, body, wsgi, pool.as_ref()).await
                 }
-                (App::Asgi(asgi), PeerInfo::Asgi(peers))
-                    if head.minor == 1 && asgi_ws::is_upgrade(&self.rbuf, &head) =>
-                {
-                    let req = asgi_http::Request {
-                        head: &head,
-                        meta: asgi_http::Meta {
-                            minor: head.minor,
-                            is_head: false,
-                            keep_alive: false,
-                        },
-                        date: shard.date.borrow_mut().get().to_vec(),
-                        access_log: None,
-                        remote: &self.peer,
-                        https: self.https,
-                    };
-                    asgi_ws::serve(
-                        asgi,
-                        &self.stream,
-                        &mut self.rbuf,
-                        &mut self.out,
-                        peers,
-                        req,
-                    )
-                    .await
-                }
                 (App::Asgi(asgi), PeerInfo::Asgi(peers)) => {
                     let board = &shard.board;
                     board.count_request(board.slot_index(shard.local, 0));
+                    let upgrade = head.minor == 1 && asgi_ws::is_upgrade(&self.rbuf, &head);
                     let req = asgi_http::Request {
                         head: &head,
                         meta: asgi_http::Meta {
@@ -192,20 +168,25 @@ impl Conn {
                             keep_alive: head.keep_alive && !board.stopping(),
                         },
                         date: shard.date.borrow_mut().get().to_vec(),
-                        access_log: shard.access_log.as_deref(),
+                        access_log: shard.access_log.as_deref().filter(|_| !upgrade),
                         remote: &self.peer,
                         https: self.https,
                     };
-                    asgi_http::respond(
-                        asgi,
-                        &self.stream,
-                        &mut self.rbuf,
-                        &mut self.out,
-                        peers,
-                        req,
-                        cfg.header_timeout,
-                    )
-                    .await
+                    if upgrade {
+                        let (stream, rbuf, out) = (&self.stream, &mut self.rbuf, &mut self.out);
+                        asgi_ws::serve(asgi, stream, rbuf, out, peers, req).await
+                    } else {
+                        asgi_http::respond(
+                            asgi,
+                            &self.stream,
+                            &mut self.rbuf,
+                            &mut self.out,
+                            peers,
+                            req,
+                            cfg.header_timeout,
+                        )
+                        .await
+                    }
                 }
                 _ => return,
             };

@@ -45,7 +45,7 @@ pub enum App {
         /// Python threads for app calls when `--threads` is above 1.
         pool: Option<Pool>,
     },
-    Asgi(Asgi),
+    Asgi(Box<Asgi>),
 }
 
 /// Per-shard state shared by all of the shard's connections.
@@ -139,7 +139,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             InterfaceMode::Wsgi => false,
         };
         let app = if asgi {
-            rt.enter(|| Asgi::new(py, &config, loaded).map(App::Asgi))
+            rt.enter(|| Asgi::new(py, &config, loaded).map(|a| App::Asgi(Box::new(a))))
         } else {
             wsgi_app(py, id, &config, loaded, &board, local)
         };
