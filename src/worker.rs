@@ -4,7 +4,6 @@
 //! and QUIT leave at once.
 
 use std::io::Write;
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -28,7 +27,7 @@ pub const APP_LOAD_ERROR: i32 = 4;
 pub struct Spec {
     pub config: Arc<Config>,
     /// Shard numbers with their listening sockets, one per bind.
-    pub shards: Vec<(usize, Vec<TcpListener>)>,
+    pub shards: Vec<(usize, Vec<crate::shard::Listener>)>,
     pub isolation: Isolation,
     pub board: Arc<Scoreboard>,
     /// The pipe on which the worker reports to the supervisor.

@@ -32,21 +32,28 @@ def free_port():
 class Turbo:
     """A running turbo process whose error log is collected line by line."""
 
-    def __init__(self, app, *args, env=None, cwd=APPS, wait=True):
-        self.port = free_port()
+    def __init__(
+        self, app, *args, env=None, cwd=APPS, wait=True, prefix=(), pass_fds=(), port=None
+    ):
+        self.port = port or free_port()
         self.lines = []
         self.cond = threading.Condition()
         full_env = dict(os.environ)
         full_env["VIRTUAL_ENV"] = sys.prefix
         full_env.pop("PORT", None)
         full_env.update(env or {})
-        cmd = [BIN, *([app] if app else []), "--bind", f"127.0.0.1:{self.port}", *args]
+        cmd = [*prefix, BIN, *([app] if app else []), "--bind", f"127.0.0.1:{self.port}", *args]
         if not any(a.startswith("--cores") or a == "-w" for a in args):
             cmd += ["--cores", "1"]
         if THREADS != 1 and "--threads" not in args:
             cmd += ["--threads", str(THREADS)]
         self.proc = subprocess.Popen(
-            cmd, cwd=cwd, env=full_env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+            cmd,
+            cwd=cwd,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            pass_fds=pass_fds,
         )
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()

@@ -9,16 +9,15 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
+use crate::http::stream::{Endpoints, Stream};
 use compio::buf::BufResult;
 use compio::driver::op::{Interest, PollOnce};
 use compio::io::{AsyncRead, AsyncWriteExt};
-use compio::net::TcpStream;
 use futures_util::future::LocalBoxFuture;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -40,29 +39,33 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 
 /// Per-connection values for the scope.
 pub struct Peers {
-    client: Py<PyTuple>,
-    server: Py<PyTuple>,
+    client: Py<PyAny>,
+    server: Py<PyAny>,
 }
 
 impl Peers {
-    pub fn new(py: Python<'_>, peer: SocketAddr, local: SocketAddr) -> PyResult<Peers> {
-        Ok(Peers {
-            client: PyTuple::new(
+    pub fn new(py: Python<'_>, ends: &Endpoints) -> PyResult<Peers> {
+        let pair = |host: String, port: Option<u16>| -> PyResult<Py<PyAny>> {
+            Ok(PyTuple::new(
                 py,
                 [
-                    peer.ip().to_string().into_pyobject(py)?.into_any(),
-                    peer.port().into_pyobject(py)?.into_any(),
+                    host.into_pyobject(py)?.into_any(),
+                    port.into_pyobject(py)?.into_any(),
                 ],
             )?
-            .unbind(),
-            server: PyTuple::new(
-                py,
-                [
-                    local.ip().to_string().into_pyobject(py)?.into_any(),
-                    local.port().into_pyobject(py)?.into_any(),
-                ],
-            )?
-            .unbind(),
+            .into_any()
+            .unbind())
+        };
+        Ok(match ends {
+            Endpoints::Tcp { peer, local } => Peers {
+                client: pair(peer.ip().to_string(), Some(peer.port()))?,
+                server: pair(local.ip().to_string(), Some(local.port()))?,
+            },
+            // The ASGI spec: no client, and the server as [path, None].
+            Endpoints::Unix { path } => Peers {
+                client: py.None(),
+                server: pair(path.to_string_lossy().into_owned(), None)?,
+            },
         })
     }
 }
@@ -514,7 +517,7 @@ pub struct Request<'a> {
 /// the connection may carry another request, or None if it must close now.
 pub async fn respond(
     asgi: &Asgi,
-    stream: &TcpStream,
+    stream: &Stream,
     rbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     peers: &Peers,
@@ -568,7 +571,7 @@ pub async fn respond(
 #[allow(clippy::too_many_arguments)]
 async fn exchange(
     asgi: &Asgi,
-    stream: &TcpStream,
+    stream: &Stream,
     rbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     peers: &Peers,
@@ -851,12 +854,7 @@ pub(super) fn client_gone(asgi: &Asgi) -> Option<bool> {
 }
 
 /// Writes `len` bytes of `file` in blocks, without Python.
-async fn send_file(
-    stream: &TcpStream,
-    out: &mut Vec<u8>,
-    mut file: std::fs::File,
-    len: u64,
-) -> bool {
+async fn send_file(stream: &Stream, out: &mut Vec<u8>, mut file: std::fs::File, len: u64) -> bool {
     use std::io::Read;
     const BLOCK: u64 = 256 * 1024;
     let mut left = len;
@@ -882,7 +880,7 @@ async fn send_file(
     true
 }
 
-pub(super) async fn write_out(stream: &TcpStream, out: &mut Vec<u8>) -> bool {
+pub(super) async fn write_out(stream: &Stream, out: &mut Vec<u8>) -> bool {
     let buf = std::mem::take(out);
     let mut writer = stream;
     match compio::time::timeout(WRITE_STALL, writer.write_all(buf)).await {

@@ -9,9 +9,9 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
+use crate::http::stream::Stream;
 use compio::buf::BufResult;
 use compio::io::AsyncRead;
-use compio::net::TcpStream;
 use futures_util::future::LocalBoxFuture;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
@@ -300,7 +300,7 @@ fn send(
 /// Runs a WebSocket connection to its end; the connection then closes.
 pub async fn serve(
     asgi: &Asgi,
-    stream: &TcpStream,
+    stream: &Stream,
     rbuf: &mut Vec<u8>,
     out: &mut Vec<u8>,
     peers: &Peers,

@@ -49,7 +49,6 @@ const NOT_YET: &[&str] = &[
     "reload_extra_files",
     "spew",
     "sendfile",
-    "reuse_port",
     "initgroups",
     "tmp_upload_dir",
     "disable_redirect_access_to_syslog",

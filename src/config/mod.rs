@@ -8,6 +8,8 @@ pub mod settings;
 
 use std::collections::BTreeMap;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::os::fd::RawFd;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Arg, ArgAction, ArgMatches, Command};
@@ -51,7 +53,10 @@ pub struct Limits {
 #[derive(Clone, Debug)]
 pub struct Config {
     pub app: AppSpec,
-    pub binds: Vec<SocketAddr>,
+    pub binds: Vec<Bind>,
+    /// Refuse a TCP port that another process already listens on with
+    /// SO_REUSEPORT, unless this is set (`reuse_port`).
+    pub reuse_port: bool,
     pub cores: usize,
     pub threads: usize,
     pub backlog: u32,
@@ -129,9 +134,46 @@ impl AppSpec {
     }
 }
 
-/// Resolves `HOST:PORT`, `[V6]:PORT`, `HOST` or `:PORT` (port 8000 when omitted, as
-/// Gunicorn does).
-pub fn parse_bind(bind: &str) -> Result<Vec<SocketAddr>, String> {
+/// One place to listen, as `bind` names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Bind {
+    Tcp(SocketAddr),
+    Unix(PathBuf),
+    /// A listening socket already open on this descriptor, from whoever started
+    /// turbo (`fd://N`).
+    Fd(RawFd),
+}
+
+impl std::fmt::Display for Bind {
+    /// The form `bind` accepts back.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Bind::Tcp(addr) => write!(f, "{addr}"),
+            Bind::Unix(path) => write!(f, "unix:{}", path.display()),
+            Bind::Fd(fd) => write!(f, "fd://{fd}"),
+        }
+    }
+}
+
+/// Resolves `unix:PATH`, `fd://N`, `HOST:PORT`, `[V6]:PORT`, `HOST` or `:PORT`
+/// (port 8000 when omitted, as Gunicorn does).
+pub fn parse_bind(bind: &str) -> Result<Vec<Bind>, String> {
+    if let Some(path) = bind.strip_prefix("unix:") {
+        if path.is_empty() {
+            return Err(format!("invalid bind '{bind}': no path"));
+        }
+        return Ok(vec![Bind::Unix(PathBuf::from(path))]);
+    }
+    if let Some(fd) = bind.strip_prefix("fd://") {
+        return match fd.parse::<RawFd>() {
+            Ok(fd) if fd >= 0 => Ok(vec![Bind::Fd(fd)]),
+            _ => Err(format!("invalid bind '{bind}': bad descriptor '{fd}'")),
+        };
+    }
+    parse_inet(bind).map(|addrs| addrs.into_iter().map(Bind::Tcp).collect())
+}
+
+fn parse_inet(bind: &str) -> Result<Vec<SocketAddr>, String> {
     let (host, port) = if let Some(rest) = bind.strip_prefix('[') {
         let (host, after) = rest
             .split_once(']')
@@ -637,6 +679,7 @@ impl Config {
             cores,
             threads,
             backlog: value(values, "backlog", "an integer")?,
+            reuse_port: values.is_set("reuse_port"),
             keep_alive: Duration::from_secs(seconds("keepalive")?),
             header_timeout: Duration::from_secs(seconds("header_timeout")?.max(1)),
             limits: Limits {
@@ -743,19 +786,25 @@ mod tests {
 
     #[test]
     fn binds() {
+        let tcp = |s: &str| Bind::Tcp(s.parse().unwrap());
         assert_eq!(
             parse_bind("127.0.0.1:9000").unwrap(),
-            vec!["127.0.0.1:9000".parse().unwrap()]
+            vec![tcp("127.0.0.1:9000")]
         );
+        assert_eq!(parse_bind("[::1]:9000").unwrap(), vec![tcp("[::1]:9000")]);
         assert_eq!(
-            parse_bind("[::1]:9000").unwrap(),
-            vec!["[::1]:9000".parse().unwrap()]
+            parse_bind("127.0.0.1").unwrap(),
+            vec![tcp("127.0.0.1:8000")]
         );
-        assert_eq!(parse_bind("127.0.0.1").unwrap()[0].port(), 8000);
+        assert_eq!(parse_bind(":9001").unwrap(), vec![tcp("0.0.0.0:9001")]);
         assert_eq!(
-            parse_bind(":9001").unwrap(),
-            vec!["0.0.0.0:9001".parse().unwrap()]
+            parse_bind("unix:/run/app.sock").unwrap(),
+            vec![Bind::Unix("/run/app.sock".into())]
         );
+        assert_eq!(parse_bind("fd://3").unwrap(), vec![Bind::Fd(3)]);
+        assert_eq!(parse_bind("fd://3").unwrap()[0].to_string(), "fd://3");
+        assert!(parse_bind("fd://x").is_err());
+        assert!(parse_bind("unix:").is_err());
         assert!(parse_bind("127.0.0.1:http").is_err());
         assert!(parse_bind("[::1").is_err());
     }

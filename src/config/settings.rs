@@ -86,8 +86,20 @@ pub static SETTINGS: &[Setting] = &[
         List,
         "",
         "ADDRESS",
-        "The socket to bind: HOST:PORT, [IPV6]:PORT, HOST or :PORT. Repeatable. \
-         Default: 127.0.0.1:8000, or 0.0.0.0:$PORT when $PORT is set.",
+        "The socket to bind: HOST:PORT, [IPV6]:PORT, HOST, :PORT, unix:PATH or \
+         fd://FD. Repeatable. Default: 127.0.0.1:8000, or 0.0.0.0:$PORT when $PORT is \
+         set. Sockets passed by systemd (LISTEN_FDS) replace every bind.",
+    ),
+    setting(
+        "reuse_port",
+        "Server Socket",
+        &["--reuse-port"],
+        Bool,
+        "",
+        "",
+        "Let other processes listen on the same TCP port (SO_REUSEPORT). turbo's \
+         own shards always share their port; without this, a port another process \
+         already holds is refused.",
     ),
     setting(
         "backlog",

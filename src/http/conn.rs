@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use compio::buf::BufResult;
 use compio::io::{AsyncReadExt, AsyncWriteExt};
-use compio::net::TcpStream;
 use futures_util::future::Either;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -20,6 +19,7 @@ use super::body::Decoder;
 use super::encode;
 use super::parse::{self, RequestHead};
 use super::proxy;
+use super::stream::{Endpoints, Stream};
 use crate::access_log::{self, Outcome};
 use crate::asgi::http::{self as asgi_http, Peers};
 use crate::asgi::websocket as asgi_ws;
@@ -66,19 +66,18 @@ struct Conn {
     trusted: bool,
     /// The current request came through https, as its trusted proxy says.
     https: bool,
-    stream: TcpStream,
+    stream: Stream,
     rbuf: Vec<u8>,
     out: Vec<u8>,
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
-    let local = match stream.local_addr() {
-        Ok(local) => local,
-        Err(_) => return,
+pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
+    let Ok(ends) = stream.endpoints(peer) else {
+        return;
     };
     let info = match &shard.app {
-        App::Wsgi { .. } => PeerInfo::Wsgi(Python::attach(|py| ConnInfo::new(py, peer, local))),
-        App::Asgi(_) => match Python::attach(|py| Peers::new(py, peer, local)) {
+        App::Wsgi { .. } => PeerInfo::Wsgi(Python::attach(|py| ConnInfo::new(py, &ends))),
+        App::Asgi(_) => match Python::attach(|py| Peers::new(py, &ends)) {
             Ok(peers) => PeerInfo::Asgi(peers),
             Err(_) => return,
         },
@@ -86,8 +85,13 @@ pub async fn serve(shard: Rc<Shard>, stream: TcpStream, peer: SocketAddr) {
     let counted = shard.clone();
     let _live = counted.drain.connection();
     let mut conn = Conn {
-        peer: peer.ip().to_string(),
-        trusted: shard.config.forwarded_allow_ips.allows(peer.ip()),
+        peer: ends.peer_host(),
+        // Only a process on this host can reach a unix socket: Gunicorn trusts
+        // it as a proxy.
+        trusted: match &ends {
+            Endpoints::Tcp { peer, .. } => shard.config.forwarded_allow_ips.allows(peer.ip()),
+            Endpoints::Unix { .. } => true,
+        },
         https: false,
         shard,
         stream,

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod encode;
 pub mod parse;
 pub mod proxy;
+pub mod stream;
 pub mod websocket;
 
 /// A request the server refuses, with the status that says why. Each one closes the

@@ -2,20 +2,16 @@
 //! sockets and its own Python interpreter. Shards share nothing on the request
 //! path; the kernel spreads connections between their SO_REUSEPORT sockets.
 
+pub mod accept;
 pub mod drain;
 pub mod runtime;
 
 use std::cell::RefCell;
-use std::net::TcpListener as StdListener;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
 
-use compio::driver::op::{Interest, PollOnce};
-use compio::net::TcpStream;
 use futures_channel::oneshot;
-use futures_util::future::Either;
 use pyo3::prelude::*;
 
 use crate::access_log::AccessLog;
@@ -28,6 +24,7 @@ use crate::scoreboard::Scoreboard;
 use crate::wsgi::Wsgi;
 use crate::wsgi::environ::HeaderKeys;
 use crate::wsgi::pool::Pool;
+pub use accept::Listener;
 use drain::Drain;
 
 /// What a shard reports once its app is loaded (or failed to load).
@@ -70,7 +67,7 @@ pub struct Spec {
     pub local: usize,
     pub cpu: Option<core_affinity::CoreId>,
     pub config: Arc<Config>,
-    pub listeners: Vec<StdListener>,
+    pub listeners: Vec<Listener>,
     pub isolation: Isolation,
     pub board: Arc<Scoreboard>,
     /// Resolves (or is dropped) when the worker stops gracefully.
@@ -212,14 +209,14 @@ fn wsgi_app(
     Ok(App::Wsgi { wsgi, pool })
 }
 
-async fn serve(shard: Rc<Shard>, listeners: Vec<StdListener>, stop: oneshot::Receiver<()>) {
+async fn serve(shard: Rc<Shard>, listeners: Vec<Listener>, stop: oneshot::Receiver<()>) {
     let mut tasks = Vec::new();
     for listener in listeners {
-        if let Err(e) = listener.set_nonblocking(true) {
+        if let Err(e) = listener.socket.set_nonblocking(true) {
             log::error!("Shard {}: cannot use a listening socket: {e}", shard.id);
             continue;
         }
-        tasks.push(compio::runtime::spawn(accept_loop(
+        tasks.push(compio::runtime::spawn(accept::accept_loop(
             shard.clone(),
             Rc::new(listener),
         )));
@@ -231,61 +228,4 @@ async fn serve(shard: Rc<Shard>, listeners: Vec<StdListener>, stop: oneshot::Rec
         let _ = task.await;
     }
     shard.drain.finished().await;
-}
-
-/// Accepts connections while the shard runs. It waits for readiness and then
-/// accepts without blocking, rather than keeping an accept in flight: during a
-/// reload the old and new workers share this socket, and an accept cancelled
-/// at the drain could swallow a connection.
-async fn accept_loop(shard: Rc<Shard>, listener: Rc<StdListener>) {
-    loop {
-        accept_queued(&shard, &listener).await;
-        if shard.drain.is_draining() {
-            break;
-        }
-        let ready = compio::runtime::submit(PollOnce::new(listener.clone(), Interest::Readable));
-        let drain = shard.drain.started();
-        let ready = std::pin::pin!(ready);
-        let drain = std::pin::pin!(drain);
-        if let Either::Right(_) = futures_util::future::select(ready, drain).await {
-            break;
-        }
-    }
-    if shard.board.retiring(shard.local) {
-        // This socket dies with the worker (TTOU): take what is queued, then stop
-        // listening, so the kernel sends new connections to the other shards.
-        accept_queued(&shard, &listener).await;
-        // SAFETY: shutdown on our own listening descriptor.
-        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
-    }
-}
-
-async fn accept_queued(shard: &Rc<Shard>, listener: &StdListener) {
-    loop {
-        match listener.accept() {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
-                match TcpStream::from_std(stream) {
-                    Ok(stream) => {
-                        compio::runtime::spawn(crate::http::conn::serve(
-                            shard.clone(),
-                            stream,
-                            peer,
-                        ))
-                        .detach();
-                    }
-                    Err(e) => log::error!("Shard {}: cannot serve a connection: {e}", shard.id),
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
-            Err(e) => {
-                // Out of descriptors or memory: back off briefly instead of spinning.
-                log::error!("Shard {}: accept failed: {e}", shard.id);
-                compio::time::sleep(std::time::Duration::from_millis(100)).await;
-                return;
-            }
-        }
-    }
 }

@@ -140,13 +140,16 @@ pub fn run(config: Config) -> ! {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
-    let mut sockets = Sockets::new(&config.binds, config.backlog);
+    let mut sockets = Sockets::new(&config);
     if let Err(e) = sockets.ensure(config.cores) {
         log::error!("{e}");
         exit_now(1);
     }
-    for addr in &config.binds {
-        log::info!("Listening at: http://{addr} ({})", std::process::id());
+    if sockets.systemd_activated() {
+        log::info!("Using sockets passed by systemd (LISTEN_FDS); binds are ignored");
+    }
+    for place in sockets.describe() {
+        log::info!("Listening at: {place} ({})", std::process::id());
     }
     if let Some(path) = &config.pidfile
         && let Err(e) = std::fs::write(path, format!("{}\n", std::process::id()))
@@ -377,13 +380,19 @@ impl Supervisor {
     }
 
     fn shut_down(&self) -> ! {
+        // Files first, so whoever reads the last line finds them gone.
+        self.remove_files();
         log::info!("Shutting down: Master");
         self.hooks.call("on_exit", &[]);
-        self.remove_pidfile();
         exit_now(0);
     }
 
-    fn remove_pidfile(&self) {
+    /// Removes the pidfile and unix socket files, unless a new supervisor
+    /// (USR2) has taken them over.
+    fn remove_files(&self) {
+        if self.successor.is_none() {
+            self.sockets.remove_unix_files();
+        }
         if let Some(path) = &self.config.pidfile {
             let ours = std::fs::read_to_string(path)
                 .is_ok_and(|s| s.trim() == std::process::id().to_string());
@@ -629,8 +638,8 @@ impl Supervisor {
         for w in &self.workers {
             w.signal(libc::SIGKILL);
         }
+        self.remove_files();
         self.hooks.call("on_exit", &[]);
-        self.remove_pidfile();
         exit_now(code);
     }
 
@@ -642,12 +651,12 @@ impl Supervisor {
             log::warn!("USR2 ignored: a new supervisor is already running");
             return;
         }
-        let fds = self.sockets.raw_fds();
+        let (fds, env) = self.sockets.handover();
         if let Some(path) = &self.config.pidfile {
             let _ = std::fs::rename(path, oldbin(path));
         }
         self.hooks.call("pre_exec", &[]);
-        match workers::exec_successor(&fds, &[self.signals.as_raw_fd()]) {
+        match workers::exec_successor(&fds, &env, &[self.signals.as_raw_fd()]) {
             Ok(pid) => {
                 log::info!("Started a new supervisor (pid:{pid})");
                 self.successor = Some(pid);

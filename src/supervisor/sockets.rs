@@ -1,26 +1,76 @@
-//! The listening sockets: one SO_REUSEPORT socket per shard and bind, owned by
-//! the supervisor for the life of the service. Workers inherit them across
-//! fork, so a worker restart leaves every queued connection in place, and a new
-//! supervisor started by USR2 inherits them across exec (`TURBO_FDS`).
+//! The listening sockets, owned by the supervisor for the life of the service.
+//! A TCP bind gets one SO_REUSEPORT socket per shard, so the kernel spreads
+//! connections between shards; a unix socket, or one handed over as a
+//! descriptor (`fd://N`, systemd's `LISTEN_FDS`), is one socket that every
+//! shard accepts from. Workers inherit the sockets across fork, so a worker
+//! restart leaves every queued connection in place, and a new supervisor
+//! started by USR2 inherits them across exec (`TURBO_FDS`).
 
-use std::net::{SocketAddr, TcpListener};
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
+use std::path::{Path, PathBuf};
 
-use socket2::{Domain, Protocol, Socket, Type};
+use socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+use crate::config::{Bind, Config};
+use crate::shard::Listener;
 
 /// The environment variable that passes sockets to a re-executed supervisor.
-pub const INHERIT_VAR: &str = "TURBO_FDS";
+const INHERIT_VAR: &str = "TURBO_FDS";
+/// Passes systemd's sockets on to a re-executed supervisor, which no longer
+/// sees `LISTEN_FDS`.
+const SYSTEMD_VAR: &str = "TURBO_SYSTEMD_FDS";
+/// systemd's first passed descriptor (sd_listen_fds(3)).
+const LISTEN_FDS_START: RawFd = 3;
+
+/// The user and group that own unix socket files (`user`, `group`).
+type Owner = (Option<u32>, Option<u32>);
 
 pub struct Sockets {
-    binds: Vec<SocketAddr>,
+    binds: Vec<Bind>,
     backlog: u32,
+    reuse_port: bool,
+    owner: Owner,
     /// `per_shard[shard][bind]`.
-    per_shard: Vec<Vec<TcpListener>>,
-    /// Inherited sockets not yet given to a shard, per bind.
-    spare: Vec<Vec<TcpListener>>,
+    per_shard: Vec<Vec<Listener>>,
+    /// Inherited sockets by what they listen on, not yet given to a shard.
+    spare: HashMap<String, Vec<Socket>>,
+    /// The binds came from systemd.
+    systemd: bool,
+    /// Unix socket files this supervisor answers for, removed when it exits.
+    unix_paths: Vec<PathBuf>,
 }
 
-fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+/// What a socket listens on, to match inherited sockets with binds.
+fn key_of(addr: &SockAddr) -> Option<String> {
+    match (addr.as_socket(), addr.as_pathname()) {
+        (Some(inet), _) => Some(format!("tcp:{inet}")),
+        (None, Some(path)) => Some(format!("unix:{}", path.display())),
+        _ => None,
+    }
+}
+
+/// Sockets systemd passed to this process (socket activation), in order.
+fn systemd_fds() -> Option<Vec<RawFd>> {
+    if let Ok(list) = std::env::var(SYSTEMD_VAR) {
+        // SAFETY: removing our own variable before any thread exists.
+        unsafe { std::env::remove_var(SYSTEMD_VAR) };
+        return Some(list.split(',').filter_map(|f| f.parse().ok()).collect());
+    }
+    let count: RawFd = std::env::var("LISTEN_FDS").ok()?.parse().ok()?;
+    let pid: u32 = std::env::var("LISTEN_PID").ok()?.parse().ok()?;
+    // SAFETY: as above; the variables are meant for this process only.
+    unsafe {
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    (pid == std::process::id()).then(|| (LISTEN_FDS_START..LISTEN_FDS_START + count).collect())
+}
+
+fn tcp_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     socket.set_reuse_address(true)?;
     // Every shard has its own socket on the address; the kernel balances new
@@ -31,50 +81,149 @@ fn listener(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     }
     socket.bind(&addr.into())?;
     socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
-    Ok(socket.into())
+    Ok(socket)
+}
+
+/// Fails when another process listens on `addr`: binding without SO_REUSEPORT
+/// is refused whenever anything is bound there.
+fn check_free(addr: SocketAddr) -> std::io::Result<()> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    socket.bind(&addr.into())
+}
+
+fn unix_listener(path: &Path, backlog: u32, owner: Owner) -> std::io::Result<Socket> {
+    // A socket file left by an earlier run is replaced, as Gunicorn does; any
+    // other file is not.
+    if let Ok(meta) = std::fs::symlink_metadata(path)
+        && meta.file_type().is_socket()
+    {
+        std::fs::remove_file(path)?;
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&SockAddr::unix(path)?)?;
+    // The workers' user and group may connect to it, as with Gunicorn.
+    if owner != (None, None) {
+        std::os::unix::fs::chown(path, owner.0, owner.1)?;
+    }
+    socket.listen(i32::try_from(backlog).unwrap_or(i32::MAX))?;
+    Ok(socket)
 }
 
 impl Sockets {
-    /// Takes the sockets a previous supervisor passed on, if any; the rest are
-    /// bound by `ensure`.
-    pub fn new(binds: &[SocketAddr], backlog: u32) -> Sockets {
-        let mut spare: Vec<Vec<TcpListener>> = binds.iter().map(|_| Vec::new()).collect();
+    /// Takes the sockets systemd or a previous supervisor passed on, if any; the
+    /// rest are bound by `ensure`.
+    pub fn new(config: &Config) -> Sockets {
+        let (binds, systemd) = match systemd_fds() {
+            Some(fds) => (fds.into_iter().map(Bind::Fd).collect::<Vec<_>>(), true),
+            None => (config.binds.clone(), false),
+        };
+        let mut spare: HashMap<String, Vec<Socket>> = HashMap::new();
         if let Ok(list) = std::env::var(INHERIT_VAR) {
             // SAFETY: removing our own variable before any thread exists.
             unsafe { std::env::remove_var(INHERIT_VAR) };
             for fd in list.split(',').filter_map(|f| f.parse::<RawFd>().ok()) {
+                if binds.contains(&Bind::Fd(fd)) {
+                    // Still open under its own number; `ensure` adopts it.
+                    continue;
+                }
                 // SAFETY: the previous supervisor passed these descriptors to us.
-                let sock = unsafe { TcpListener::from_raw_fd(fd) };
-                let addr = sock.local_addr().ok();
-                match binds.iter().position(|b| Some(*b) == addr) {
-                    Some(i) => spare[i].push(sock),
-                    None => drop(sock),
+                let sock = unsafe { Socket::from_raw_fd(fd) };
+                if let Some(key) = sock.local_addr().ok().as_ref().and_then(key_of) {
+                    spare.entry(key).or_default().push(sock);
                 }
             }
         }
         Sockets {
-            binds: binds.to_vec(),
-            backlog,
+            binds,
+            backlog: config.backlog,
+            reuse_port: config.reuse_port,
+            owner: (config.user, config.group),
             per_shard: Vec::new(),
             spare,
+            systemd,
+            unix_paths: Vec::new(),
         }
+    }
+
+    /// Where this supervisor listens, as Gunicorn's "Listening at" lines say it.
+    pub fn describe(&self) -> Vec<String> {
+        let Some(first) = self.per_shard.first() else {
+            return Vec::new();
+        };
+        first
+            .iter()
+            .map(|l| match l.socket.local_addr().ok() {
+                Some(addr) if l.unix => match addr.as_pathname() {
+                    Some(path) => format!("unix:{}", path.display()),
+                    None => "unix:(unnamed)".to_string(),
+                },
+                Some(addr) => match addr.as_socket() {
+                    Some(inet) => format!("http://{inet}"),
+                    None => "(unknown)".to_string(),
+                },
+                None => "(unknown)".to_string(),
+            })
+            .collect()
+    }
+
+    /// Whether the binds came from systemd, so the configured ones do not apply.
+    pub fn systemd_activated(&self) -> bool {
+        self.systemd
     }
 
     /// Makes sure shards `0..shards` have their sockets.
     pub fn ensure(&mut self, shards: usize) -> Result<(), String> {
         while self.per_shard.len() < shards {
+            let first = self.per_shard.first();
             let mut socks = Vec::new();
-            for (i, &addr) in self.binds.iter().enumerate() {
-                let sock = match self.spare[i].pop() {
-                    Some(sock) => sock,
-                    None => listener(addr, self.backlog)
-                        .map_err(|e| format!("Connection in use: {addr} ({e})"))?,
+            for (i, bind) in self.binds.iter().enumerate() {
+                let listener = match (bind, first) {
+                    (Bind::Tcp(addr), _) => {
+                        let socket = match self.spare.get_mut(&format!("tcp:{addr}")) {
+                            Some(found) if !found.is_empty() => found.remove(0),
+                            _ => {
+                                if first.is_none() && !self.reuse_port {
+                                    check_free(*addr)
+                                        .map_err(|e| format!("Connection in use: {addr} ({e})"))?;
+                                }
+                                tcp_listener(*addr, self.backlog)
+                                    .map_err(|e| format!("Connection in use: {addr} ({e})"))?
+                            }
+                        };
+                        Listener {
+                            socket,
+                            unix: false,
+                            shared: false,
+                        }
+                    }
+                    (_, Some(first)) => first[i]
+                        .dup()
+                        .map_err(|e| format!("Cannot share the socket {bind}: {e}"))?,
+                    (Bind::Unix(path), None) => {
+                        let key = format!("unix:{}", path.display());
+                        let socket = match self.spare.get_mut(&key) {
+                            Some(found) if !found.is_empty() => found.remove(0),
+                            _ => unix_listener(path, self.backlog, self.owner)
+                                .map_err(|e| format!("Cannot listen at {bind}: {e}"))?,
+                        };
+                        self.unix_paths.push(path.clone());
+                        Listener {
+                            socket,
+                            unix: true,
+                            shared: true,
+                        }
+                    }
+                    (Bind::Fd(fd), None) => adopt(*fd).map_err(|e| format!("{bind}: {e}"))?,
                 };
-                socks.push(sock);
+                socks.push(listener);
             }
             self.per_shard.push(socks);
         }
-        self.spare.iter_mut().for_each(Vec::clear);
+        self.spare.clear();
         Ok(())
     }
 
@@ -84,7 +233,7 @@ impl Sockets {
     }
 
     /// In a new worker: the sockets of `shards`, closing every other one.
-    pub fn take_for(&mut self, shards: &[usize]) -> Vec<(usize, Vec<TcpListener>)> {
+    pub fn take_for(&mut self, shards: &[usize]) -> Vec<(usize, Vec<Listener>)> {
         let mut all = std::mem::take(&mut self.per_shard);
         let taken = shards
             .iter()
@@ -94,12 +243,62 @@ impl Sockets {
         taken
     }
 
-    /// Every descriptor, for a re-executed supervisor.
-    pub fn raw_fds(&self) -> Vec<RawFd> {
-        self.per_shard
+    /// What a re-executed supervisor needs: every descriptor, and the
+    /// environment that tells it where they came from.
+    pub fn handover(&self) -> (Vec<RawFd>, Vec<(String, String)>) {
+        let fds: Vec<RawFd> = self
+            .per_shard
             .iter()
             .flatten()
-            .map(AsRawFd::as_raw_fd)
-            .collect()
+            .map(|l| l.socket.as_raw_fd())
+            .collect();
+        let list = |fds: &[RawFd]| {
+            fds.iter()
+                .map(RawFd::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        let mut env = vec![(INHERIT_VAR.to_string(), list(&fds))];
+        if self.systemd {
+            let own: Vec<RawFd> = self
+                .binds
+                .iter()
+                .filter_map(|b| match b {
+                    Bind::Fd(fd) => Some(*fd),
+                    _ => None,
+                })
+                .collect();
+            env.push((SYSTEMD_VAR.to_string(), list(&own)));
+        }
+        (fds, env)
     }
+
+    /// Removes the unix socket files this supervisor created; called at exit
+    /// unless a successor took the sockets over.
+    pub fn remove_unix_files(&self) {
+        for path in &self.unix_paths {
+            let _ = std::fs::remove_file(path);
+        }
+    }
+}
+
+/// A listening socket someone else opened on `fd`.
+fn adopt(fd: RawFd) -> std::io::Result<Listener> {
+    // SAFETY: fstat on a descriptor number only reads its state.
+    let mut stat: libc::stat = unsafe { std::mem::zeroed() };
+    if unsafe { libc::fstat(fd, &mut stat) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    if stat.st_mode & libc::S_IFMT != libc::S_IFSOCK {
+        return Err(std::io::Error::other("not a socket"));
+    }
+    // SAFETY: the descriptor is open and a socket; from here it is ours.
+    let socket = unsafe { Socket::from_raw_fd(fd) };
+    let unix = socket.local_addr()?.domain() == Domain::UNIX;
+    socket.set_cloexec(true)?;
+    Ok(Listener {
+        socket,
+        unix,
+        shared: true,
+    })
 }

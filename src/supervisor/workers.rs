@@ -7,7 +7,7 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::sockets::{INHERIT_VAR, Sockets};
+use super::sockets::Sockets;
 use crate::config::Config;
 use crate::hooks::Hooks;
 use crate::python::app::Loaded;
@@ -245,25 +245,28 @@ impl Worker {
 
 /// Forks and executes a new supervisor with the same arguments, passing it
 /// the listening sockets.
-pub fn exec_successor(sockets: &[RawFd], close: &[RawFd]) -> std::io::Result<libc::pid_t> {
+pub fn exec_successor(
+    sockets: &[RawFd],
+    extra_env: &[(String, String)],
+    close: &[RawFd],
+) -> std::io::Result<libc::pid_t> {
     let exe = CString::new("/proc/self/exe").map_err(std::io::Error::other)?;
     let args: Vec<CString> = std::env::args_os()
         .filter_map(|a| CString::new(a.into_encoded_bytes()).ok())
         .collect();
-    let list = sockets
-        .iter()
-        .map(|fd| fd.to_string())
-        .collect::<Vec<_>>()
-        .join(",");
     let env: Vec<CString> = std::env::vars_os()
-        .filter(|(k, _)| k != INHERIT_VAR)
+        .filter(|(k, _)| !extra_env.iter().any(|(name, _)| k == name.as_str()))
         .filter_map(|(k, v)| {
             let mut kv = k.into_encoded_bytes();
             kv.push(b'=');
             kv.extend(v.into_encoded_bytes());
             CString::new(kv).ok()
         })
-        .chain(CString::new(format!("{INHERIT_VAR}={list}")).ok())
+        .chain(
+            extra_env
+                .iter()
+                .filter_map(|(k, v)| CString::new(format!("{k}={v}")).ok()),
+        )
         .collect();
     let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
     argv.push(std::ptr::null());

@@ -10,22 +10,33 @@ use pyo3::types::{PyDict, PyString};
 use super::Wsgi;
 use crate::http::HttpError;
 use crate::http::parse::RequestHead;
+use crate::http::stream::Endpoints;
 
 /// Per-connection values, made once and reused for every request on it.
 pub struct ConnInfo {
     pub remote_addr: Py<PyString>,
-    pub remote_port: Py<PyString>,
+    /// None on a unix socket, where Gunicorn leaves REMOTE_PORT out.
+    pub remote_port: Option<Py<PyString>>,
     pub server_name: Py<PyString>,
     pub server_port: Py<PyString>,
 }
 
 impl ConnInfo {
-    pub fn new(py: Python<'_>, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Self {
-        ConnInfo {
-            remote_addr: PyString::new(py, &peer.ip().to_string()).unbind(),
-            remote_port: PyString::new(py, &peer.port().to_string()).unbind(),
-            server_name: PyString::new(py, &local.ip().to_string()).unbind(),
-            server_port: PyString::new(py, &local.port().to_string()).unbind(),
+    pub fn new(py: Python<'_>, ends: &Endpoints) -> Self {
+        let text = |s: &str| PyString::new(py, s).unbind();
+        match ends {
+            Endpoints::Tcp { peer, local } => ConnInfo {
+                remote_addr: text(&peer.ip().to_string()),
+                remote_port: Some(text(&peer.port().to_string())),
+                server_name: text(&local.ip().to_string()),
+                server_port: text(&local.port().to_string()),
+            },
+            Endpoints::Unix { path } => ConnInfo {
+                remote_addr: text(""),
+                remote_port: None,
+                server_name: text(&path.to_string_lossy()),
+                server_port: text(""),
+            },
         }
     }
 }
@@ -186,7 +197,9 @@ impl Wsgi {
         set(&k.server_name, conn.server_name.bind(py).clone().into_any())?;
         set(&k.server_port, conn.server_port.bind(py).clone().into_any())?;
         set(&k.remote_addr, conn.remote_addr.bind(py).clone().into_any())?;
-        set(&k.remote_port, conn.remote_port.bind(py).clone().into_any())?;
+        if let Some(port) = &conn.remote_port {
+            set(&k.remote_port, port.bind(py).clone().into_any())?;
+        }
         set(&k.wsgi_input, input)?;
         for (name, value) in &head.headers {
             let Some(key) = self.header_key(py, header_keys, &buf[name.clone()]) else {

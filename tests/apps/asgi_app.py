@@ -52,7 +52,8 @@ async def app(scope, receive, send):
         shown["header_types"] = sorted({type(x).__name__ for pair in scope["headers"] for x in pair})
         for key in ("raw_path", "query_string"):
             shown[key] = scope[key].decode("latin-1")
-        shown["client"], shown["server"] = list(scope["client"]), list(scope["server"])
+        shown["client"] = scope["client"] and list(scope["client"])
+        shown["server"] = list(scope["server"])
         shown["state"] = dict(scope["state"])
         return await respond(send, 200, json.dumps(shown).encode())
     if path == "/echo":

@@ -1,0 +1,106 @@
+//! Accepting connections: a shard's listening sockets, and the loop that takes
+//! connections from them until the shard drains.
+
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::rc::Rc;
+
+use compio::driver::op::{Interest, PollOnce};
+use compio::net::{TcpStream, UnixStream};
+use futures_util::future::Either;
+use socket2::Socket;
+
+use super::Shard;
+use crate::http::stream::Stream;
+
+/// One listening socket as a shard sees it.
+pub struct Listener {
+    pub socket: Socket,
+    pub unix: bool,
+    /// Other shards accept from this same socket, so no shard may shut it down.
+    pub shared: bool,
+}
+
+impl Listener {
+    pub fn dup(&self) -> std::io::Result<Listener> {
+        Ok(Listener {
+            socket: self.socket.try_clone()?,
+            unix: self.unix,
+            shared: self.shared,
+        })
+    }
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.socket.as_fd()
+    }
+}
+
+impl AsRawFd for Listener {
+    fn as_raw_fd(&self) -> RawFd {
+        self.socket.as_raw_fd()
+    }
+}
+
+/// Accepts connections while the shard runs. It waits for readiness and then
+/// accepts without blocking, rather than keeping an accept in flight: during a
+/// reload the old and new workers share this socket, and an accept cancelled
+/// at the drain could swallow a connection.
+pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
+    loop {
+        accept_queued(&shard, &listener).await;
+        if shard.drain.is_draining() {
+            break;
+        }
+        let ready = compio::runtime::submit(PollOnce::new(listener.clone(), Interest::Readable));
+        let drain = shard.drain.started();
+        let ready = std::pin::pin!(ready);
+        let drain = std::pin::pin!(drain);
+        if let Either::Right(_) = futures_util::future::select(ready, drain).await {
+            break;
+        }
+    }
+    if shard.board.retiring(shard.local) && !listener.shared {
+        // This socket dies with the worker (TTOU): take what is queued, then stop
+        // listening, so the kernel sends new connections to the other shards.
+        accept_queued(&shard, &listener).await;
+        // SAFETY: shutdown on our own listening descriptor.
+        unsafe { libc::shutdown(listener.as_raw_fd(), libc::SHUT_RD) };
+    }
+}
+
+async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
+    loop {
+        match listener.socket.accept() {
+            Ok((socket, addr)) => {
+                let peer = addr.as_socket();
+                let stream = if listener.unix {
+                    UnixStream::from_std(socket.into()).map(Stream::Unix)
+                } else {
+                    let _ = socket.set_tcp_nodelay(true);
+                    TcpStream::from_std(socket.into()).map(Stream::Tcp)
+                };
+                match stream {
+                    Ok(stream) => {
+                        compio::runtime::spawn(crate::http::conn::serve(
+                            shard.clone(),
+                            stream,
+                            peer,
+                        ))
+                        .detach();
+                    }
+                    Err(e) => log::error!("Shard {}: cannot serve a connection: {e}", shard.id),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
+            Err(e) => {
+                // Out of descriptors or memory: back off briefly instead of spinning.
+                log::error!("Shard {}: accept failed: {e}", shard.id);
+                compio::time::sleep(std::time::Duration::from_millis(100)).await;
+                return;
+            }
+        }
+    }
+}
