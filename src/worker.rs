@@ -37,6 +37,8 @@ pub struct Spec {
     /// The app the supervisor imported (`--preload`), for main-interpreter shards.
     pub preloaded: Option<Arc<Loaded>>,
     pub hooks: Hooks,
+    /// Workers started before this one (Gunicorn's `worker.age`).
+    pub age: u64,
 }
 
 /// Reports one line to the supervisor (`ready`, or `refused REASON`).
@@ -55,6 +57,7 @@ pub fn run(spec: Spec) -> ! {
         python_running,
         preloaded,
         hooks,
+        age,
     } = spec;
     let waits = signals::worker();
     log::info!("Booting worker with pid: {}", std::process::id());
@@ -92,6 +95,7 @@ pub fn run(spec: Spec) -> ! {
             stop,
             preloaded: preloaded.clone().filter(|_| isolation == Isolation::Main),
             access_log: access_log.clone(),
+            age,
         };
         let spawned = std::thread::Builder::new()
             .name(format!("turbo-shard-{id}"))

@@ -14,7 +14,6 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
-use crate::http::stream::{Endpoints, Stream};
 use compio::buf::BufResult;
 use compio::driver::op::{Interest, PollOnce};
 use compio::io::{AsyncRead, AsyncWriteExt};
@@ -26,9 +25,11 @@ use super::Asgi;
 use super::event_loop::Watched;
 use super::task::{self, Link};
 use crate::access_log::{self, AccessLog, Outcome};
+use crate::hooks::RequestHooks;
 use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
 use crate::http::parse::RequestHead;
+use crate::http::stream::{Endpoints, Stream};
 use crate::http::{HttpError, reason};
 use crate::wsgi::environ::{percent_decode, split_target};
 
@@ -105,6 +106,10 @@ struct Exchange {
     /// A file being sent (`http.response.pathsend`) and the bytes left of it.
     file: Option<(std::fs::File, u64)>,
     link: Rc<Link>,
+
+    /// The scope, kept for post_request when `keep_scope` is set.
+    keep_scope: bool,
+    scope: Option<Py<PyAny>>,
 
     /// For the access log: the status, body bytes and (if the format wants
     /// them) the headers that went out.
@@ -510,6 +515,8 @@ pub struct Request<'a> {
     pub remote: &'a str,
     /// A trusted proxy says the client used https.
     pub https: bool,
+    /// pre_request and post_request, with the client as `req.peer_addr`.
+    pub hooks: Option<(&'a RequestHooks, &'a Py<PyAny>)>,
 }
 
 /// Runs one request through the app. `rbuf` holds the head and whatever
@@ -524,12 +531,39 @@ pub async fn respond(
     req: Request<'_>,
     header_timeout: Duration,
 ) -> Option<bool> {
+    let hooked = match req.hooks {
+        Some((hooks, peer)) => {
+            match Python::attach(|py| hooks.begin(py, rbuf, req.head, req.https, peer)) {
+                Ok(obj) => Some((hooks, obj)),
+                Err(()) => {
+                    if let Some(log) = req.access_log {
+                        let request = access_log::Request::capture(rbuf, req.head, true);
+                        let outcome = Outcome {
+                            status: 500,
+                            ..Outcome::default()
+                        };
+                        log.log(req.remote, &request, &outcome);
+                    }
+                    encode::error_response(
+                        out,
+                        HttpError::new(500, "pre_request failed"),
+                        &req.date,
+                    );
+                    return Some(false);
+                }
+            }
+        }
+        None => None,
+    };
     let link = Rc::new(Link::default());
+    let post = hooked.as_ref().is_some_and(|(h, _)| h.post);
     let shared: Shared = Rc::new(RefCell::new(Exchange {
         keep_alive: req.meta.keep_alive,
         record_headers: req
             .access_log
-            .is_some_and(|l| l.format.wants_response_headers),
+            .is_some_and(|l| l.format.wants_response_headers)
+            || post,
+        keep_scope: post,
         link: link.clone(),
         ..Exchange::default()
     }));
@@ -553,15 +587,22 @@ pub async fn respond(
         &link,
     )
     .await;
-    if let Some((log, request, remote)) = logged {
-        let outcome = {
-            let mut ex = shared.borrow_mut();
-            Outcome {
-                status: ex.status,
-                sent: ex.head_sent.then_some(ex.sent),
-                headers: std::mem::take(&mut ex.recorded_headers),
-            }
+    if logged.is_none() && hooked.is_none() {
+        return keep_alive;
+    }
+    let (outcome, scope) = {
+        let mut ex = shared.borrow_mut();
+        let outcome = Outcome {
+            status: ex.status,
+            sent: ex.head_sent.then_some(ex.sent),
+            headers: std::mem::take(&mut ex.recorded_headers),
         };
+        (outcome, ex.scope.take())
+    };
+    if let Some((hooks, obj)) = hooked {
+        Python::attach(|py| hooks.finish(py, obj, scope, &outcome));
+    }
+    if let Some((log, request, remote)) = logged {
         log.log(remote, &request, &outcome);
     }
     keep_alive
@@ -594,6 +635,12 @@ async fn exchange(
             return Some(false);
         }
     };
+    {
+        let mut ex = shared.borrow_mut();
+        if ex.keep_scope {
+            ex.scope = Some(Python::attach(|py| scope.clone_ref(py).into_any()));
+        }
+    }
     // The body already here goes in first: the app may run (eagerly) as soon
     // as its task exists.
     {

@@ -94,6 +94,9 @@ pub struct FileValues {
     pub warnings: Vec<String>,
     /// The file's namespace, when it defines hooks.
     pub hooks: Option<std::sync::Arc<crate::python::Held<PyDict>>>,
+    /// The file, when it defines pre_request or post_request, which shards
+    /// in sub-interpreters execute again.
+    pub request_hooks: Option<String>,
 }
 
 /// Reads the config file at `location`; errors are one line, except a
@@ -106,9 +109,25 @@ pub fn read(location: &str) -> Result<FileValues, String> {
     Python::attach(|py| read_in(py, location))
 }
 
+/// Executes the config file in the current interpreter and returns its
+/// namespace: a shard's own copy of the hooks.
+pub fn namespace<'py>(py: Python<'py>, location: &str) -> Result<Bound<'py, PyDict>, String> {
+    let read = reader(py)?
+        .getattr("read")
+        .and_then(|f| f.call1((location, Vec::<&str>::new(), Vec::<&str>::new())))
+        .and_then(|r| r.get_item(3))
+        .map_err(|e| format!("failed to read config file {location}: {e}"))?;
+    read.cast_into::<PyDict>()
+        .map_err(|e| format!("failed to read config file {location}: {e}"))
+}
+
+fn reader(py: Python<'_>) -> Result<Bound<'_, PyModule>, String> {
+    PyModule::from_code(py, READER, c"turbo_config.py", c"turbo_config")
+        .map_err(|e| format!("turbo's config reader failed: {e}"))
+}
+
 fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
-    let reader = PyModule::from_code(py, READER, c"turbo_config.py", c"turbo_config")
-        .map_err(|e| format!("turbo's config reader failed: {e}"))?;
+    let reader = reader(py)?;
     let known: Vec<&str> = SETTINGS
         .iter()
         .map(|s| s.name)
@@ -139,6 +158,10 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
         warnings: Vec::new(),
         hooks: (!hooks.is_empty())
             .then(|| std::sync::Arc::new(crate::python::Held::new(namespace.unbind()))),
+        request_hooks: hooks
+            .iter()
+            .any(|h| h == "pre_request" || h == "post_request")
+            .then(|| location.to_string()),
     };
     for (name, value) in found.iter() {
         let name: String = name.extract().map_err(|e: PyErr| e.to_string())?;
@@ -194,7 +217,7 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
     let not_yet: Vec<&str> = hooks
         .iter()
         .map(String::as_str)
-        .filter(|h| matches!(*h, "pre_request" | "post_request" | "ssl_context"))
+        .filter(|h| *h == "ssl_context")
         .collect();
     if !not_yet.is_empty() {
         file.warnings.push(format!(

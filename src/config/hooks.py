@@ -1,7 +1,8 @@
 """Gunicorn's server hooks, called at Gunicorn's moments with stand-ins for
 the objects Gunicorn passes: `server` (log, cfg, pid), `worker` (pid, ppid,
-age, log, cfg). Executed in the supervisor's interpreter; worker processes
-inherit it across fork."""
+age, log, cfg), `req` and `resp`. Executed in the supervisor's interpreter,
+which worker processes inherit across fork; pre_request and post_request run
+in each shard's own interpreter, with a copy made there."""
 
 import os
 import traceback
@@ -67,7 +68,35 @@ class Worker:
         self.cfg = cfg
 
 
+class Request:
+    """`req` for pre_request and post_request: the attributes of Gunicorn's."""
+
+    def __init__(self, method, uri, path, query, minor, headers, scheme, peer_addr):
+        self.method = method
+        self.uri = uri
+        self.path = path
+        self.query = query
+        self.fragment = ""
+        self.version = (1, minor)
+        # (NAME, value) pairs in arrival order, names upper-case as Gunicorn's.
+        self.headers = headers
+        self.scheme = scheme
+        self.peer_addr = self.remote_addr = peer_addr
+
+
+class Response:
+    """`resp` for post_request."""
+
+    def __init__(self, status, headers, sent):
+        self.status = status
+        self.status_code = int(status.split(" ", 1)[0])
+        self.headers = headers
+        self.sent = self.response_length = sent
+
+
 class Hooks:
+    request_class = Request
+
     def __init__(self, namespace, emit, settings):
         self.functions = {n: namespace[n] for n in NAMES if callable(namespace.get(n))}
         self.log = Log(emit)
@@ -129,3 +158,17 @@ class Hooks:
 
     def worker_exit(self):
         self._call("worker_exit", self.server, self.worker)
+
+    # A shard's hooks, in the shard's interpreter.
+    def bind_worker(self, age):
+        self.server.pid = os.getppid()
+        self.worker = Worker(os.getpid(), age, self.log, self.cfg)
+        self.worker.ppid = os.getppid()
+        return "pre_request" in self.functions, "post_request" in self.functions
+
+    def pre_request(self, req):
+        """A failing pre_request fails the request, as in Gunicorn."""
+        self.functions["pre_request"](self.worker, req)
+
+    def post_request(self, req, environ, status, headers, sent):
+        self._call("post_request", self.worker, req, environ, Response(status, headers, sent))

@@ -3,7 +3,7 @@
 //! $WEB_CONCURRENCY), `GUNICORN_CMD_ARGS` and the command line, as Gunicorn
 //! does. `Config` is the typed result every part of the server reads.
 
-mod file;
+pub mod file;
 pub mod settings;
 
 use std::collections::BTreeMap;
@@ -97,6 +97,8 @@ pub struct Config {
     pub warnings: Vec<String>,
     /// The config file's namespace, when it defines server hooks.
     pub hooks: Option<std::sync::Arc<crate::python::Held<pyo3::types::PyDict>>>,
+    /// The config file, when it defines pre_request or post_request.
+    pub request_hooks: Option<String>,
 }
 
 /// `module:expression`, split; the expression is checked again in Python.
@@ -453,6 +455,7 @@ pub fn load() -> Action {
     let built = Config::from_values(&values).map(|config| Config {
         warnings: extras.warnings,
         hooks: extras.hooks,
+        request_hooks: extras.request_hooks,
         ..config
     });
     match built {
@@ -476,6 +479,7 @@ pub fn reload() -> Result<Config, String> {
     Config::from_values(&values).map(|config| Config {
         warnings: extras.warnings,
         hooks: extras.hooks,
+        request_hooks: extras.request_hooks,
         ..config
     })
 }
@@ -762,6 +766,7 @@ impl Config {
             )?,
             warnings: Vec::new(),
             hooks: None,
+            request_hooks: None,
         })
     }
 }

@@ -46,6 +46,14 @@ enum Body {
     Stream(SharedBody, Vec<u8>),
 }
 
+/// What became of a request, for the access log and post_request.
+#[derive(Default)]
+struct Done {
+    outcome: Outcome,
+    /// The environ, kept for post_request.
+    environ: Option<Py<PyAny>>,
+}
+
 /// Per-connection values for the bridge in use.
 enum PeerInfo {
     Wsgi(ConnInfo),
@@ -66,6 +74,9 @@ struct Conn {
     trusted: bool,
     /// The current request came through https, as its trusted proxy says.
     https: bool,
+    /// The client's address as the request hooks' `req.peer_addr` (None when
+    /// no hooks are defined).
+    hook_peer: Py<PyAny>,
     stream: Stream,
     rbuf: Vec<u8>,
     out: Vec<u8>,
@@ -82,6 +93,15 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
             Err(_) => return,
         },
     };
+    let hook_peer = Python::attach(|py| match (&shard.request_hooks, &ends) {
+        (None, _) => py.None(),
+        (Some(_), Endpoints::Tcp { peer, .. }) => (peer.ip().to_string(), peer.port())
+            .into_pyobject(py)
+            .map_or_else(|_| py.None(), |t| t.into_any().unbind()),
+        (Some(_), Endpoints::Unix { .. }) => ""
+            .into_pyobject(py)
+            .map_or_else(|_| py.None(), |s| s.into_any().unbind()),
+    });
     let counted = shard.clone();
     let _live = counted.drain.connection();
     let mut conn = Conn {
@@ -93,6 +113,7 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
             Endpoints::Unix { .. } => true,
         },
         https: false,
+        hook_peer,
         shard,
         stream,
         rbuf: Vec::with_capacity(8192),
@@ -175,6 +196,11 @@ impl Conn {
                         access_log: shard.access_log.as_deref().filter(|_| !upgrade),
                         remote: &self.peer,
                         https: self.https,
+                        hooks: shard
+                            .request_hooks
+                            .as_ref()
+                            .filter(|_| !upgrade)
+                            .map(|h| (h, &self.hook_peer)),
                     };
                     if upgrade {
                         let (stream, rbuf, out) = (&self.stream, &mut self.rbuf, &mut self.out);
@@ -323,8 +349,9 @@ impl Conn {
         }
     }
 
-    /// Runs the app and writes its response. Returns whether the connection may
-    /// serve another request, or None when it is already unusable.
+    /// Runs the app and writes its response, with the access log and the
+    /// request hooks around it. Returns whether the connection may serve
+    /// another request, or None when it is already unusable.
     async fn respond(
         &mut self,
         head: &RequestHead,
@@ -333,17 +360,45 @@ impl Conn {
         wsgi: &Wsgi,
         pool: Option<&Pool>,
     ) -> Option<bool> {
-        let Some(log) = self.shard.access_log.clone() else {
+        let shard = self.shard.clone();
+        let (log, hooks) = (shard.access_log.as_deref(), shard.request_hooks.as_ref());
+        if log.is_none() && hooks.is_none() {
             return self
-                .respond_inner(head, info, body, wsgi, pool, &mut Outcome::default())
+                .respond_inner(head, info, body, wsgi, pool, &mut Done::default())
                 .await;
+        }
+        let request = log.map(|_| access_log::Request::capture(&self.rbuf, head, false));
+        let mut done = Done::default();
+        let req = match hooks {
+            Some(hooks) => match Python::attach(|py| {
+                hooks.begin(py, &self.rbuf, head, self.https, &self.hook_peer)
+            }) {
+                Ok(req) => Some(req),
+                Err(()) => {
+                    done.outcome.status = 500;
+                    let date = shard.date.borrow_mut().get().to_vec();
+                    internal_error(&mut self.out, &date);
+                    None
+                }
+            },
+            None => None,
         };
-        let request = access_log::Request::capture(&self.rbuf, head, false);
-        let mut outcome = Outcome::default();
-        let keep_alive = self
-            .respond_inner(head, info, body, wsgi, pool, &mut outcome)
-            .await;
-        log.log(&self.peer, &request, &outcome);
+        let keep_alive = match (hooks, req) {
+            (Some(_), None) => Some(false),
+            (_, req) => {
+                let keep_alive = self
+                    .respond_inner(head, info, body, wsgi, pool, &mut done)
+                    .await;
+                if let (Some(hooks), Some(req)) = (hooks, req) {
+                    let environ = done.environ.take();
+                    Python::attach(|py| hooks.finish(py, req, environ, &done.outcome));
+                }
+                keep_alive
+            }
+        };
+        if let (Some(log), Some(request)) = (log, request) {
+            log.log(&self.peer, &request, &done.outcome);
+        }
         keep_alive
     }
 
@@ -354,9 +409,10 @@ impl Conn {
         body: Body,
         wsgi: &Wsgi,
         pool: Option<&Pool>,
-        outcome: &mut Outcome,
+        done: &mut Done,
     ) -> Option<bool> {
         let shard = self.shard.clone();
+        let outcome = &mut done.outcome;
         let meta = RequestMeta {
             minor: head.minor,
             is_head: head.is_head(&self.rbuf),
@@ -365,7 +421,8 @@ impl Conn {
             record_headers: shard
                 .access_log
                 .as_ref()
-                .is_some_and(|l| l.format.wants_response_headers),
+                .is_some_and(|l| l.format.wants_response_headers)
+                || shard.request_hooks.as_ref().is_some_and(|h| h.post),
         };
         let slot = shard.board.slot_index(shard.local, 0);
         shard.board.count_request(slot);
@@ -395,6 +452,9 @@ impl Conn {
                 environ
                     .set_item(k.url_scheme.bind(py), k.https.bind(py))
                     .map_err(|_| HttpError::new(500, "environ could not be built"))?;
+            }
+            if shard.request_hooks.as_ref().is_some_and(|h| h.post) {
+                done.environ = Some(environ.clone().into_any().unbind());
             }
             Ok((environ.unbind(), start_response.unbind()))
         });

@@ -17,6 +17,7 @@ use pyo3::prelude::*;
 use crate::access_log::AccessLog;
 use crate::asgi::Asgi;
 use crate::config::{Config, InterfaceMode};
+use crate::hooks::RequestHooks;
 use crate::http::encode::DateCache;
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
@@ -59,6 +60,8 @@ pub struct Shard {
     /// This shard's position in its worker process.
     pub local: usize,
     pub access_log: Option<Arc<AccessLog>>,
+    /// The config file's pre_request and post_request, in this interpreter.
+    pub request_hooks: Option<RequestHooks>,
 }
 
 /// Everything a shard thread starts from.
@@ -75,6 +78,8 @@ pub struct Spec {
     /// The app as the supervisor imported it (`--preload`, main interpreter).
     pub preloaded: Option<Arc<Loaded>>,
     pub access_log: Option<Arc<AccessLog>>,
+    /// The worker's age, for the hooks' `worker.age`.
+    pub age: u64,
 }
 
 /// Runs a shard on the current thread until it has drained after `stop`.
@@ -90,6 +95,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
         stop,
         preloaded,
         access_log,
+        age,
     } = spec;
     if let Some(cpu) = cpu {
         core_affinity::set_for_current(cpu);
@@ -147,6 +153,13 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                 return;
             }
         };
+        let request_hooks = match RequestHooks::load(py, &config, isolation, age) {
+            Ok(hooks) => hooks,
+            Err(msg) => {
+                let _ = ready.send(Ready::Failed(msg));
+                return;
+            }
+        };
         let shard = Rc::new(Shard {
             id,
             config,
@@ -157,6 +170,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             board,
             local,
             access_log,
+            request_hooks,
         });
         match &shard.app {
             App::Wsgi { .. } => {

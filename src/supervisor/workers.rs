@@ -117,6 +117,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
             python_running: fork.python_running,
             preloaded: fork.preloaded,
             hooks: fork.hooks.clone(),
+            age: fork.age,
         });
     }
     drop(write_end);
