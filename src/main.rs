@@ -13,6 +13,7 @@ mod hooks;
 mod http;
 mod logging;
 mod python;
+mod reloader;
 mod scoreboard;
 mod shard;
 mod signals;

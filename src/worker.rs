@@ -77,6 +77,7 @@ pub fn run(spec: Spec) -> ! {
     };
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let mut stops = Vec::new();
+    let mut watch = Vec::new();
     let mut threads = Vec::new();
     // Shards boot one at a time: CPython 3.12 is unsafe when two interpreters
     // initialise the same extension module at once.
@@ -109,7 +110,8 @@ pub fn run(spec: Spec) -> ! {
         }
         stops.push(stop_tx);
         match ready.recv() {
-            Ok(Ready::Serving) => {
+            Ok(Ready::Serving(files)) => {
+                watch.extend(files);
                 let mode = match isolation {
                     Isolation::Subinterpreter => "own sub-interpreter",
                     Isolation::Main => "main interpreter",
@@ -130,6 +132,17 @@ pub fn run(spec: Spec) -> ! {
                 log::error!("Shard {id} stopped while starting");
                 signals::exit_now(WORKER_BOOT_ERROR);
             }
+        }
+    }
+    if let Some(extra) = &config.reload
+        && !watch.is_empty()
+    {
+        watch.extend(extra.iter().cloned());
+        let started = report_pipe
+            .try_clone()
+            .and_then(|pipe| crate::reloader::spawn(watch, pipe));
+        if let Err(e) = started {
+            log::error!("Cannot watch the app's files (--reload): {e}");
         }
     }
     report(&mut report_pipe, "ready");

@@ -44,9 +44,6 @@ const IGNORED: &[&str] = &["worker_connections", "worker_tmp_dir"];
 
 /// Gunicorn settings turbo does not implement yet.
 const NOT_YET: &[&str] = &[
-    "reload",
-    "reload_engine",
-    "reload_extra_files",
     "spew",
     "sendfile",
     "initgroups",

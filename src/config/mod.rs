@@ -83,6 +83,8 @@ pub struct Config {
     /// Directories put at the front of every interpreter's sys.path.
     pub pythonpath: Vec<String>,
     pub raw_env: Vec<(String, String)>,
+    /// `--reload`: the app's modules and these files are watched.
+    pub reload: Option<Vec<PathBuf>>,
     pub umask: u32,
     /// The uid and gid worker processes switch to.
     pub user: Option<u32>,
@@ -721,6 +723,20 @@ impl Config {
                         .collect()
                 })
                 .unwrap_or_default(),
+            reload: match values.one("reload_engine").unwrap_or("auto") {
+                "auto" | "poll" | "inotify" => values.is_set("reload").then(|| {
+                    values
+                        .given
+                        .get("reload_extra_files")
+                        .map(|files| files.iter().map(PathBuf::from).collect())
+                        .unwrap_or_default()
+                }),
+                other => {
+                    return Err(format!(
+                        "invalid value '{other}' for --reload-engine (expected auto, poll or inotify)"
+                    ));
+                }
+            },
             raw_env: values
                 .given
                 .get("raw_env")

@@ -317,6 +317,35 @@ pub static SETTINGS: &[Setting] = &[
         "Switch worker processes to this group (a name or a gid).",
     ),
     setting(
+        "reload",
+        "Debugging",
+        &["--reload"],
+        Bool,
+        "",
+        "",
+        "Start fresh workers when the app's source files change (polled every \
+         second). For development.",
+    ),
+    setting(
+        "reload_engine",
+        "Debugging",
+        &["--reload-engine"],
+        Value,
+        "auto",
+        "STRING",
+        "How --reload notices changes: auto, poll or inotify. turbo always polls.",
+    ),
+    setting(
+        "reload_extra_files",
+        "Debugging",
+        &["--reload-extra-file"],
+        List,
+        "",
+        "FILES",
+        "Further files whose change makes --reload start fresh workers (templates, \
+         configuration). Repeatable.",
+    ),
+    setting(
         "daemon",
         "Server Mechanics",
         &["-D", "--daemon"],

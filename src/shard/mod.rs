@@ -30,7 +30,8 @@ use drain::Drain;
 
 /// What a shard reports once its app is loaded (or failed to load).
 pub enum Ready {
-    Serving,
+    /// Serving; with `--reload`, shard 0 lists the source files it loaded.
+    Serving(Vec<std::path::PathBuf>),
     /// The app refused to load in a sub-interpreter, for the reason given.
     RefusesSubinterpreter(String),
     Failed(String),
@@ -160,6 +161,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                 return;
             }
         };
+        let config_reload = config.reload.is_some();
         let shard = Rc::new(Shard {
             id,
             config,
@@ -172,9 +174,14 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             access_log,
             request_hooks,
         });
+        let watch = if config_reload && id == 0 {
+            crate::reloader::module_files(py)
+        } else {
+            Vec::new()
+        };
         match &shard.app {
             App::Wsgi { .. } => {
-                let _ = ready.send(Ready::Serving);
+                let _ = ready.send(Ready::Serving(watch));
                 runtime::block_on(&rt, serve(shard.clone(), listeners, stop));
             }
             App::Asgi(asgi) => {
@@ -188,7 +195,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                     asgi.run(
                         py,
                         move || {
-                            let _ = serving.send(Ready::Serving);
+                            let _ = serving.send(Ready::Serving(watch));
                         },
                         move || Box::pin(serve(for_serve, listeners, stop)),
                     )

@@ -504,15 +504,23 @@ impl Supervisor {
 
     fn read_reports(&mut self) {
         let mut refused = None;
+        let mut reload = false;
         for w in self.workers.iter_mut() {
             for line in w.read_reports() {
                 if line == "ready" {
                     w.ready = true;
+                } else if line == "reload" {
+                    // One swap at a time; a change during a swap waits for the
+                    // next poll of the new worker.
+                    reload |= !w.retiring;
                 } else if let Some(reason) = line.strip_prefix("refused ") {
                     refused = Some(reason.to_string());
                     w.gone_quietly = true;
                 }
             }
+        }
+        if reload && self.stopping.is_none() && !self.workers.iter().any(|w| w.retiring) {
+            self.replace_all();
         }
         if self.probing && self.workers.iter().any(|w| w.ready) {
             self.probing = false;
