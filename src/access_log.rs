@@ -282,24 +282,37 @@ fn environ(var: &str, e: &Entry<'_>) -> Option<String> {
     })
 }
 
-/// Where access log lines go: standard output, or a file that USR1 reopens.
+/// Where finished requests are reported, as Gunicorn's logger reports them:
+/// access log lines (standard output, or a file that USR1 reopens) and the
+/// StatsD request metrics.
 pub struct AccessLog {
     pub format: Format,
+    /// Whether lines are written at all (`accesslog` is set).
+    lines: bool,
     path: Option<std::path::PathBuf>,
     file: Mutex<Option<std::fs::File>>,
+    statsd: Option<&'static crate::statsd::Statsd>,
 }
 
 impl AccessLog {
-    /// `target` is `-` for standard output, or a file path.
-    pub fn open(target: &str, format: Format) -> std::io::Result<AccessLog> {
-        let path = (target != "-").then(|| std::path::PathBuf::from(target));
+    /// `target` is `-` for standard output, a file path, or None for metrics
+    /// only. None when there is nothing to report to.
+    pub fn open(target: Option<&str>, mut format: Format) -> std::io::Result<Option<AccessLog>> {
+        let statsd = crate::statsd::get();
+        if target.is_none() && statsd.is_none() {
+            return Ok(None);
+        }
+        let path = target.filter(|t| *t != "-").map(std::path::PathBuf::from);
+        format.wants_response_headers &= target.is_some();
         let log = AccessLog {
             format,
+            lines: target.is_some(),
             path,
             file: Mutex::new(None),
+            statsd,
         };
         log.reopen()?;
-        Ok(log)
+        Ok(Some(log))
     }
 
     /// Opens the file again (after log rotation); false for standard output.
@@ -319,6 +332,13 @@ impl AccessLog {
 
     /// Logs a finished request from `remote`.
     pub fn log(&self, remote: &str, request: &Request, outcome: &Outcome) {
+        let duration = request.started.elapsed();
+        if let Some(statsd) = self.statsd {
+            statsd.request(outcome.status, duration);
+        }
+        if !self.lines {
+            return;
+        }
         self.write(&Entry {
             remote,
             method: &request.method,
@@ -330,7 +350,7 @@ impl AccessLog {
             status: outcome.status,
             sent: outcome.sent,
             response_headers: &outcome.headers,
-            duration: request.started.elapsed(),
+            duration,
         });
     }
 

@@ -87,6 +87,13 @@ impl Log for ErrorLog {
         if !self.enabled(record.metadata()) {
             return;
         }
+        if let Some(statsd) = crate::statsd::get() {
+            match record.level() {
+                Level::Error => statsd.increment("gunicorn.log.error"),
+                Level::Warn => statsd.increment("gunicorn.log.warning"),
+                _ => {}
+            }
+        }
         let level = match record.level() {
             Level::Error => "ERROR",
             Level::Warn => "WARNING",

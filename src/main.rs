@@ -17,6 +17,7 @@ mod reloader;
 mod scoreboard;
 mod shard;
 mod signals;
+mod statsd;
 mod supervisor;
 mod worker;
 mod wsgi;

@@ -65,15 +65,13 @@ pub fn run(spec: Spec) -> ! {
         log::error!("{e}");
         signals::exit_now(WORKER_BOOT_ERROR);
     }
-    let access_log = match &config.access_log {
-        Some(target) => match AccessLog::open(target, config.access_log_format.clone()) {
-            Ok(log) => Some(Arc::new(log)),
-            Err(e) => {
-                log::error!("Cannot open the access log {target}: {e}");
-                signals::exit_now(WORKER_BOOT_ERROR);
-            }
-        },
-        None => None,
+    let target = config.access_log.as_deref();
+    let access_log = match AccessLog::open(target, config.access_log_format.clone()) {
+        Ok(log) => log.map(Arc::new),
+        Err(e) => {
+            log::error!("Cannot open the access log {}: {e}", target.unwrap_or("-"));
+            signals::exit_now(WORKER_BOOT_ERROR);
+        }
     };
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let mut stops = Vec::new();

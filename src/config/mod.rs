@@ -94,6 +94,8 @@ pub struct Config {
     pub secure_scheme_headers: crate::http::proxy::SchemeHeaders,
     /// The access log's file (`-` for standard output), if there is one.
     pub access_log: Option<String>,
+    /// `statsd_host`, with `statsd_prefix` and `dogstatsd_tags`.
+    pub statsd: Option<(crate::statsd::Address, String, String)>,
     pub access_log_format: crate::access_log::Format,
     /// What reading the configuration found worth a warning, logged at start.
     pub warnings: Vec<String>,
@@ -775,6 +777,14 @@ impl Config {
                 None => crate::http::proxy::default_scheme_headers(),
             },
             access_log: values.one("accesslog").map(str::to_string),
+            statsd: match values.one("statsd_host") {
+                Some(host) => Some((
+                    crate::statsd::Address::parse(host)?,
+                    values.one("statsd_prefix").unwrap_or("").to_string(),
+                    values.one("dogstatsd_tags").unwrap_or("").to_string(),
+                )),
+                None => None,
+            },
             access_log_format: crate::access_log::Format::parse(
                 values
                     .one("access_log_format")

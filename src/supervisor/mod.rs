@@ -84,6 +84,19 @@ fn prepare_process(config: &Config) {
         eprintln!("turbo: error: cannot open the error log: {e}");
         exit_now(1);
     }
+    if let Some((address, prefix, tags)) = &config.statsd
+        && let Err(e) = crate::statsd::install(address, prefix, tags)
+    {
+        // Gunicorn carries on without metrics when the address fails.
+        log::warn!("Cannot send metrics to statsd at {address:?}: {e}");
+    }
+}
+
+/// The `gunicorn.workers` gauge: turbo's shards stand for Gunicorn's workers.
+fn workers_gauge(shards: usize) {
+    if let Some(statsd) = crate::statsd::get() {
+        statsd.gauge("gunicorn.workers", shards);
+    }
 }
 
 /// `--daemon`: leaves the terminal's session, as Gunicorn does (fork, setsid,
@@ -128,6 +141,7 @@ pub fn run(config: Config) -> ! {
     prepare_process(&config);
     let hooks = Hooks::new(&config);
     hooks.call("nworkers_changed", &[config.cores as i64, -1]);
+    workers_gauge(config.cores);
     hooks.call("on_starting", &[]);
     let signal_fd = match signals::supervisor() {
         Ok(fd) => fd,
@@ -283,6 +297,7 @@ impl Supervisor {
                 self.reload_config();
                 self.hooks
                     .call("nworkers_changed", &[self.cores as i64, before as i64]);
+                workers_gauge(self.cores);
                 self.hooks.call("on_reload", &[]);
                 self.replace_all();
             }
@@ -297,6 +312,7 @@ impl Supervisor {
                     "nworkers_changed",
                     &[self.cores as i64, self.cores as i64 - 1],
                 );
+                workers_gauge(self.cores);
                 if self.isolation == Isolation::Subinterpreter {
                     self.replace_all();
                 }
@@ -312,6 +328,7 @@ impl Supervisor {
                     "nworkers_changed",
                     &[self.cores as i64, self.cores as i64 + 1],
                 );
+                workers_gauge(self.cores);
                 match self.isolation {
                     Isolation::Subinterpreter => self.replace_all(),
                     Isolation::Main => {
