@@ -61,8 +61,6 @@ const NOT_YET: &[&str] = &[
     "proc_name",
     "default_proc_name",
     "paste",
-    "proxy_protocol",
-    "proxy_allow_ips",
     "keyfile",
     "certfile",
     "ssl_version",
@@ -196,6 +194,10 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
                 items
             }
             Kind::Bool => vec![value.is_truthy().map_err(|e| e.to_string())?.to_string()],
+            Kind::Optional(bare) if value.is_instance_of::<PyBool>() => {
+                let on = value.is_truthy().map_err(|e| e.to_string())?;
+                vec![if on { bare } else { setting.default }.to_string()]
+            }
             Kind::List if value.is_instance_of::<PyList>() || value.is_instance_of::<PyTuple>() => {
                 let mut items = Vec::new();
                 for item in value.try_iter().map_err(|e| e.to_string())? {

@@ -91,6 +91,8 @@ pub struct Config {
     pub group: Option<u32>,
     pub daemon: bool,
     pub forwarded_allow_ips: crate::http::proxy::Allow,
+    pub proxy_protocol: crate::http::proxy_protocol::Mode,
+    pub proxy_allow_ips: crate::http::proxy::Allow,
     pub secure_scheme_headers: crate::http::proxy::SchemeHeaders,
     /// The access log's file (`-` for standard output), if there is one.
     pub access_log: Option<String>,
@@ -278,6 +280,11 @@ fn command() -> Command {
             Kind::Bool => arg.action(ArgAction::SetTrue),
             Kind::List => arg.action(ArgAction::Append).value_name(s.meta),
             Kind::Value => arg.action(ArgAction::Set).value_name(s.meta),
+            Kind::Optional(bare) => arg
+                .action(ArgAction::Set)
+                .value_name(s.meta)
+                .num_args(0..=1)
+                .default_missing_value(bare),
         };
         if !s.default.is_empty() {
             arg = arg.default_value(s.default);
@@ -758,6 +765,12 @@ impl Config {
             user: values.one("user").map(user_id).transpose()?,
             group: values.one("group").map(group_id).transpose()?,
             daemon: values.is_set("daemon"),
+            proxy_protocol: crate::http::proxy_protocol::Mode::parse(
+                values.one("proxy_protocol").unwrap_or("off"),
+            )?,
+            proxy_allow_ips: crate::http::proxy::Allow::parse(
+                values.one("proxy_allow_ips").unwrap_or("127.0.0.1,::1"),
+            )?,
             forwarded_allow_ips: crate::http::proxy::Allow::parse(
                 &values
                     .one("forwarded_allow_ips")

@@ -12,6 +12,9 @@ pub enum Kind {
     List,
     /// A flag without a value.
     Bool,
+    /// One value, which may be left out: the flag alone (or `True` in a
+    /// config file) means the value given here.
+    Optional(&'static str),
 }
 
 pub struct Setting {
@@ -48,7 +51,7 @@ const fn setting(
     }
 }
 
-use Kind::{Bool, List, Value};
+use Kind::{Bool, List, Optional, Value};
 
 pub static SETTINGS: &[Setting] = &[
     setting(
@@ -374,6 +377,26 @@ pub static SETTINGS: &[Setting] = &[
         "Headers from a trusted proxy that mean https, with the value that means it \
          (config file only, a dict). Default: X-FORWARDED-PROTOCOL: ssl, \
          X-FORWARDED-PROTO: https, X-FORWARDED-SSL: on.",
+    ),
+    setting(
+        "proxy_protocol",
+        "Server Mechanics",
+        &["--proxy-protocol"],
+        Optional("auto"),
+        "off",
+        "MODE",
+        "Read the PROXY protocol header a load balancer puts before the first request: \
+         off, v1, v2 or auto (the flag alone). The client's address then comes from it.",
+    ),
+    setting(
+        "proxy_allow_ips",
+        "Server Mechanics",
+        &["--proxy-allow-from"],
+        Value,
+        "127.0.0.1,::1",
+        "ADDRESSES",
+        "Peers whose PROXY headers are believed: addresses or CIDR networks, \
+         comma-separated, or *. Others get 403. Unix sockets are always allowed.",
     ),
     setting(
         "preload_app",

@@ -19,6 +19,7 @@ use super::body::Decoder;
 use super::encode;
 use super::parse::{self, RequestHead};
 use super::proxy;
+use super::proxy_protocol;
 use super::stream::{Endpoints, Stream};
 use crate::access_log::{self, Outcome};
 use crate::asgi::http::{self as asgi_http, Peers};
@@ -83,29 +84,13 @@ struct Conn {
 }
 
 pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
-    let Ok(ends) = stream.endpoints(peer) else {
+    let Ok(mut ends) = stream.endpoints(peer) else {
         return;
     };
-    let info = match &shard.app {
-        App::Wsgi { .. } => PeerInfo::Wsgi(Python::attach(|py| ConnInfo::new(py, &ends))),
-        App::Asgi(_) => match Python::attach(|py| Peers::new(py, &ends)) {
-            Ok(peers) => PeerInfo::Asgi(peers),
-            Err(_) => return,
-        },
-    };
-    let hook_peer = Python::attach(|py| match (&shard.request_hooks, &ends) {
-        (None, _) => py.None(),
-        (Some(_), Endpoints::Tcp { peer, .. }) => (peer.ip().to_string(), peer.port())
-            .into_pyobject(py)
-            .map_or_else(|_| py.None(), |t| t.into_any().unbind()),
-        (Some(_), Endpoints::Unix { .. }) => ""
-            .into_pyobject(py)
-            .map_or_else(|_| py.None(), |s| s.into_any().unbind()),
-    });
     let counted = shard.clone();
     let _live = counted.drain.connection();
     let mut conn = Conn {
-        peer: ends.peer_host(),
+        peer: String::new(),
         // Only a process on this host can reach a unix socket: Gunicorn trusts
         // it as a proxy.
         trusted: match &ends {
@@ -113,16 +98,87 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
             Endpoints::Unix { .. } => true,
         },
         https: false,
-        hook_peer,
-        shard,
+        hook_peer: Python::attach(|py| py.None()),
+        shard: shard.clone(),
         stream,
         rbuf: Vec::with_capacity(8192),
         out: Vec::with_capacity(8192),
     };
+    let mut proxied = None;
+    if shard.config.proxy_protocol != proxy_protocol::Mode::Off {
+        let Ok(header) = conn.proxy_header(&ends).await else {
+            return;
+        };
+        if let (Some(header), Endpoints::Tcp { local, .. }) = (&header, &ends)
+            && let Some(client) = header.client
+        {
+            ends = Endpoints::Tcp {
+                peer: client,
+                local: *local,
+            };
+        }
+        proxied = header;
+    }
+    conn.peer = ends.peer_host();
+    let info = match &shard.app {
+        App::Wsgi { .. } => PeerInfo::Wsgi(Python::attach(|py| {
+            ConnInfo::new(py, &ends, proxied.as_ref())
+        })),
+        App::Asgi(_) => match Python::attach(|py| Peers::new(py, &ends)) {
+            Ok(peers) => PeerInfo::Asgi(peers),
+            Err(_) => return,
+        },
+    };
+    if shard.request_hooks.is_some() {
+        conn.hook_peer = Python::attach(|py| match &ends {
+            Endpoints::Tcp { peer, .. } => (peer.ip().to_string(), peer.port())
+                .into_pyobject(py)
+                .map_or_else(|_| py.None(), |t| t.into_any().unbind()),
+            Endpoints::Unix { .. } => ""
+                .into_pyobject(py)
+                .map_or_else(|_| py.None(), |s| s.into_any().unbind()),
+        });
+    }
     conn.run(&info).await;
 }
 
 impl Conn {
+    /// Reads the PROXY header that may open the connection. Err when the
+    /// connection ended or was refused (a bad header, or one from a peer not
+    /// in `proxy_allow_ips`).
+    async fn proxy_header(
+        &mut self,
+        ends: &Endpoints,
+    ) -> Result<Option<proxy_protocol::Header>, ()> {
+        let cfg = self.shard.config.clone();
+        let until = Instant::now() + cfg.header_timeout;
+        loop {
+            match proxy_protocol::parse(&self.rbuf, cfg.proxy_protocol) {
+                Ok(None) => {
+                    if self.read(until, false).await.is_err() {
+                        return Err(());
+                    }
+                }
+                Ok(Some((header, used))) => {
+                    let allowed = match ends {
+                        Endpoints::Tcp { peer, .. } => cfg.proxy_allow_ips.allows(peer.ip()),
+                        Endpoints::Unix { .. } => true,
+                    };
+                    if header.is_some() && !allowed {
+                        self.refuse(HttpError::new(403, "Request forbidden")).await;
+                        return Err(());
+                    }
+                    self.rbuf.drain(..used);
+                    return Ok(header);
+                }
+                Err(err) => {
+                    self.refuse(err).await;
+                    return Err(());
+                }
+            }
+        }
+    }
+
     async fn run(&mut self, info: &PeerInfo) {
         let mut head = RequestHead::default();
         let cfg = self.shard.config.clone();

@@ -7,6 +7,7 @@ pub mod conn;
 pub mod encode;
 pub mod parse;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod stream;
 pub mod websocket;
 

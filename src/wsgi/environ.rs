@@ -10,6 +10,7 @@ use pyo3::types::{PyDict, PyString};
 use super::Wsgi;
 use crate::http::HttpError;
 use crate::http::parse::RequestHead;
+use crate::http::proxy_protocol::Header;
 use crate::http::stream::Endpoints;
 
 /// Per-connection values, made once and reused for every request on it.
@@ -19,25 +20,39 @@ pub struct ConnInfo {
     pub remote_port: Option<Py<PyString>>,
     pub server_name: Py<PyString>,
     pub server_port: Py<PyString>,
+    /// Gunicorn's PROXY_PROTOCOL, PROXY_ADDR and PROXY_PORT, when a PROXY
+    /// header opened the connection.
+    pub proxy: Vec<(Py<PyString>, Py<PyString>)>,
 }
 
 impl ConnInfo {
-    pub fn new(py: Python<'_>, ends: &Endpoints) -> Self {
+    pub fn new(py: Python<'_>, ends: &Endpoints, proxied: Option<&Header>) -> Self {
         let text = |s: &str| PyString::new(py, s).unbind();
-        match ends {
+        let mut proxy = Vec::new();
+        if let Some(header) = proxied {
+            proxy.push((text("PROXY_PROTOCOL"), text(header.protocol)));
+            if let Some(addr) = header.proxy {
+                proxy.push((text("PROXY_ADDR"), text(&addr.ip().to_string())));
+                proxy.push((text("PROXY_PORT"), text(&addr.port().to_string())));
+            }
+        }
+        let info = match ends {
             Endpoints::Tcp { peer, local } => ConnInfo {
                 remote_addr: text(&peer.ip().to_string()),
                 remote_port: Some(text(&peer.port().to_string())),
                 server_name: text(&local.ip().to_string()),
                 server_port: text(&local.port().to_string()),
+                proxy: Vec::new(),
             },
             Endpoints::Unix { path } => ConnInfo {
                 remote_addr: text(""),
                 remote_port: None,
                 server_name: text(&path.to_string_lossy()),
                 server_port: text(""),
+                proxy: Vec::new(),
             },
-        }
+        };
+        ConnInfo { proxy, ..info }
     }
 }
 
@@ -199,6 +214,9 @@ impl Wsgi {
         set(&k.remote_addr, conn.remote_addr.bind(py).clone().into_any())?;
         if let Some(port) = &conn.remote_port {
             set(&k.remote_port, port.bind(py).clone().into_any())?;
+        }
+        for (key, value) in &conn.proxy {
+            set(key, value.bind(py).clone().into_any())?;
         }
         set(&k.wsgi_input, input)?;
         for (name, value) in &head.headers {
