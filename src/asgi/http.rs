@@ -30,6 +30,7 @@ use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
 use crate::http::parse::RequestHead;
 use crate::http::stream::{Endpoints, Stream};
+use crate::http::tls::{Facts, Tls};
 use crate::http::{HttpError, reason};
 use crate::wsgi::environ::{percent_decode, split_target};
 
@@ -42,10 +43,42 @@ const WRITE_STALL: Duration = Duration::from_secs(30);
 pub struct Peers {
     client: Py<PyAny>,
     server: Py<PyAny>,
+    /// On a TLS connection, the HTTP and WebSocket `extensions` with `tls`
+    /// added; each request gets a copy.
+    tls_extensions: Option<(Py<PyDict>, Py<PyDict>)>,
 }
 
 impl Peers {
-    pub fn new(py: Python<'_>, ends: &Endpoints) -> PyResult<Peers> {
+    pub fn new(
+        py: Python<'_>,
+        asgi: &Asgi,
+        ends: &Endpoints,
+        tls: Option<(Facts, &Tls)>,
+    ) -> PyResult<Peers> {
+        let tls_extensions = match tls {
+            Some((facts, config)) => {
+                // The ASGI TLS extension (spec version 0.2).
+                let info = PyDict::new(py);
+                info.set_item("server_cert", &config.server_cert_pem)?;
+                info.set_item("client_cert_chain", PyList::new(py, &facts.client_chain)?)?;
+                info.set_item("client_cert_name", facts.client_name)?;
+                info.set_item("client_cert_error", py.None())?;
+                info.set_item("tls_version", facts.version)?;
+                info.set_item("cipher_suite", facts.cipher_suite)?;
+                let with_tls = |template: &Py<PyDict>| -> PyResult<Py<PyDict>> {
+                    let extensions = template
+                        .bind(py)
+                        .get_item("extensions")?
+                        .map(|e| e.cast_into::<PyDict>().map_err(PyErr::from))
+                        .transpose()?
+                        .map_or_else(|| Ok(PyDict::new(py)), |e| e.copy())?;
+                    extensions.set_item("tls", &info)?;
+                    Ok(extensions.unbind())
+                };
+                Some((with_tls(&asgi.http_template)?, with_tls(&asgi.ws_template)?))
+            }
+            None => None,
+        };
         let pair = |host: String, port: Option<u16>| -> PyResult<Py<PyAny>> {
             Ok(PyTuple::new(
                 py,
@@ -61,11 +94,13 @@ impl Peers {
             Endpoints::Tcp { peer, local } => Peers {
                 client: pair(peer.ip().to_string(), Some(peer.port()))?,
                 server: pair(local.ip().to_string(), Some(local.port()))?,
+                tls_extensions,
             },
             // The ASGI spec: no client, and the server as [path, None].
             Endpoints::Unix { path } => Peers {
                 client: py.None(),
                 server: pair(path.to_string_lossy().into_owned(), None)?,
+                tls_extensions,
             },
         })
     }
@@ -200,6 +235,10 @@ pub(super) fn scope<'py>(
         scope.set_item(k.client.bind(py), peers.client.bind(py))?;
         scope.set_item(k.server.bind(py), peers.server.bind(py))?;
         scope.set_item(k.state.bind(py), asgi.state.bind(py).copy()?)?;
+        if let Some((http, ws)) = &peers.tls_extensions {
+            let extensions = if websocket { ws } else { http };
+            scope.set_item("extensions", extensions.bind(py).copy()?)?;
+        }
         Ok(())
     })();
     filled.map_err(internal)?;

@@ -61,14 +61,6 @@ const NOT_YET: &[&str] = &[
     "proc_name",
     "default_proc_name",
     "paste",
-    "keyfile",
-    "certfile",
-    "ssl_version",
-    "cert_reqs",
-    "ca_certs",
-    "suppress_ragged_eofs",
-    "do_handshake_on_connect",
-    "ciphers",
     "raw_paste_global_conf",
     "permit_obsolete_folding",
     "strip_header_spaces",
@@ -210,15 +202,10 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
         };
         file.values.given.insert(setting.name, list);
     }
-    let not_yet: Vec<&str> = hooks
-        .iter()
-        .map(String::as_str)
-        .filter(|h| *h == "ssl_context")
-        .collect();
-    if !not_yet.is_empty() {
+    if hooks.iter().any(|h| h == "ssl_context") {
         file.warnings.push(format!(
-            "{location}: these hooks are not called by turbo yet: {}",
-            not_yet.join(", ")
+            "{location}: the ssl_context hook is not called: turbo's TLS is rustls, set up by \
+             certfile, keyfile, ca_certs, cert_reqs and ciphers"
         ));
     }
     for name in others {

@@ -92,6 +92,8 @@ pub struct Config {
     pub daemon: bool,
     pub forwarded_allow_ips: crate::http::proxy::Allow,
     pub proxy_protocol: crate::http::proxy_protocol::Mode,
+    /// HTTPS (`certfile`): every TCP bind speaks TLS.
+    pub tls: Option<std::sync::Arc<crate::http::tls::Tls>>,
     pub proxy_allow_ips: crate::http::proxy::Allow,
     pub secure_scheme_headers: crate::http::proxy::SchemeHeaders,
     /// The access log's file (`-` for standard output), if there is one.
@@ -765,6 +767,21 @@ impl Config {
             user: values.one("user").map(user_id).transpose()?,
             group: values.one("group").map(group_id).transpose()?,
             daemon: values.is_set("daemon"),
+            tls: match values.one("certfile") {
+                Some(certfile) => Some(std::sync::Arc::new(crate::http::tls::Tls::load(
+                    &crate::http::tls::Settings {
+                        certfile: std::path::Path::new(certfile),
+                        keyfile: values.one("keyfile").map(std::path::Path::new),
+                        ca_certs: values.one("ca_certs").map(std::path::Path::new),
+                        cert_reqs: value(values, "cert_reqs", "0, 1 or 2")?,
+                        ciphers: values.one("ciphers"),
+                    },
+                )?)),
+                None if values.one("keyfile").is_some() => {
+                    return Err("keyfile needs certfile".into());
+                }
+                None => None,
+            },
             proxy_protocol: crate::http::proxy_protocol::Mode::parse(
                 values.one("proxy_protocol").unwrap_or("off"),
             )?,

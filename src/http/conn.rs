@@ -20,7 +20,8 @@ use super::encode;
 use super::parse::{self, RequestHead};
 use super::proxy;
 use super::proxy_protocol;
-use super::stream::{Endpoints, Stream};
+use super::stream::{Endpoints, HandshakeError, Stream};
+use super::tls;
 use crate::access_log::{self, Outcome};
 use crate::asgi::http::{self as asgi_http, Peers};
 use crate::asgi::websocket as asgi_ws;
@@ -73,8 +74,11 @@ struct Conn {
     peer: String,
     /// The peer is a trusted proxy (`forwarded_allow_ips`).
     trusted: bool,
-    /// The current request came through https, as its trusted proxy says.
+    /// The current request came through https: over TLS, or as its trusted
+    /// proxy says.
     https: bool,
+    /// The connection is TLS.
+    tls: bool,
     /// The client's address as the request hooks' `req.peer_addr` (None when
     /// no hooks are defined).
     hook_peer: Py<PyAny>,
@@ -98,6 +102,7 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
             Endpoints::Unix { .. } => true,
         },
         https: false,
+        tls: false,
         hook_peer: Python::attach(|py| py.None()),
         shard: shard.clone(),
         stream,
@@ -119,12 +124,43 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
         }
         proxied = header;
     }
+    let tls = match &conn.stream {
+        Stream::Tls(tls) => Some(tls.clone()),
+        _ => None,
+    };
+    if let Some(tls) = &tls {
+        let until = Instant::now() + shard.config.header_timeout;
+        let early = std::mem::take(&mut conn.rbuf);
+        match tls.handshake(&early, until).await {
+            Ok(()) => conn.tls = true,
+            Err(HandshakeError::PlainHttp) => {
+                // As nginx answers it, in plain text, so the mistake is plain.
+                let raw = tls.tcp();
+                let date = shard.date.borrow_mut().get().to_vec();
+                let mut out = Vec::new();
+                encode::error_response(
+                    &mut out,
+                    HttpError::bad_request("The plain HTTP request was sent to HTTPS port"),
+                    &date,
+                );
+                let _ = compio::time::timeout(WRITE_STALL, { &raw }.write_all(out)).await;
+                return;
+            }
+            Err(HandshakeError::Failed) => return,
+        }
+    }
     conn.peer = ends.peer_host();
     let info = match &shard.app {
         App::Wsgi { .. } => PeerInfo::Wsgi(Python::attach(|py| {
             ConnInfo::new(py, &ends, proxied.as_ref())
         })),
-        App::Asgi(_) => match Python::attach(|py| Peers::new(py, &ends)) {
+        App::Asgi(asgi) => match Python::attach(|py| {
+            let facts = match (&tls, &shard.config.tls) {
+                (Some(t), Some(config)) => Some((tls::lock(&t.session).facts(), config.as_ref())),
+                _ => None,
+            };
+            Peers::new(py, asgi, &ends, facts)
+        }) {
             Ok(peers) => PeerInfo::Asgi(peers),
             Err(_) => return,
         },
@@ -152,11 +188,18 @@ impl Conn {
     ) -> Result<Option<proxy_protocol::Header>, ()> {
         let cfg = self.shard.config.clone();
         let until = Instant::now() + cfg.header_timeout;
+        // The header comes before any TLS, so it is read from the socket itself.
+        let mut raw = match &self.stream {
+            Stream::Tls(tls) => tls.tcp(),
+            other => other.clone(),
+        };
         loop {
             match proxy_protocol::parse(&self.rbuf, cfg.proxy_protocol) {
                 Ok(None) => {
-                    if self.read(until, false).await.is_err() {
-                        return Err(());
+                    let buf = std::mem::take(&mut self.rbuf);
+                    match compio::time::timeout_at(until, raw.append(buf)).await {
+                        Ok(BufResult(Ok(n), buf)) if n > 0 => self.rbuf = buf,
+                        _ => return Err(()),
                     }
                 }
                 Ok(Some((header, used))) => {
@@ -222,10 +265,10 @@ impl Conn {
             first = false;
             self.https = match self.trusted {
                 true => match proxy::is_https(&self.rbuf, &head, &cfg.secure_scheme_headers) {
-                    Ok(https) => https,
+                    Ok(https) => https || self.tls,
                     Err(err) => return self.refuse(err).await,
                 },
-                false => false,
+                false => self.tls,
             };
             let shard = self.shard.clone();
             let keep_alive = match (&shard.app, info) {
@@ -344,6 +387,9 @@ impl Conn {
 
     /// Half-closes and drains input until the client closes, for at most LINGER.
     async fn linger(&mut self) {
+        if let Stream::Tls(tls) = &self.stream {
+            tls.close_notify().await;
+        }
         // SAFETY: shutdown on our own socket descriptor.
         unsafe { libc::shutdown(self.stream.as_raw_fd(), libc::SHUT_WR) };
         let until = Instant::now() + LINGER;
@@ -384,6 +430,10 @@ impl Conn {
                 let pending = self.rbuf.split_off(used);
                 let stream = BodyStream::new(
                     self.stream.as_raw_fd(),
+                    match &self.stream {
+                        Stream::Tls(tls) => Some(tls.session.clone()),
+                        _ => None,
+                    },
                     pending,
                     decoder,
                     waiting_for_continue,

@@ -9,6 +9,7 @@ pub mod parse;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod stream;
+pub mod tls;
 pub mod websocket;
 
 /// A request the server refuses, with the status that says why. Each one closes the

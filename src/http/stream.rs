@@ -1,21 +1,27 @@
-//! A client connection's socket, TCP or unix, behind one type, so the HTTP and
-//! ASGI code reads and writes without caring which bind it came from. Cloning
-//! gives a second handle to the same socket, so a read can stay in flight while
-//! a write goes out.
+//! A client connection's socket, TCP, unix or TLS, behind one type, so the
+//! HTTP and ASGI code reads and writes without caring which bind it came from.
+//! Cloning gives a second handle to the same socket, so a read can stay in
+//! flight while a write goes out.
 
+use std::io::ErrorKind::InvalidData;
 use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use compio::BufResult;
 use compio::buf::{IoBuf, IoBufMut};
-use compio::io::{AsyncRead, AsyncWrite};
+use compio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpStream, UnixStream};
+
+use super::tls::{Session, SharedSession, Tls, lock, looks_like_tls};
 
 #[derive(Clone)]
 pub enum Stream {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(TlsStream),
 }
 
 /// Where the client and the server are, as the app sees them.
@@ -44,7 +50,7 @@ impl Endpoints {
 impl Stream {
     pub fn endpoints(&self, peer: Option<SocketAddr>) -> std::io::Result<Endpoints> {
         match self {
-            Stream::Tcp(s) => Ok(Endpoints::Tcp {
+            Stream::Tls(TlsStream { tcp: s, .. }) | Stream::Tcp(s) => Ok(Endpoints::Tcp {
                 peer: match peer {
                     Some(peer) => peer,
                     None => s.peer_addr()?,
@@ -67,6 +73,7 @@ impl AsRawFd for Stream {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
+            Stream::Tls(s) => s.tcp.as_raw_fd(),
         }
     }
 }
@@ -76,6 +83,7 @@ impl AsyncRead for &Stream {
         match self {
             Stream::Tcp(s) => { s }.read(buf).await,
             Stream::Unix(s) => { s }.read(buf).await,
+            Stream::Tls(s) => s.read(buf).await,
         }
     }
 }
@@ -91,6 +99,7 @@ impl AsyncWrite for &Stream {
         match self {
             Stream::Tcp(s) => { s }.write(buf).await,
             Stream::Unix(s) => { s }.write(buf).await,
+            Stream::Tls(s) => s.write(buf).await,
         }
     }
 
@@ -102,6 +111,10 @@ impl AsyncWrite for &Stream {
         match self {
             Stream::Tcp(s) => { s }.shutdown().await,
             Stream::Unix(s) => { s }.shutdown().await,
+            Stream::Tls(s) => {
+                s.close_notify().await;
+                { &s.tcp }.shutdown().await
+            }
         }
     }
 }
@@ -117,5 +130,116 @@ impl AsyncWrite for Stream {
 
     async fn shutdown(&mut self) -> std::io::Result<()> {
         (&*self).shutdown().await
+    }
+}
+
+/// A TLS connection: TCP underneath, with the session that encrypts and
+/// decrypts what crosses it.
+#[derive(Clone)]
+pub struct TlsStream {
+    tcp: TcpStream,
+    pub session: SharedSession,
+}
+
+/// Why a TLS connection never got to HTTP.
+pub enum HandshakeError {
+    /// The client spoke plain HTTP to the TLS port.
+    PlainHttp,
+    /// It left, stalled, or failed the handshake.
+    Failed,
+}
+
+impl TlsStream {
+    pub fn new(tcp: TcpStream, tls: &Tls) -> std::io::Result<TlsStream> {
+        let session = Session::new(tls).map_err(std::io::Error::other)?;
+        Ok(TlsStream {
+            tcp,
+            session: Arc::new(Mutex::new(session)),
+        })
+    }
+
+    /// The socket under the encryption, for what comes before the handshake
+    /// (a PROXY header).
+    pub fn tcp(&self) -> Stream {
+        Stream::Tcp(self.tcp.clone())
+    }
+
+    /// Completes the handshake by `until`. `early` holds bytes already read
+    /// from the socket.
+    pub async fn handshake(&self, early: &[u8], until: Instant) -> Result<(), HandshakeError> {
+        let mut fed_any = false;
+        let mut cipher = early.to_vec();
+        loop {
+            if !cipher.is_empty() {
+                if !fed_any && !looks_like_tls(cipher[0]) {
+                    return Err(HandshakeError::PlainHttp);
+                }
+                fed_any = true;
+                let fed = lock(&self.session).feed(&cipher);
+                if let Err(e) = fed {
+                    log::debug!("TLS handshake failed: {e}");
+                    let mut alert = Vec::new();
+                    lock(&self.session).pending_output(&mut alert);
+                    let _ = compio::time::timeout_at(until, { &self.tcp }.write_all(alert)).await;
+                    return Err(HandshakeError::Failed);
+                }
+            }
+            let mut out = Vec::new();
+            lock(&self.session).pending_output(&mut out);
+            if !out.is_empty() {
+                match compio::time::timeout_at(until, { &self.tcp }.write_all(out)).await {
+                    Ok(BufResult(Ok(()), _)) => {}
+                    _ => return Err(HandshakeError::Failed),
+                }
+            }
+            if !lock(&self.session).is_handshaking() {
+                return Ok(());
+            }
+            cipher.clear();
+            cipher.reserve(16 * 1024);
+            match compio::time::timeout_at(until, { &self.tcp }.append(cipher)).await {
+                Ok(BufResult(Ok(n), read)) if n > 0 => cipher = read,
+                _ => return Err(HandshakeError::Failed),
+            }
+        }
+    }
+
+    async fn read<B: IoBufMut>(&self, mut buf: B) -> BufResult<usize, B> {
+        loop {
+            {
+                let mut session = lock(&self.session);
+                if session.has_plain() || session.is_closed() {
+                    let n = session.take_into(buf.as_uninit());
+                    // SAFETY: take_into initialised the first n bytes.
+                    unsafe { buf.advance_to(n) };
+                    return BufResult(Ok(n), buf);
+                }
+            }
+            let cipher = Vec::with_capacity(16 * 1024);
+            let BufResult(read, cipher) = { &self.tcp }.read(cipher).await;
+            match read {
+                Ok(0) => return BufResult(Ok(0), buf),
+                Ok(_) => {}
+                Err(e) => return BufResult(Err(e), buf),
+            }
+            if let Err(e) = lock(&self.session).feed(&cipher) {
+                return BufResult(Err(std::io::Error::new(InvalidData, e)), buf);
+            }
+        }
+    }
+
+    async fn write<T: IoBuf>(&self, buf: T) -> BufResult<usize, T> {
+        let mut out = Vec::with_capacity(buf.buf_len() + 64);
+        lock(&self.session).encrypt(buf.as_init(), &mut out);
+        let n = buf.buf_len();
+        let BufResult(written, _) = { &self.tcp }.write_all(out).await;
+        BufResult(written.map(|()| n), buf)
+    }
+
+    /// Says close_notify, so the client knows the response is whole.
+    pub async fn close_notify(&self) {
+        let mut out = Vec::new();
+        lock(&self.session).close_notify(&mut out);
+        let _ = { &self.tcp }.write_all(out).await;
     }
 }

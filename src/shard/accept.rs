@@ -10,7 +10,7 @@ use futures_util::future::Either;
 use socket2::Socket;
 
 use super::Shard;
-use crate::http::stream::Stream;
+use crate::http::stream::{Stream, TlsStream};
 
 /// One listening socket as a shard sees it.
 pub struct Listener {
@@ -78,7 +78,13 @@ async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
                     UnixStream::from_std(socket.into()).map(Stream::Unix)
                 } else {
                     let _ = socket.set_tcp_nodelay(true);
-                    TcpStream::from_std(socket.into()).map(Stream::Tcp)
+                    let tcp = TcpStream::from_std(socket.into());
+                    match &shard.config.tls {
+                        Some(tls) => tcp
+                            .and_then(|tcp| TlsStream::new(tcp, tls))
+                            .map(Stream::Tls),
+                        None => tcp.map(Stream::Tcp),
+                    }
                 };
                 match stream {
                     Ok(stream) => {

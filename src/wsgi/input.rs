@@ -14,12 +14,15 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCFunction, PyDict, PyTuple};
 
 use crate::http::body::Decoder;
+use crate::http::tls::{SharedSession, lock};
 
 const READ_SIZE: usize = 64 * 1024;
 
 /// The state of a request body being read by the app.
 pub struct BodyStream {
     fd: RawFd,
+    /// A TLS connection's session: what is read is decrypted through it.
+    tls: Option<SharedSession>,
     /// Bytes read from the socket and not yet decoded. What is left here once the
     /// body is done belongs to the next pipelined request.
     pub pending: Vec<u8>,
@@ -35,6 +38,7 @@ pub type SharedBody = Arc<Mutex<Option<BodyStream>>>;
 impl BodyStream {
     pub fn new(
         fd: RawFd,
+        tls: Option<SharedSession>,
         pending: Vec<u8>,
         decoder: Decoder,
         continue_needed: bool,
@@ -42,6 +46,7 @@ impl BodyStream {
     ) -> Self {
         BodyStream {
             fd,
+            tls,
             pending,
             decoder,
             continue_needed,
@@ -53,7 +58,15 @@ impl BodyStream {
     fn pull(&mut self) -> Result<Vec<u8>, String> {
         if self.continue_needed {
             self.continue_needed = false;
-            send_all(self.fd, b"HTTP/1.1 100 Continue\r\n\r\n", self.timeout)?;
+            let line = b"HTTP/1.1 100 Continue\r\n\r\n";
+            match &self.tls {
+                Some(tls) => {
+                    let mut out = Vec::new();
+                    lock(tls).encrypt(line, &mut out);
+                    send_all(self.fd, &out, self.timeout)?;
+                }
+                None => send_all(self.fd, line, self.timeout)?,
+            }
         }
         let mut out = Vec::new();
         loop {
@@ -65,6 +78,13 @@ impl BodyStream {
             if !out.is_empty() || self.decoder.is_done() {
                 return Ok(out);
             }
+            if let Some(tls) = &self.tls {
+                let plain = lock(tls).take_all();
+                if !plain.is_empty() {
+                    self.pending.extend_from_slice(&plain);
+                    continue;
+                }
+            }
             let fd = self.fd;
             let timeout = self.timeout;
             let mut chunk = vec![0u8; READ_SIZE];
@@ -72,7 +92,18 @@ impl BodyStream {
             if n == 0 {
                 return Err("client disconnected before the end of the body".into());
             }
-            self.pending.extend_from_slice(&chunk[..n]);
+            match &self.tls {
+                Some(tls) => {
+                    let mut session = lock(tls);
+                    session
+                        .feed(&chunk[..n])
+                        .map_err(|e| format!("TLS failed: {e}"))?;
+                    if session.is_closed() && !session.has_plain() {
+                        return Err("client disconnected before the end of the body".into());
+                    }
+                }
+                None => self.pending.extend_from_slice(&chunk[..n]),
+            }
         }
     }
 }
