@@ -187,6 +187,24 @@ def test_max_requests_recycles_without_failures(turbo):
     assert len(load.pids) >= 2
 
 
+def test_ttou_stops_routing_to_the_retiring_shard_first(turbo):
+    """The retiring shard's worker is frozen, so it can accept nothing: every
+    connection made after TTOU must still be served, by the other shard. A
+    connection queued on the retiring socket would hang, then be reset."""
+    srv = turbo("lifecycle:app", "--cores", "2", "--isolation", "process")
+    pids = [int(p) for p in re.findall(r"Started worker \(pid:(\d+)\) for shard\(s\) \[1\]", srv.log)]
+    assert len(pids) == 1, srv.log
+    os.kill(pids[0], signal.SIGSTOP)
+    try:
+        srv.proc.send_signal(signal.SIGTTOU)
+        srv.wait_for(r"Shards: 1")
+        served = {worker_pid(srv) for _ in range(30)}
+        assert pids[0] not in served and len(served) == 1
+    finally:
+        os.kill(pids[0], signal.SIGCONT)
+    srv.wait_for(re.escape(f"Worker (pid:{pids[0]}) exited"), timeout=30)
+
+
 def test_ttin_and_ttou_change_the_shard_count(turbo):
     srv = turbo("lifecycle:app", "--cores", "1")
     load = Load(srv, clients=2)

@@ -159,6 +159,7 @@ pub fn run(config: Config) -> ! {
         log::error!("{e}");
         exit_now(1);
     }
+    sockets.steer(config.cores);
     if sockets.systemd_activated() {
         log::info!("Using sockets passed by systemd (LISTEN_FDS); binds are ignored");
     }
@@ -307,6 +308,7 @@ impl Supervisor {
                     return;
                 }
                 self.cores += 1;
+                self.sockets.steer(self.cores);
                 log::info!("Shards: {}", self.cores);
                 self.hooks.call(
                     "nworkers_changed",
@@ -323,6 +325,7 @@ impl Supervisor {
                     return;
                 }
                 self.cores -= 1;
+                self.sockets.steer(self.cores);
                 log::info!("Shards: {}", self.cores);
                 self.hooks.call(
                     "nworkers_changed",
@@ -376,6 +379,7 @@ impl Supervisor {
         }
         log::set_max_level(config.log_level);
         self.cores = config.cores;
+        self.sockets.steer(self.cores);
         self.hooks = Hooks::new(&config);
         self.config = Arc::new(config);
     }

@@ -273,12 +273,93 @@ impl Sockets {
         (fds, env)
     }
 
+    /// Sends new connections on each TCP bind to the sockets of shards
+    /// `0..shards` only, picked at random. Called whenever the shard count
+    /// changes: a shard about to retire stops getting connections first, so
+    /// none can be queued on a socket that then closes (which would reset it).
+    pub fn steer(&self, shards: usize) {
+        // With reuse_port the group may hold another server's sockets too.
+        let Some(first) = self.per_shard.first().filter(|_| !self.reuse_port) else {
+            return;
+        };
+        for (bind, listener) in self.binds.iter().zip(first) {
+            if matches!(bind, Bind::Tcp(_))
+                && let Err(e) = steer_group(&listener.socket, shards)
+            {
+                log::debug!("Cannot steer connections on {bind}: {e}");
+            }
+        }
+    }
+
     /// Removes the unix socket files this supervisor created; called at exit
     /// unless a successor took the sockets over.
     pub fn remove_unix_files(&self) {
         for path in &self.unix_paths {
             let _ = std::fs::remove_file(path);
         }
+    }
+}
+
+/// Attaches to `socket`'s SO_REUSEPORT group a classic BPF program that
+/// returns `random % shards`: the index of the socket to take the connection,
+/// in the order the group's sockets started listening (shard order).
+fn steer_group(socket: &Socket, shards: usize) -> std::io::Result<()> {
+    #[repr(C)]
+    struct Instruction {
+        code: u16,
+        jt: u8,
+        jf: u8,
+        k: u32,
+    }
+    #[repr(C)]
+    struct Program {
+        len: u16,
+        filter: *const Instruction,
+    }
+    // BPF_LD | BPF_W | BPF_ABS, BPF_ALU | BPF_MOD | BPF_K, BPF_RET | BPF_A.
+    const LD_W_ABS: u16 = 0x20;
+    const ALU_MOD_K: u16 = 0x94;
+    const RET_A: u16 = 0x16;
+    const SO_ATTACH_REUSEPORT_CBPF: libc::c_int = 51;
+    let random = (libc::SKF_AD_OFF + libc::SKF_AD_RANDOM) as u32;
+    let code = [
+        Instruction {
+            code: LD_W_ABS,
+            jt: 0,
+            jf: 0,
+            k: random,
+        },
+        Instruction {
+            code: ALU_MOD_K,
+            jt: 0,
+            jf: 0,
+            k: u32::try_from(shards.max(1)).unwrap_or(u32::MAX),
+        },
+        Instruction {
+            code: RET_A,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
+    ];
+    let program = Program {
+        len: code.len() as u16,
+        filter: code.as_ptr(),
+    };
+    // SAFETY: the program and its instructions outlive the call, which copies them.
+    let done = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_ATTACH_REUSEPORT_CBPF,
+            (&raw const program).cast(),
+            std::mem::size_of::<Program>() as libc::socklen_t,
+        )
+    };
+    if done == 0 {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error())
     }
 }
 
