@@ -24,6 +24,8 @@ enum Part {
 /// A parsed `access_log_format`.
 #[derive(Debug, Clone)]
 pub struct Format {
+    /// The format as given, which Python's logging gets as the message.
+    source: String,
     parts: Vec<Part>,
     /// Whether any atom reads a response header (`{name}o`), which costs a copy.
     pub wants_response_headers: bool,
@@ -71,6 +73,7 @@ impl Format {
             .iter()
             .any(|p| matches!(p, Part::Atom(a) if a.starts_with('{') && a.ends_with("}o")));
         Ok(Format {
+            source: format.to_string(),
             parts,
             wants_response_headers,
         })
@@ -207,6 +210,42 @@ fn basic_user(headers: &[(Vec<u8>, Vec<u8>)]) -> Option<String> {
 }
 
 impl Format {
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
+    /// The atoms Gunicorn passes to its access logger as the record's
+    /// arguments: every letter atom, every request and response header
+    /// (`{name}i`, `{name}o`), and whatever else the format names.
+    pub fn atoms(&self, entry: &Entry<'_>) -> Vec<(String, String)> {
+        const LETTERS: [&str; 19] = [
+            "h", "l", "u", "t", "r", "s", "m", "U", "q", "H", "b", "B", "f", "a", "T", "D", "M",
+            "L", "p",
+        ];
+        let mut atoms: Vec<(String, String)> = LETTERS
+            .iter()
+            .map(|name| (name.to_string(), escaped(&self.atom(name, entry))))
+            .collect();
+        let headers = |list: &[(Vec<u8>, Vec<u8>)], kind: char| {
+            list.iter()
+                .map(|(n, v)| {
+                    let name = format!("{{{}}}{kind}", latin1(n).to_ascii_lowercase());
+                    (name, escaped(&latin1(v)))
+                })
+                .collect::<Vec<_>>()
+        };
+        atoms.extend(headers(entry.request_headers, 'i'));
+        atoms.extend(headers(entry.response_headers, 'o'));
+        for part in &self.parts {
+            if let Part::Atom(name) = part
+                && !atoms.iter().any(|(n, _)| n == name)
+            {
+                atoms.push((name.clone(), escaped(&self.atom(name, entry))));
+            }
+        }
+        atoms
+    }
+
     /// The log line for `entry`, without the newline.
     pub fn line(&self, entry: &Entry<'_>) -> String {
         let mut out = String::with_capacity(128);
@@ -289,6 +328,8 @@ pub struct AccessLog {
     pub format: Format,
     /// Whether lines are written at all (`accesslog` is set).
     lines: bool,
+    /// Records go to Python's logging.
+    python: bool,
     path: Option<std::path::PathBuf>,
     file: Mutex<Option<std::fs::File>>,
     statsd: Option<&'static crate::statsd::Statsd>,
@@ -296,17 +337,25 @@ pub struct AccessLog {
 
 impl AccessLog {
     /// `target` is `-` for standard output, a file path, or None for metrics
-    /// only. None when there is nothing to report to.
+    /// only. None when there is nothing to report to. With Python's logging
+    /// configured, records go to its `gunicorn.access` logger instead, which
+    /// has `target` among its handlers.
     pub fn open(target: Option<&str>, mut format: Format) -> std::io::Result<Option<AccessLog>> {
         let statsd = crate::statsd::get();
-        if target.is_none() && statsd.is_none() {
+        let python = crate::logging::python::active();
+        if target.is_none() && statsd.is_none() && !python {
             return Ok(None);
         }
-        let path = target.filter(|t| *t != "-").map(std::path::PathBuf::from);
-        format.wants_response_headers &= target.is_some();
+        let path = target
+            .filter(|t| *t != "-" && !python)
+            .map(std::path::PathBuf::from);
+        // Python's access records carry every response header, as Gunicorn's do.
+        format.wants_response_headers =
+            (format.wants_response_headers && target.is_some()) || python;
         let log = AccessLog {
             format,
-            lines: target.is_some(),
+            lines: target.is_some() || python,
+            python,
             path,
             file: Mutex::new(None),
             statsd,
@@ -355,6 +404,12 @@ impl AccessLog {
     }
 
     fn write(&self, entry: &Entry<'_>) {
+        if self.python {
+            let record = crate::logging::python::Entry::Access(self.format.atoms(entry));
+            if crate::logging::python::send(record).is_ok() {
+                return;
+            }
+        }
         let mut line = self.format.line(entry);
         line.push('\n');
         // One write per line keeps lines whole across shards and workers.

@@ -19,6 +19,9 @@ pub fn module_files(py: Python<'_>) -> Vec<PathBuf> {
     let listed = py
         .import("sys")
         .and_then(|sys| sys.getattr("modules"))
+        // A copy: reading a lazy module's __file__ may import, and change
+        // sys.modules while it is being walked.
+        .and_then(|modules| modules.call_method0("copy"))
         .and_then(|modules| modules.call_method0("values"))
         .and_then(|values| {
             let mut files = Vec::new();

@@ -154,6 +154,7 @@ pub fn die_of(sig: i32) -> ! {
 /// safely with live sub-interpreters (DESIGN.md).
 pub fn exit_now(code: i32) -> ! {
     use std::io::Write;
+    crate::logging::python::flush();
     let _ = std::io::stderr().flush();
     let _ = std::io::stdout().flush();
     // SAFETY: _exit ends the process immediately; nothing is left to clean up.

@@ -59,6 +59,8 @@ pub fn run(spec: Spec) -> ! {
         hooks,
         age,
     } = spec;
+    // The logging thread, if any, did not survive the fork.
+    crate::logging::python::start();
     let waits = signals::worker();
     log::info!("Booting worker with pid: {}", std::process::id());
     if !python_running && let Err(e) = python::initialize() {
@@ -76,6 +78,8 @@ pub fn run(spec: Spec) -> ! {
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let mut stops = Vec::new();
     let mut watch = Vec::new();
+    // With --reload, the worker serving shard 0 watches for the whole server.
+    let watcher = shards.iter().any(|(id, _)| *id == 0);
     let mut threads = Vec::new();
     // Shards boot one at a time: CPython 3.12 is unsafe when two interpreters
     // initialise the same extension module at once.
@@ -132,15 +136,15 @@ pub fn run(spec: Spec) -> ! {
             }
         }
     }
-    if let Some(extra) = &config.reload
-        && !watch.is_empty()
-    {
+    if let Some(extra) = config.reload.as_ref().filter(|_| watcher) {
         watch.extend(extra.iter().cloned());
+        let files = watch.len();
         let started = report_pipe
             .try_clone()
             .and_then(|pipe| crate::reloader::spawn(watch, pipe));
-        if let Err(e) = started {
-            log::error!("Cannot watch the app's files (--reload): {e}");
+        match started {
+            Ok(()) => log::info!("Watching {files} files for changes (--reload)"),
+            Err(e) => log::error!("Cannot watch the app's files (--reload): {e}"),
         }
     }
     report(&mut report_pipe, "ready");

@@ -64,6 +64,8 @@ def test_reload_extra_files_are_watched(turbo, tmp_path):
 @pytest.mark.parametrize("flags", [(), ("--reload",)])
 def test_only_reload_starts_a_watcher(turbo, flags):
     srv = turbo("hello:app", *flags)
+    if flags:
+        srv.wait_for(r"Watching \d+ files for changes")
     worker = re.search(r"Booting worker with pid: (\d+)", srv.log).group(1)
     threads = {
         open(f"/proc/{worker}/task/{t}/comm").read().strip()

@@ -50,9 +50,6 @@ const NOT_YET: &[&str] = &[
     "tmp_upload_dir",
     "disable_redirect_access_to_syslog",
     "logger_class",
-    "logconfig",
-    "logconfig_dict",
-    "logconfig_json",
     "syslog_addr",
     "syslog",
     "syslog_prefix",
@@ -81,6 +78,8 @@ pub struct FileValues {
     /// The file, when it defines pre_request or post_request, which shards
     /// in sub-interpreters execute again.
     pub request_hooks: Option<String>,
+    /// `logconfig_dict`, for Python's logging.config.dictConfig.
+    pub logconfig_dict: Option<std::sync::Arc<crate::python::Held<PyDict>>>,
 }
 
 /// Reads the config file at `location`; errors are one line, except a
@@ -115,7 +114,7 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
     let known: Vec<&str> = SETTINGS
         .iter()
         .map(|s| s.name)
-        .chain(["wsgi_app"])
+        .chain(["wsgi_app", "logconfig_dict"])
         .chain(IGNORED.iter().copied())
         .chain(NOT_YET.iter().copied())
         .collect();
@@ -146,6 +145,7 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
             .iter()
             .any(|h| h == "pre_request" || h == "post_request")
             .then(|| location.to_string()),
+        logconfig_dict: None,
     };
     for (name, value) in found.iter() {
         let name: String = name.extract().map_err(|e: PyErr| e.to_string())?;
@@ -154,6 +154,16 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
         }
         if name == "wsgi_app" {
             file.values.app = Some(text(&value).ok_or_else(|| bad(location, &name, &value))?);
+            continue;
+        }
+        if name == "logconfig_dict" {
+            let dict = value
+                .cast_into::<PyDict>()
+                .map_err(|_| format!("{location}: logconfig_dict must be a dict"))?;
+            if !dict.is_empty() {
+                file.logconfig_dict =
+                    Some(std::sync::Arc::new(crate::python::Held::new(dict.unbind())));
+            }
             continue;
         }
         if IGNORED.contains(&name.as_str()) {

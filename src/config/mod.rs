@@ -41,6 +41,18 @@ pub enum IsolationMode {
     Process,
 }
 
+/// A logging configuration for Python's logging, which then carries turbo's
+/// log lines and access records.
+#[derive(Clone, Debug)]
+pub enum LogConfig {
+    /// `logconfig`: a logging.config.fileConfig file.
+    File(PathBuf),
+    /// `logconfig_json`: a dictConfig in a JSON file.
+    Json(PathBuf),
+    /// `logconfig_dict`, from the config file.
+    Dict(std::sync::Arc<crate::python::Held<pyo3::types::PyDict>>),
+}
+
 /// Limits on a request head, after Gunicorn's semantics for 0.
 #[derive(Clone, Copy, Debug)]
 pub struct Limits {
@@ -98,6 +110,7 @@ pub struct Config {
     pub secure_scheme_headers: crate::http::proxy::SchemeHeaders,
     /// The access log's file (`-` for standard output), if there is one.
     pub access_log: Option<String>,
+    pub logconfig: Option<LogConfig>,
     /// `statsd_host`, with `statsd_prefix` and `dogstatsd_tags`.
     pub statsd: Option<(crate::statsd::Address, String, String)>,
     pub access_log_format: crate::access_log::Format,
@@ -469,6 +482,10 @@ pub fn load() -> Action {
         warnings: extras.warnings,
         hooks: extras.hooks,
         request_hooks: extras.request_hooks,
+        logconfig: extras
+            .logconfig_dict
+            .map(LogConfig::Dict)
+            .or(config.logconfig),
         ..config
     });
     match built {
@@ -493,6 +510,10 @@ pub fn reload() -> Result<Config, String> {
         warnings: extras.warnings,
         hooks: extras.hooks,
         request_hooks: extras.request_hooks,
+        logconfig: extras
+            .logconfig_dict
+            .map(LogConfig::Dict)
+            .or(config.logconfig),
         ..config
     })
 }
@@ -807,6 +828,12 @@ impl Config {
                 None => crate::http::proxy::default_scheme_headers(),
             },
             access_log: values.one("accesslog").map(str::to_string),
+            // As Gunicorn: the dict first, then the JSON file, then the ini file.
+            logconfig: match (values.one("logconfig_json"), values.one("logconfig")) {
+                (Some(json), _) => Some(LogConfig::Json(json.into())),
+                (None, Some(file)) => Some(LogConfig::File(file.into())),
+                (None, None) => None,
+            },
             statsd: match values.one("statsd_host") {
                 Some(host) => Some((
                     crate::statsd::Address::parse(host)?,

@@ -549,6 +549,25 @@ pub static SETTINGS: &[Setting] = &[
         "The error log file; - is standard error. USR1 reopens it.",
     ),
     setting(
+        "logconfig",
+        "Logging",
+        &["--log-config"],
+        Value,
+        "",
+        "FILE",
+        "A logging.config.fileConfig file; turbo's log lines then go through \
+         Python's logging (gunicorn.error and gunicorn.access loggers).",
+    ),
+    setting(
+        "logconfig_json",
+        "Logging",
+        &["--log-config-json"],
+        Value,
+        "",
+        "FILE",
+        "A JSON file for logging.config.dictConfig, over Gunicorn's defaults.",
+    ),
+    setting(
         "capture_output",
         "Logging",
         &["--capture-output"],

@@ -84,6 +84,10 @@ fn prepare_process(config: &Config) {
         eprintln!("turbo: error: cannot open the error log: {e}");
         exit_now(1);
     }
+    if let Err(e) = crate::logging::python::configure(config) {
+        eprintln!("turbo: error: {e}");
+        exit_now(1);
+    }
     if let Some((address, prefix, tags)) = &config.statsd
         && let Err(e) = crate::statsd::install(address, prefix, tags)
     {

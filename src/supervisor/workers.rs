@@ -82,6 +82,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
     fork.hooks.call("pre_fork", &[fork.age as i64]);
     use std::io::Write;
     let _ = std::io::stderr().flush();
+    let quiet = crate::logging::python::quiet();
     let pid = if fork.python_running {
         python::fork_with_python()
     } else {
@@ -89,6 +90,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
         // handled by fork_with_python), so the child may run normally.
         unsafe { libc::fork() }
     };
+    drop(quiet);
     if pid < 0 {
         return Err(std::io::Error::last_os_error());
     }

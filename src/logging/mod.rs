@@ -1,5 +1,8 @@
 //! The error log, in Gunicorn's line format, so existing log parsers keep working:
-//! `[2026-11-21 15:39:00 +0000] [1234] [INFO] message`.
+//! `[2026-11-21 15:39:00 +0000] [1234] [INFO] message`. With a Python logging
+//! configuration, lines go through Python's `logging` instead (`python`).
+
+pub mod python;
 
 use std::io::Write;
 
@@ -94,6 +97,12 @@ impl Log for ErrorLog {
                 _ => {}
             }
         }
+        if python::active() {
+            let entry = python::Entry::Error(record.level(), record.args().to_string());
+            if python::send(entry).is_ok() {
+                return;
+            }
+        }
         let level = match record.level() {
             Level::Error => "ERROR",
             Level::Warn => "WARNING",
@@ -116,6 +125,7 @@ impl Log for ErrorLog {
 
 /// USR1: reopens `--error-logfile` after rotation, if there is one.
 pub fn reopen_error_log(path: Option<&std::path::Path>, capture_output: bool) {
+    let _ = python::send(python::Entry::Reopen);
     if path.is_none() {
         return;
     }
