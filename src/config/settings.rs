@@ -590,3 +590,72 @@ pub static SETTINGS: &[Setting] = &[
 pub fn find(name: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.name == name)
 }
+
+/// The settings reference, docs/settings.md, made from this table; a unit
+/// test keeps the file current.
+pub fn markdown() -> String {
+    let mut out = String::from(
+        "# Settings\n\n\
+         Every turbo setting, generated from `src/config/settings.rs` (run \
+         `UPDATE_DOCS=1 cargo test settings_doc` after changing it). The name is the \
+         config-file name, as in Gunicorn; `GUNICORN_CMD_ARGS` takes the flags. \
+         Settings with no flag are read from the config file only. \
+         docs/migration.md says where each Gunicorn setting stands.\n",
+    );
+    let mut sections: Vec<&str> = Vec::new();
+    for s in SETTINGS {
+        if !sections.contains(&s.section) {
+            sections.push(s.section);
+        }
+    }
+    for section in sections {
+        out.push_str(&format!(
+            "\n## {section}\n\n| setting | flags | default | meaning |\n|---|---|---|---|\n"
+        ));
+        for s in SETTINGS.iter().filter(|s| s.section == section) {
+            let flags = s
+                .flags
+                .iter()
+                .map(|f| match s.kind {
+                    Bool => format!("`{f}`"),
+                    Optional(_) => format!("`{f} [{}]`", s.meta),
+                    _ => format!("`{f} {}`", s.meta),
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let default = if s.default.is_empty() {
+                String::new()
+            } else {
+                format!("`{}`", s.default)
+            };
+            out.push_str(&format!(
+                "| `{}` | {} | {default} | {} |\n",
+                s.name,
+                if flags.is_empty() {
+                    "config file only".to_string()
+                } else {
+                    flags
+                },
+                s.help.replace('|', "\\|")
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn settings_doc_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/docs/settings.md");
+        let made = super::markdown();
+        if std::env::var_os("UPDATE_DOCS").is_some() {
+            std::fs::write(path, &made).expect("docs/settings.md is writable");
+        }
+        let current = std::fs::read_to_string(path).unwrap_or_default();
+        assert!(
+            current == made,
+            "docs/settings.md is stale: run UPDATE_DOCS=1 cargo test settings_doc"
+        );
+    }
+}
