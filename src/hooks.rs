@@ -146,7 +146,8 @@ impl RequestHooks {
 
     /// Calls pre_request with Gunicorn's `req` for the request whose head is
     /// in `buf`, and returns `req` for post_request. A failing hook fails the
-    /// request, as in Gunicorn: it is logged, and the caller answers 500.
+    /// request, as in Gunicorn: it is logged, post_request still runs (with
+    /// no environ and a 500), and the caller answers 500.
     pub fn begin(
         &self,
         py: Python<'_>,
@@ -155,19 +156,26 @@ impl RequestHooks {
         https: bool,
         peer: &Py<PyAny>,
     ) -> Result<Py<PyAny>, ()> {
-        let called = self.request(py, buf, head, https, peer).and_then(|req| {
-            if self.pre {
-                self.hooks.bind(py).call_method1("pre_request", (&req,))?;
-            }
-            Ok(req.unbind())
-        });
-        called.map_err(|e| {
+        let log = |e: PyErr| {
             let tb = e
                 .traceback(py)
                 .and_then(|t| t.format().ok())
                 .unwrap_or_default();
             log::error!("Error handling request (pre_request hook)\n{tb}{e}");
-        })
+        };
+        let req = self.request(py, buf, head, https, peer).map_err(log)?;
+        if self.pre
+            && let Err(e) = self.hooks.bind(py).call_method1("pre_request", (&req,))
+        {
+            log(e);
+            let failed = Outcome {
+                status: 500,
+                ..Outcome::default()
+            };
+            self.finish(py, req.unbind(), None, &failed);
+            return Err(());
+        }
+        Ok(req.unbind())
     }
 
     /// Gunicorn's `req`.

@@ -207,9 +207,27 @@ def test_a_failing_pre_request_fails_the_request_only(turbo, tmp_path):
     conf.write_text(
         "def pre_request(worker, req):\n"
         "    if req.path == '/bad':\n"
-        "        raise RuntimeError('refused by the hook')\n")
+        "        raise RuntimeError('refused by the hook')\n"
+        "def post_request(worker, req, environ, resp):\n"
+        "    worker.log.info('post_request %s %s %s', req.path, environ is None, resp.status)\n")
     srv = turbo("hello:app", "-c", str(conf))
     assert httpx.get(srv.url("/bad"), timeout=10).status_code == 500
     srv.wait_for("Error handling request")
     assert "RuntimeError: refused by the hook" in srv.log
+    # As Gunicorn's finally: post_request runs anyway.
+    srv.wait_for("post_request /bad True 500 Internal Server Error")
     assert httpx.get(srv.url("/good"), timeout=10).status_code == 200
+
+
+def test_request_hooks_with_a_relative_config_and_chdir(turbo, tmp_path):
+    """Shards execute the config file again after chdir: its path must still
+    lead to it."""
+    (tmp_path / "conf").mkdir()
+    (tmp_path / "conf" / "hooks.py").write_text(
+        "def pre_request(worker, req):\n    worker.log.info('pre_request ran')\n")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    srv = turbo("hello:app", "-c", "conf/hooks.py", "--chdir", str(elsewhere),
+                "--pythonpath", str(APPS), cwd=tmp_path)
+    assert httpx.get(srv.url("/"), timeout=10).status_code == 200
+    srv.wait_for("pre_request ran")

@@ -120,3 +120,24 @@ def test_environ_matches_gunicorn():
     print(results)
     ours, theirs = [r[1:] for r in results[:2]], [r[1:] for r in results[2:]]
     assert ours == theirs
+
+
+def test_v1_on_a_unix_socket_sets_the_client(turbo, tmp_path):
+    path = tmp_path / "pp.sock"
+    srv = turbo("echo:environ_app", "--proxy-protocol", "--bind", f"unix:{path}")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.settimeout(10)
+        s.connect(str(path))
+        s.sendall(V1 + b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body, _ = read_response(s)
+    assert status == 200
+    environ = json.loads(body)
+    assert (environ["REMOTE_ADDR"], environ["REMOTE_PORT"]) == ("203.0.113.7", "40001")
+
+
+def test_unknown_keeps_the_connection_address(turbo):
+    srv = turbo("echo:environ_app", "--proxy-protocol")
+    [(status, _, body, _)] = request(srv.port, b"PROXY UNKNOWN\r\n")
+    assert status == 200
+    environ = json.loads(body)
+    assert environ["REMOTE_ADDR"] == "127.0.0.1" and environ["PROXY_PROTOCOL"] == "UNKNOWN"

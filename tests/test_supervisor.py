@@ -205,6 +205,29 @@ def test_ttou_stops_routing_to_the_retiring_shard_first(turbo):
     srv.wait_for(re.escape(f"Worker (pid:{pids[0]}) exited"), timeout=30)
 
 
+def test_ttin_right_after_ttou_gets_a_fresh_socket(turbo):
+    """The retiring shard shuts its socket down; a TTIN while it still drains
+    must not hand that dead socket to the new shard."""
+    srv = turbo("lifecycle:app", "--cores", "2", "--isolation", "process", "--threads", "8")
+    [old] = [int(p) for p in re.findall(r"Started worker \(pid:(\d+)\) for shard\(s\) \[1\]", srv.log)]
+    # Slow requests on both shards keep the retiring one draining.
+    slow = concurrent.futures.ThreadPoolExecutor(8)
+    pending = [slow.submit(get, srv, "/slow?3") for _ in range(8)]
+    srv.wait_for_count("slow request started", 8)
+    srv.proc.send_signal(signal.SIGTTOU)
+    srv.wait_for(r"Shards: 1")
+    srv.wait_for(re.escape(f"Stopping worker (pid:{old}) gracefully"))
+    srv.proc.send_signal(signal.SIGTTIN)
+    srv.wait_for_count(r"Ready: 2 shard\(s\)", 2, timeout=30)
+    try:
+        served = {worker_pid(srv) for _ in range(40)}
+        assert len(served) == 2 and old not in served, served
+        assert "accept failed" not in srv.log
+    finally:
+        assert all(f.result(timeout=30)[0] == 200 for f in pending)
+        slow.shutdown()
+
+
 def test_ttin_and_ttou_change_the_shard_count(turbo):
     srv = turbo("lifecycle:app", "--cores", "1")
     load = Load(srv, clients=2)

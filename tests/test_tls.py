@@ -199,3 +199,29 @@ def test_bad_tls_settings_are_clear_errors(turbo, certs):
         srv = turbo("hello:app", *flags, wait=False)
         assert srv.wait_exit() != 0
         assert message in srv.log, srv.log
+
+
+def test_tls_on_a_unix_socket(turbo, certs, tmp_path):
+    """Gunicorn wraps every listener in TLS, unix sockets included."""
+    path = tmp_path / "tls.sock"
+    srv = turbo("hello:app", *tls_flags(certs), "--bind", f"unix:{path}")
+    srv.wait_for(r"Listening at: https://127\.0\.0\.1:")
+    with socket.socket(socket.AF_UNIX) as plain:
+        plain.settimeout(10)
+        plain.connect(str(path))
+        with client_context(certs).wrap_socket(plain, server_hostname="localhost") as s:
+            s.sendall(get("/"))
+            status, _, body, _ = read_response(s)
+    assert status == 200 and body == b"Hello, World!"
+
+
+def test_an_asgi_client_that_leaves_is_noticed_over_tls(turbo, certs):
+    """The client's close_notify is TLS data, not a request: the app still
+    learns that it left."""
+    srv = turbo("asgi_app:app", *tls_flags(certs))
+    plain = socket.create_connection(("127.0.0.1", srv.port), timeout=10)
+    s = client_context(certs).wrap_socket(plain, server_hostname="localhost")
+    s.sendall(get("/disconnect"))
+    srv.wait_for("waiting for disconnect")
+    s.close()
+    srv.wait_for("received http.disconnect")

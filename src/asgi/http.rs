@@ -9,7 +9,7 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::task::Poll;
 use std::time::{Duration, Instant};
@@ -29,7 +29,7 @@ use crate::hooks::RequestHooks;
 use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
 use crate::http::parse::RequestHead;
-use crate::http::stream::{Endpoints, Stream};
+use crate::http::stream::{Endpoints, Peek, Stream};
 use crate::http::tls::{Facts, Tls};
 use crate::http::{HttpError, reason};
 use crate::wsgi::environ::{percent_decode, split_target};
@@ -839,7 +839,7 @@ async fn exchange(
             Event::Changed => continue,
             Event::Readable => {
                 watching = None;
-                match peek(stream.as_raw_fd()) {
+                match stream.peek() {
                     Peek::Data => input_waiting = true,
                     Peek::Nothing => {}
                     Peek::Closed => {
@@ -901,35 +901,6 @@ enum Event {
     Read(Option<BufResult<usize, Vec<u8>>>),
     /// The socket became readable while the app ran.
     Readable,
-}
-
-enum Peek {
-    Data,
-    Nothing,
-    Closed,
-}
-
-/// Whether a readable socket holds data or the client's close, without
-/// consuming anything.
-fn peek(fd: RawFd) -> Peek {
-    let mut byte = 0u8;
-    // SAFETY: a one-byte non-blocking peek into a local.
-    let n = unsafe {
-        libc::recv(
-            fd,
-            (&raw mut byte).cast(),
-            1,
-            libc::MSG_PEEK | libc::MSG_DONTWAIT,
-        )
-    };
-    match n {
-        1.. => Peek::Data,
-        0 => Peek::Closed,
-        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
-            Peek::Nothing
-        }
-        _ => Peek::Closed,
-    }
 }
 
 /// The client is gone: the connection closes now, while the app runs on to

@@ -141,10 +141,15 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
         warnings: Vec::new(),
         hooks: (!hooks.is_empty())
             .then(|| std::sync::Arc::new(crate::python::Held::new(namespace.unbind()))),
+        // Absolute: shards execute it again after `chdir`.
         request_hooks: hooks
             .iter()
             .any(|h| h == "pre_request" || h == "post_request")
-            .then(|| location.to_string()),
+            .then(|| match location.strip_prefix("python:") {
+                Some(_) => location.to_string(),
+                None => std::path::absolute(location)
+                    .map_or_else(|_| location.to_string(), |p| p.display().to_string()),
+            }),
         logconfig_dict: None,
     };
     for (name, value) in found.iter() {

@@ -591,8 +591,9 @@ pub fn find(name: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.name == name)
 }
 
-/// The settings reference, docs/settings.md, made from this table; a unit
-/// test keeps the file current.
+/// The settings reference, docs/settings.md, made from this table by the
+/// unit test that keeps the file current.
+#[cfg(test)]
 pub fn markdown() -> String {
     let mut out = String::from(
         "# Settings\n\n\

@@ -114,12 +114,16 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
         let Ok(header) = conn.proxy_header(&ends).await else {
             return;
         };
-        if let (Some(header), Endpoints::Tcp { local, .. }) = (&header, &ends)
-            && let Some(client) = header.client
-        {
+        if let Some(client) = header.as_ref().and_then(|h| h.client) {
+            // As Gunicorn: the header's client, on a unix socket too.
+            let local = match (&ends, header.as_ref().and_then(|h| h.proxy)) {
+                (Endpoints::Tcp { local, .. }, _) => *local,
+                (Endpoints::Unix { .. }, Some(proxy)) => proxy,
+                (Endpoints::Unix { .. }, None) => client,
+            };
             ends = Endpoints::Tcp {
                 peer: client,
-                local: *local,
+                local,
             };
         }
         proxied = header;
@@ -135,15 +139,8 @@ pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
             Ok(()) => conn.tls = true,
             Err(HandshakeError::PlainHttp) => {
                 // As nginx answers it, in plain text, so the mistake is plain.
-                let raw = tls.tcp();
-                let date = shard.date.borrow_mut().get().to_vec();
-                let mut out = Vec::new();
-                encode::error_response(
-                    &mut out,
-                    HttpError::bad_request("The plain HTTP request was sent to HTTPS port"),
-                    &date,
-                );
-                let _ = compio::time::timeout(WRITE_STALL, { &raw }.write_all(out)).await;
+                let err = HttpError::bad_request("The plain HTTP request was sent to HTTPS port");
+                conn.refuse_raw(&tls.transport(), err).await;
                 return;
             }
             Err(HandshakeError::Failed) => return,
@@ -190,13 +187,14 @@ impl Conn {
         let until = Instant::now() + cfg.header_timeout;
         // The header comes before any TLS, so it is read from the socket itself.
         let mut raw = match &self.stream {
-            Stream::Tls(tls) => tls.tcp(),
+            Stream::Tls(tls) => tls.transport(),
             other => other.clone(),
         };
         loop {
             match proxy_protocol::parse(&self.rbuf, cfg.proxy_protocol) {
                 Ok(None) => {
-                    let buf = std::mem::take(&mut self.rbuf);
+                    let mut buf = std::mem::take(&mut self.rbuf);
+                    buf.reserve(8192);
                     match compio::time::timeout_at(until, raw.append(buf)).await {
                         Ok(BufResult(Ok(n), buf)) if n > 0 => self.rbuf = buf,
                         _ => return Err(()),
@@ -208,18 +206,27 @@ impl Conn {
                         Endpoints::Unix { .. } => true,
                     };
                     if header.is_some() && !allowed {
-                        self.refuse(HttpError::new(403, "Request forbidden")).await;
+                        self.refuse_raw(&raw, HttpError::new(403, "Request forbidden"))
+                            .await;
                         return Err(());
                     }
                     self.rbuf.drain(..used);
                     return Ok(header);
                 }
                 Err(err) => {
-                    self.refuse(err).await;
+                    self.refuse_raw(&raw, err).await;
                     return Err(());
                 }
             }
         }
+    }
+
+    /// Refuses a connection before any TLS: the answer goes out as it is.
+    async fn refuse_raw(&mut self, raw: &Stream, err: HttpError) {
+        let date = self.shard.date.borrow_mut().get().to_vec();
+        let mut out = Vec::new();
+        encode::error_response(&mut out, err, &date);
+        let _ = compio::time::timeout(WRITE_STALL, { raw }.write_all(out)).await;
     }
 
     async fn run(&mut self, info: &PeerInfo) {

@@ -77,6 +77,15 @@ fn parse_v1(buf: &[u8]) -> Result<Option<(Option<Header>, usize)>, HttpError> {
         };
     };
     let line = std::str::from_utf8(&buf[..end]).map_err(|_| invalid("invalid PROXY line"))?;
+    if line == "PROXY UNKNOWN" || line.starts_with("PROXY UNKNOWN ") {
+        // The spec: the connection's own addresses stand (health checks).
+        let header = Header {
+            protocol: "UNKNOWN",
+            client: None,
+            proxy: None,
+        };
+        return Ok(Some((Some(header), end + 2)));
+    }
     let bits: Vec<&str> = line.split(' ').collect();
     let [_, proto, src, dst, sport, dport] = bits[..] else {
         return Err(invalid("invalid PROXY line"));
@@ -138,11 +147,12 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Option<Header>, usize)>, HttpError> {
         1 => {}
         _ => return Err(invalid("unsupported PROXY command")),
     }
-    if fam_proto >> 4 == 0 {
-        return bare("UNSPEC");
-    }
-    if fam_proto & 0x0f != 1 {
-        return Err(invalid("only TCP is supported in PROXY headers"));
+    // The spec: families and transports a receiver does not handle (UDP,
+    // unix) fall back to UNSPEC, the connection's own addresses.
+    match (fam_proto >> 4, fam_proto & 0x0f) {
+        (0, _) | (1..=3, 0 | 2) | (3, 1) => return bare("UNSPEC"),
+        (1 | 2, 1) => {}
+        _ => return Err(invalid("unsupported PROXY address family")),
     }
     let port = |at: usize| u16::from_be_bytes([addresses[at], addresses[at + 1]]);
     let header = match fam_proto >> 4 {
@@ -166,8 +176,7 @@ fn parse_v2(buf: &[u8]) -> Result<Option<(Option<Header>, usize)>, HttpError> {
                 proxy: Some(SocketAddr::new(ip(16), port(34))),
             }
         }
-        1 | 2 => return Err(invalid("PROXY header too short for its addresses")),
-        _ => return Err(invalid("unsupported PROXY address family")),
+        _ => return Err(invalid("PROXY header too short for its addresses")),
     };
     Ok(Some((Some(header), total)))
 }
@@ -199,6 +208,11 @@ mod tests {
     fn v1_errors_and_partial_input() {
         assert_eq!(parse(b"PROX", Mode::Auto), Ok(None));
         assert_eq!(parse(b"PROXY TCP4 1.2.3.4", Mode::Auto), Ok(None));
+        assert_eq!(header(b"PROXY UNKNOWN\r\n").0.protocol, "UNKNOWN");
+        assert_eq!(
+            header(b"PROXY UNKNOWN 1.2.3.4 5.6.7.8 1 2\r\n").0.client,
+            None
+        );
         for bad in [
             &b"PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n"[..],
             b"PROXY TCP4 1.2.3.4 ::1 1 2\r\n",
@@ -229,6 +243,13 @@ mod tests {
         let mut local = V2_SIGNATURE.to_vec();
         local.extend([0x20, 0x00, 0, 0]);
         assert_eq!(header(&local).0.protocol, "LOCAL");
+        let mut udp = V2_SIGNATURE.to_vec();
+        udp.extend([0x21, 0x12, 0, 12]);
+        udp.extend([0; 12]);
+        assert_eq!(header(&udp).0.protocol, "UNSPEC");
+        let mut bad_family = V2_SIGNATURE.to_vec();
+        bad_family.extend([0x21, 0x41, 0, 0]);
+        assert!(parse(&bad_family, Mode::Auto).is_err());
     }
 
     #[test]

@@ -50,7 +50,8 @@ impl Endpoints {
 impl Stream {
     pub fn endpoints(&self, peer: Option<SocketAddr>) -> std::io::Result<Endpoints> {
         match self {
-            Stream::Tls(TlsStream { tcp: s, .. }) | Stream::Tcp(s) => Ok(Endpoints::Tcp {
+            Stream::Tls(tls) => tls.transport().endpoints(peer),
+            Stream::Tcp(s) => Ok(Endpoints::Tcp {
                 peer: match peer {
                     Some(peer) => peer,
                     None => s.peer_addr()?,
@@ -68,12 +69,71 @@ impl Stream {
     }
 }
 
+/// What a readable connection holds, found without losing any of it.
+pub enum Peek {
+    Data,
+    Nothing,
+    Closed,
+}
+
+impl Stream {
+    /// Whether a readable connection holds request bytes or the client's
+    /// close. On TLS the records are read into the session (a close_notify or
+    /// a ticket is not request data); their plaintext waits there.
+    pub fn peek(&self) -> Peek {
+        let Stream::Tls(tls) = self else {
+            let mut byte = 0u8;
+            return match recv_now(self.as_raw_fd(), std::slice::from_mut(&mut byte), true) {
+                Ok(0) => Peek::Closed,
+                Ok(_) => Peek::Data,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Peek::Nothing,
+                Err(_) => Peek::Closed,
+            };
+        };
+        let mut cipher = vec![0u8; 16 * 1024];
+        let read = recv_now(self.as_raw_fd(), &mut cipher, false);
+        let mut session = lock(&tls.session);
+        match read {
+            Ok(0) => return Peek::Closed,
+            Ok(n) => {
+                if session.feed(&cipher[..n]).is_err() {
+                    return Peek::Closed;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return Peek::Closed,
+        }
+        if session.has_plain() {
+            Peek::Data
+        } else if session.is_closed() {
+            Peek::Closed
+        } else {
+            Peek::Nothing
+        }
+    }
+}
+
+/// One non-blocking recv(2), or a peek.
+fn recv_now(fd: RawFd, buf: &mut [u8], peek: bool) -> std::io::Result<usize> {
+    let flags = libc::MSG_DONTWAIT | if peek { libc::MSG_PEEK } else { 0 };
+    // SAFETY: buf is valid for writes of its length.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), flags) };
+    if n < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(n as usize)
+    }
+}
+
 impl AsRawFd for Stream {
     fn as_raw_fd(&self) -> RawFd {
         match self {
             Stream::Tcp(s) => s.as_raw_fd(),
             Stream::Unix(s) => s.as_raw_fd(),
-            Stream::Tls(s) => s.tcp.as_raw_fd(),
+            Stream::Tls(s) => match &s.inner {
+                Transport::Tcp(t) => t.as_raw_fd(),
+                Transport::Unix(u) => u.as_raw_fd(),
+            },
         }
     }
 }
@@ -113,7 +173,7 @@ impl AsyncWrite for &Stream {
             Stream::Unix(s) => { s }.shutdown().await,
             Stream::Tls(s) => {
                 s.close_notify().await;
-                { &s.tcp }.shutdown().await
+                s.inner.shutdown().await
             }
         }
     }
@@ -133,12 +193,42 @@ impl AsyncWrite for Stream {
     }
 }
 
-/// A TLS connection: TCP underneath, with the session that encrypts and
-/// decrypts what crosses it.
+/// A TLS connection: a TCP or unix socket underneath, with the session that
+/// encrypts and decrypts what crosses it.
 #[derive(Clone)]
 pub struct TlsStream {
-    tcp: TcpStream,
+    inner: Transport,
     pub session: SharedSession,
+}
+
+/// The socket under TLS.
+#[derive(Clone)]
+enum Transport {
+    Tcp(TcpStream),
+    Unix(UnixStream),
+}
+
+impl Transport {
+    async fn read(&self, buf: Vec<u8>) -> BufResult<usize, Vec<u8>> {
+        match self {
+            Transport::Tcp(s) => { s }.append(buf).await,
+            Transport::Unix(s) => { s }.append(buf).await,
+        }
+    }
+
+    async fn write_all(&self, buf: Vec<u8>) -> BufResult<(), Vec<u8>> {
+        match self {
+            Transport::Tcp(s) => { s }.write_all(buf).await,
+            Transport::Unix(s) => { s }.write_all(buf).await,
+        }
+    }
+
+    async fn shutdown(&self) -> std::io::Result<()> {
+        match self {
+            Transport::Tcp(s) => { s }.shutdown().await,
+            Transport::Unix(s) => { s }.shutdown().await,
+        }
+    }
 }
 
 /// Why a TLS connection never got to HTTP.
@@ -150,18 +240,26 @@ pub enum HandshakeError {
 }
 
 impl TlsStream {
-    pub fn new(tcp: TcpStream, tls: &Tls) -> std::io::Result<TlsStream> {
+    pub fn new(plain: Stream, tls: &Tls) -> std::io::Result<TlsStream> {
+        let inner = match plain {
+            Stream::Tcp(s) => Transport::Tcp(s),
+            Stream::Unix(s) => Transport::Unix(s),
+            Stream::Tls(_) => return Err(std::io::Error::other("already TLS")),
+        };
         let session = Session::new(tls).map_err(std::io::Error::other)?;
         Ok(TlsStream {
-            tcp,
+            inner,
             session: Arc::new(Mutex::new(session)),
         })
     }
 
     /// The socket under the encryption, for what comes before the handshake
-    /// (a PROXY header).
-    pub fn tcp(&self) -> Stream {
-        Stream::Tcp(self.tcp.clone())
+    /// (a PROXY header, or an answer to plain HTTP).
+    pub fn transport(&self) -> Stream {
+        match &self.inner {
+            Transport::Tcp(s) => Stream::Tcp(s.clone()),
+            Transport::Unix(s) => Stream::Unix(s.clone()),
+        }
     }
 
     /// Completes the handshake by `until`. `early` holds bytes already read
@@ -180,14 +278,14 @@ impl TlsStream {
                     log::debug!("TLS handshake failed: {e}");
                     let mut alert = Vec::new();
                     lock(&self.session).pending_output(&mut alert);
-                    let _ = compio::time::timeout_at(until, { &self.tcp }.write_all(alert)).await;
+                    let _ = compio::time::timeout_at(until, self.inner.write_all(alert)).await;
                     return Err(HandshakeError::Failed);
                 }
             }
             let mut out = Vec::new();
             lock(&self.session).pending_output(&mut out);
             if !out.is_empty() {
-                match compio::time::timeout_at(until, { &self.tcp }.write_all(out)).await {
+                match compio::time::timeout_at(until, self.inner.write_all(out)).await {
                     Ok(BufResult(Ok(()), _)) => {}
                     _ => return Err(HandshakeError::Failed),
                 }
@@ -197,7 +295,7 @@ impl TlsStream {
             }
             cipher.clear();
             cipher.reserve(16 * 1024);
-            match compio::time::timeout_at(until, { &self.tcp }.append(cipher)).await {
+            match compio::time::timeout_at(until, self.inner.read(cipher)).await {
                 Ok(BufResult(Ok(n), read)) if n > 0 => cipher = read,
                 _ => return Err(HandshakeError::Failed),
             }
@@ -216,7 +314,7 @@ impl TlsStream {
                 }
             }
             let cipher = Vec::with_capacity(16 * 1024);
-            let BufResult(read, cipher) = { &self.tcp }.read(cipher).await;
+            let BufResult(read, cipher) = self.inner.read(cipher).await;
             match read {
                 Ok(0) => return BufResult(Ok(0), buf),
                 Ok(_) => {}
@@ -232,7 +330,7 @@ impl TlsStream {
         let mut out = Vec::with_capacity(buf.buf_len() + 64);
         lock(&self.session).encrypt(buf.as_init(), &mut out);
         let n = buf.buf_len();
-        let BufResult(written, _) = { &self.tcp }.write_all(out).await;
+        let BufResult(written, _) = self.inner.write_all(out).await;
         BufResult(written.map(|()| n), buf)
     }
 
@@ -240,6 +338,6 @@ impl TlsStream {
     pub async fn close_notify(&self) {
         let mut out = Vec::new();
         lock(&self.session).close_notify(&mut out);
-        let _ = { &self.tcp }.write_all(out).await;
+        let _ = self.inner.write_all(out).await;
     }
 }

@@ -78,13 +78,12 @@ async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
                     UnixStream::from_std(socket.into()).map(Stream::Unix)
                 } else {
                     let _ = socket.set_tcp_nodelay(true);
-                    let tcp = TcpStream::from_std(socket.into());
-                    match &shard.config.tls {
-                        Some(tls) => tcp
-                            .and_then(|tcp| TlsStream::new(tcp, tls))
-                            .map(Stream::Tls),
-                        None => tcp.map(Stream::Tcp),
-                    }
+                    TcpStream::from_std(socket.into()).map(Stream::Tcp)
+                };
+                // Every listener speaks TLS when it is configured, as in Gunicorn.
+                let stream = match &shard.config.tls {
+                    Some(tls) => stream.and_then(|s| TlsStream::new(s, tls)).map(Stream::Tls),
+                    None => stream,
                 };
                 match stream {
                     Ok(stream) => {

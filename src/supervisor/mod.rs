@@ -142,6 +142,9 @@ fn daemonize() {
 }
 
 pub fn run(config: Config) -> ! {
+    // First, while this is the only thread: it takes the sockets (and their
+    // variables) that systemd or a previous supervisor passed on.
+    let mut sockets = Sockets::new(&config);
     prepare_process(&config);
     let hooks = Hooks::new(&config);
     hooks.call("nworkers_changed", &[config.cores as i64, -1]);
@@ -158,7 +161,6 @@ pub fn run(config: Config) -> ! {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
-    let mut sockets = Sockets::new(&config);
     if let Err(e) = sockets.ensure(config.cores) {
         log::error!("{e}");
         exit_now(1);
@@ -167,7 +169,7 @@ pub fn run(config: Config) -> ! {
     if sockets.systemd_activated() {
         log::info!("Using sockets passed by systemd (LISTEN_FDS); binds are ignored");
     }
-    for place in sockets.describe() {
+    for place in sockets.describe(config.tls.is_some()) {
         log::info!("Listening at: {place} ({})", std::process::id());
     }
     if let Some(path) = &config.pidfile
@@ -330,6 +332,9 @@ impl Supervisor {
                 }
                 self.cores -= 1;
                 self.sockets.steer(self.cores);
+                // The retiring worker keeps its own copy; a later TTIN gets a
+                // fresh socket, not this one once it is shut down.
+                self.sockets.truncate(self.cores);
                 log::info!("Shards: {}", self.cores);
                 self.hooks.call(
                     "nworkers_changed",
@@ -384,6 +389,7 @@ impl Supervisor {
         log::set_max_level(config.log_level);
         self.cores = config.cores;
         self.sockets.steer(self.cores);
+        self.sockets.truncate(self.cores);
         self.hooks = Hooks::new(&config);
         self.config = Arc::new(config);
     }

@@ -67,7 +67,9 @@ fn systemd_fds() -> Option<Vec<RawFd>> {
         std::env::remove_var("LISTEN_PID");
         std::env::remove_var("LISTEN_FDNAMES");
     }
-    (pid == std::process::id()).then(|| (LISTEN_FDS_START..LISTEN_FDS_START + count).collect())
+    // With none passed, the configured binds apply, as in Gunicorn.
+    (pid == std::process::id() && count > 0)
+        .then(|| (LISTEN_FDS_START..LISTEN_FDS_START + count).collect())
 }
 
 fn tcp_listener(addr: SocketAddr, backlog: u32) -> std::io::Result<Socket> {
@@ -117,10 +119,20 @@ impl Sockets {
     /// Takes the sockets systemd or a previous supervisor passed on, if any; the
     /// rest are bound by `ensure`.
     pub fn new(config: &Config) -> Sockets {
-        let (binds, systemd) = match systemd_fds() {
+        let (mut binds, systemd) = match systemd_fds() {
             Some(fds) => (fds.into_iter().map(Bind::Fd).collect::<Vec<_>>(), true),
             None => (config.binds.clone(), false),
         };
+        // One descriptor adopted twice would be closed twice.
+        let mut seen = Vec::new();
+        binds.retain(|b| match b {
+            Bind::Fd(fd) if seen.contains(fd) => false,
+            Bind::Fd(fd) => {
+                seen.push(*fd);
+                true
+            }
+            _ => true,
+        });
         let mut spare: HashMap<String, Vec<Socket>> = HashMap::new();
         if let Ok(list) = std::env::var(INHERIT_VAR) {
             // SAFETY: removing our own variable before any thread exists.
@@ -150,7 +162,7 @@ impl Sockets {
     }
 
     /// Where this supervisor listens, as Gunicorn's "Listening at" lines say it.
-    pub fn describe(&self) -> Vec<String> {
+    pub fn describe(&self, tls: bool) -> Vec<String> {
         let Some(first) = self.per_shard.first() else {
             return Vec::new();
         };
@@ -162,6 +174,7 @@ impl Sockets {
                     None => "unix:(unnamed)".to_string(),
                 },
                 Some(addr) => match addr.as_socket() {
+                    Some(inet) if tls => format!("https://{inet}"),
                     Some(inet) => format!("http://{inet}"),
                     None => "(unknown)".to_string(),
                 },
