@@ -8,6 +8,7 @@
 
 mod access_log;
 mod asgi;
+mod check_system;
 mod config;
 mod hooks;
 mod http;
@@ -33,6 +34,11 @@ fn main() {
             return;
         }
         config::Action::CheckPassed => return,
+        config::Action::CheckSystem(backlog) => {
+            let (report, all_ok) = check_system::report(backlog);
+            print!("{report}");
+            std::process::exit(if all_ok { 0 } else { 1 });
+        }
     };
     supervisor::run(config);
 }

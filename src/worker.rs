@@ -77,6 +77,7 @@ pub fn run(spec: Spec) -> ! {
     };
     let cpus = core_affinity::get_core_ids().unwrap_or_default();
     let mut stops = Vec::new();
+    let mut gos = Vec::new();
     let mut watch = Vec::new();
     // With --reload, the worker serving shard 0 watches for the whole server.
     let watcher = shards.iter().any(|(id, _)| *id == 0);
@@ -86,6 +87,8 @@ pub fn run(spec: Spec) -> ! {
     for (local, (id, listeners)) in shards.into_iter().enumerate() {
         let cpu = (!cpus.is_empty()).then(|| cpus[id % cpus.len()]);
         let (stop_tx, stop) = oneshot::channel();
+        let (go_tx, go) = oneshot::channel();
+        gos.push(go_tx);
         let (ready_tx, ready) = mpsc::channel();
         let spec = shard::Spec {
             id,
@@ -95,6 +98,7 @@ pub fn run(spec: Spec) -> ! {
             listeners,
             isolation,
             board: board.clone(),
+            go,
             stop,
             preloaded: preloaded.clone().filter(|_| isolation == Isolation::Main),
             access_log: access_log.clone(),
@@ -147,8 +151,12 @@ pub fn run(spec: Spec) -> ! {
             Err(e) => log::error!("Cannot watch the app's files (--reload): {e}"),
         }
     }
-    report(&mut report_pipe, "ready");
+    // As Gunicorn: post_worker_init, then serving.
     hooks.call("post_worker_init", &[]);
+    for go in gos {
+        let _ = go.send(());
+    }
+    report(&mut report_pipe, "ready");
 
     loop {
         match signals::wait(&waits) {

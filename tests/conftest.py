@@ -21,6 +21,8 @@ START_TIMEOUT = 30
 # TURBO_THREADS=N runs every server with --threads N (unless a test sets it),
 # so the same tests cover responses made on a shard's Python threads.
 THREADS = int(os.environ.get("TURBO_THREADS", "1"))
+# TURBO_IO_ENGINE=epoll runs every server on the epoll engine instead.
+IO_ENGINE = os.environ.get("TURBO_IO_ENGINE")
 
 
 def free_port():
@@ -47,6 +49,8 @@ class Turbo:
             cmd += ["--cores", "1"]
         if THREADS != 1 and "--threads" not in args:
             cmd += ["--threads", str(THREADS)]
+        if IO_ENGINE and "--io-engine" not in args:
+            cmd += ["--io-engine", IO_ENGINE]
         self.proc = subprocess.Popen(
             cmd,
             cwd=cwd,

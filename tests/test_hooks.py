@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import APPS, free_port
+from conftest import APPS, free_port, read_response
 
 HOOKS = '''
 import os
@@ -231,3 +231,26 @@ def test_request_hooks_with_a_relative_config_and_chdir(turbo, tmp_path):
                 "--pythonpath", str(APPS), cwd=tmp_path)
     assert httpx.get(srv.url("/"), timeout=10).status_code == 200
     srv.wait_for("pre_request ran")
+
+
+def test_no_request_is_served_before_post_worker_init(turbo, tmp_path):
+    """Gunicorn runs post_worker_init before its worker accepts: apps use it to
+    set up what requests need. A request already waiting must see it done."""
+    marker = tmp_path / "initialised"
+    conf = tmp_path / "c.py"
+    conf.write_text(
+        "import time\n"
+        "def post_worker_init(worker):\n"
+        "    time.sleep(0.5)\n"
+        f"    open({str(marker)!r}, 'w').close()\n")
+    (tmp_path / "initapp.py").write_text(
+        "import os\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [('Content-Type', 'text/plain')])\n"
+        f"    return [b'ready' if os.path.exists({str(marker)!r}) else b'too early']\n")
+    srv = turbo("initapp:app", "-c", str(conf), "--pythonpath", str(tmp_path), wait=False)
+    srv.wait_for("Booting worker")
+    # Queued in the backlog while the worker is still starting.
+    with srv.connect(timeout=30) as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s, timeout=30)[2] == b"ready"

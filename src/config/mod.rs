@@ -41,6 +41,15 @@ pub enum IsolationMode {
     Process,
 }
 
+/// `--io-engine`: the kernel interface under every shard.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum IoEngine {
+    /// io_uring where the kernel allows it, else epoll.
+    Auto,
+    Uring,
+    Epoll,
+}
+
 /// A logging configuration for Python's logging, which then carries turbo's
 /// log lines and access records.
 #[derive(Clone, Debug)]
@@ -104,6 +113,7 @@ pub struct Config {
     pub daemon: bool,
     pub forwarded_allow_ips: crate::http::proxy::Allow,
     pub proxy_protocol: crate::http::proxy_protocol::Mode,
+    pub io_engine: IoEngine,
     /// HTTPS (`certfile`): every TCP bind speaks TLS.
     pub tls: Option<std::sync::Arc<crate::http::tls::Tls>>,
     pub proxy_allow_ips: crate::http::proxy::Allow,
@@ -396,6 +406,8 @@ pub enum Action {
     Print(String),
     /// `--check-config` found the configuration valid.
     CheckPassed,
+    /// `--check-system`, with the backlog asked for.
+    CheckSystem(u32),
 }
 
 /// Reads every source; any error is one line and exit code 2.
@@ -477,6 +489,12 @@ pub fn load() -> Action {
         }
         Err(Failure::Usage(msg)) => usage_error(&msg),
     };
+    if values.is_set("check_system") {
+        return match value(&values, "backlog", "an integer") {
+            Ok(backlog) => Action::CheckSystem(backlog),
+            Err(msg) => usage_error(&msg),
+        };
+    }
     let checking = values.is_set("check_config");
     let built = Config::from_values(&values).map(|config| Config {
         warnings: extras.warnings,
@@ -803,6 +821,7 @@ impl Config {
                 }
                 None => None,
             },
+            io_engine: choice(values, "io_engine")?,
             proxy_protocol: crate::http::proxy_protocol::Mode::parse(
                 values.one("proxy_protocol").unwrap_or("off"),
             )?,

@@ -65,6 +65,16 @@ pub static SETTINGS: &[Setting] = &[
          even without -c, as Gunicorn does.",
     ),
     setting(
+        "check_system",
+        "Config File",
+        &["--check-system"],
+        Bool,
+        "",
+        "",
+        "Print what on this host limits turbo (io_uring, CPUs, kernel queues, open \
+         files) and how to fix it, and exit: 0 if nothing does, 1 if something does.",
+    ),
+    setting(
         "check_config",
         "Config File",
         &["--check-config"],
@@ -141,6 +151,17 @@ pub static SETTINGS: &[Setting] = &[
         "1",
         "INT",
         "Python threads per shard, for WSGI apps that block on I/O.",
+    ),
+    setting(
+        "io_engine",
+        "Worker Processes",
+        &["--io-engine"],
+        Value,
+        "auto",
+        "ENGINE",
+        "The kernel interface under the shards: uring (io_uring), epoll, or auto \
+         (io_uring, or epoll with one warning where io_uring is refused: Docker's \
+         default seccomp profile, gVisor, kernel.io_uring_disabled).",
     ),
     setting(
         "isolation",

@@ -74,6 +74,9 @@ pub struct Spec {
     pub listeners: Vec<Listener>,
     pub isolation: Isolation,
     pub board: Arc<Scoreboard>,
+    /// Resolves once the worker's post_worker_init hook has run: accepting
+    /// starts then, as in Gunicorn.
+    pub go: oneshot::Receiver<()>,
     /// Resolves (or is dropped) when the worker stops gracefully.
     pub stop: oneshot::Receiver<()>,
     /// The app as the supervisor imported it (`--preload`, main interpreter).
@@ -93,6 +96,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
         listeners,
         isolation,
         board,
+        go,
         stop,
         preloaded,
         access_log,
@@ -130,10 +134,10 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                 return;
             }
         };
-        let rt = match runtime::build() {
+        let rt = match runtime::build(config.io_engine) {
             Ok(rt) => rt,
             Err(e) => {
-                let _ = ready.send(Ready::Failed(format!("cannot set up io_uring: {e}")));
+                let _ = ready.send(Ready::Failed(format!("cannot set up the I/O engine: {e}")));
                 return;
             }
         };
@@ -182,7 +186,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
         match &shard.app {
             App::Wsgi { .. } => {
                 let _ = ready.send(Ready::Serving(watch));
-                runtime::block_on(&rt, serve(shard.clone(), listeners, stop));
+                runtime::block_on(&rt, serve(shard.clone(), listeners, go, stop));
             }
             App::Asgi(asgi) => {
                 // The event loop runs the shard; accepting starts once lifespan
@@ -197,7 +201,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                         move || {
                             let _ = serving.send(Ready::Serving(watch));
                         },
-                        move || Box::pin(serve(for_serve, listeners, stop)),
+                        move || Box::pin(serve(for_serve, listeners, go, stop)),
                     )
                 });
                 if let Err(msg) = ran {
@@ -230,7 +234,14 @@ fn wsgi_app(
     Ok(App::Wsgi { wsgi, pool })
 }
 
-async fn serve(shard: Rc<Shard>, listeners: Vec<Listener>, stop: oneshot::Receiver<()>) {
+async fn serve(
+    shard: Rc<Shard>,
+    listeners: Vec<Listener>,
+    go: oneshot::Receiver<()>,
+    stop: oneshot::Receiver<()>,
+) {
+    // Connections wait in the backlog until the whole worker is up.
+    let _ = go.await;
     let mut tasks = Vec::new();
     for listener in listeners {
         if let Err(e) = listener.socket.set_nonblocking(true) {

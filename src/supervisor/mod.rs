@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
-use crate::config::{Config, IsolationMode};
+use crate::config::{Config, IoEngine, IsolationMode};
 use crate::hooks::Hooks;
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
@@ -141,7 +141,7 @@ fn daemonize() {
     }
 }
 
-pub fn run(config: Config) -> ! {
+pub fn run(mut config: Config) -> ! {
     // First, while this is the only thread: it takes the sockets (and their
     // variables) that systemd or a previous supervisor passed on.
     let mut sockets = Sockets::new(&config);
@@ -161,6 +161,13 @@ pub fn run(config: Config) -> ! {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
+    config.io_engine = match crate::shard::runtime::resolve(config.io_engine) {
+        Ok(engine) => engine,
+        Err(e) => {
+            log::error!("{e}");
+            exit_now(1);
+        }
+    };
     if let Err(e) = sockets.ensure(config.cores) {
         log::error!("{e}");
         exit_now(1);
@@ -378,6 +385,16 @@ impl Supervisor {
         for warning in &config.warnings {
             log::warn!("{warning}");
         }
+        config.io_engine = match config.io_engine {
+            IoEngine::Auto => self.config.io_engine,
+            asked => match crate::shard::runtime::resolve(asked) {
+                Ok(engine) => engine,
+                Err(e) => {
+                    log::error!("The configuration stays as it was: {e}");
+                    return;
+                }
+            },
+        };
         if config.binds != self.config.binds {
             log::warn!("A changed bind takes effect in a new supervisor (USR2), not on HUP");
             config.binds.clone_from(&self.config.binds);
@@ -485,8 +502,12 @@ impl Supervisor {
                 Isolation::Subinterpreter => "one sub-interpreter per shard in one worker process",
                 Isolation::Main => "one worker process per shard",
             };
+            let engine = match self.config.io_engine {
+                IoEngine::Epoll => "epoll",
+                _ => "io_uring",
+            };
             log::info!(
-                "Ready: {} shard(s), {} thread(s) each, {mode}",
+                "Ready: {} shard(s), {} thread(s) each, {mode}, {engine}",
                 cores,
                 self.config.threads
             );
