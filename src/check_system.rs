@@ -51,17 +51,6 @@ fn limit(resource: libc::__rlimit_resource_t) -> Option<(u64, u64)> {
     (unsafe { libc::getrlimit(resource, &mut rl) } == 0).then_some((rl.rlim_cur, rl.rlim_max))
 }
 
-/// CPUs the cgroup's quota allows (cgroup v2 `cpu.max`), if it sets one.
-fn cpu_quota() -> Option<f64> {
-    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.max")).ok()?;
-    let mut fields = max.split_whitespace();
-    let quota: f64 = fields.next()?.parse().ok()?;
-    let period: f64 = fields.next()?.parse().ok()?;
-    (period > 0.0).then(|| quota / period)
-}
-
 fn checks(backlog: u32) -> Vec<Check> {
     let mut out = Vec::new();
     let release = kernel_release();
@@ -81,15 +70,15 @@ fn checks(backlog: u32) -> Vec<Check> {
         )),
     });
 
-    let cpus = crate::config::available_cores();
-    out.push(match cpu_quota() {
-        Some(quota) if quota + 0.5 < cpus as f64 => warn(format!(
-            "CPUs: {cpus} in the affinity mask, but the cgroup's quota allows {quota:.1}: \
-             set --workers {} (or $WEB_CONCURRENCY), or give the container a cpuset",
-            quota.ceil().max(1.0)
+    let mask = crate::config::affinity_cores();
+    let shards = crate::config::available_cores();
+    out.push(match crate::config::cpu_quota() {
+        Some(quota) if shards < mask => ok(format!(
+            "CPUs: {mask} in the affinity mask, a cgroup quota of {quota:.1}: {shards} \
+             shard(s) by default; a cpuset (--cpuset-cpus) would pin them without sharing"
         )),
         _ => ok(format!(
-            "CPUs: {cpus} in the affinity mask, one shard each by default"
+            "CPUs: {mask} in the affinity mask, one shard each by default"
         )),
     });
 

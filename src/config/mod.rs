@@ -238,8 +238,30 @@ fn parse_inet(bind: &str) -> Result<Vec<SocketAddr>, String> {
 }
 
 /// CPUs in this process's affinity mask.
+/// The default number of shards: the CPUs in this process's affinity mask, or
+/// fewer when a cgroup CPU quota (a container's `--cpus`) allows fewer.
 pub fn available_cores() -> usize {
+    let mask = affinity_cores();
+    match cpu_quota() {
+        Some(quota) if quota > 0.0 => mask.min(quota.ceil() as usize).max(1),
+        _ => mask,
+    }
+}
+
+/// CPUs in this process's affinity mask.
+pub fn affinity_cores() -> usize {
     core_affinity::get_core_ids().map_or(1, |ids| ids.len().max(1))
+}
+
+/// The CPUs a cgroup v2 quota (`cpu.max`) allows this process, if it sets one.
+pub fn cpu_quota() -> Option<f64> {
+    let cgroup = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let path = cgroup.lines().find_map(|l| l.strip_prefix("0::"))?;
+    let max = std::fs::read_to_string(format!("/sys/fs/cgroup{path}/cpu.max")).ok()?;
+    let mut fields = max.split_whitespace();
+    let quota: f64 = fields.next()?.parse().ok()?;
+    let period: f64 = fields.next()?.parse().ok()?;
+    (period > 0.0).then(|| quota / period)
 }
 
 /// The values chosen for the settings that were given, by setting name.

@@ -131,7 +131,7 @@ pub static SETTINGS: &[Setting] = &[
         "",
         "INT",
         "The number of shards, one per CPU. Default: $WEB_CONCURRENCY, or the CPUs \
-         this process may run on.",
+         this process may run on (fewer when a cgroup CPU quota allows fewer).",
     ),
     setting(
         "worker_class",

@@ -1,0 +1,43 @@
+# turbo in a container: built with Rust against the image's Python, then run on
+# a slim Python 3.13 image as a non-root user.
+#
+#   docker build -t turbo .
+#   docker run --rm -p 8000:8000 --cpus 2 turbo
+#
+# Your app: install its requirements in the final stage and change the CMD
+# (`myproject.wsgi:application --bind 0.0.0.0:8000`), or mount a
+# gunicorn.conf.py into /app.
+#
+# Run flags:
+# - io_uring: Docker's default seccomp profile refuses it (since Docker 25), and
+#   turbo then serves through epoll with one warning. To keep io_uring, pass a
+#   profile that allows io_uring_setup, io_uring_enter and io_uring_register:
+#   --security-opt seccomp=/path/to/seccomp-io-uring.json (tuning/README.md).
+# - CPUs: turbo starts one shard per CPU the container may use. With a quota
+#   (--cpus 2) it takes the quota, rounded up; with --cpuset-cpus, those CPUs.
+#   --workers N (or -e WEB_CONCURRENCY=N) overrides both.
+# - Memory: each shard is a sub-interpreter in one process; budget for the
+#   app's own footprint once per shard.
+
+FROM python:3.13-slim-bookworm AS build
+COPY --from=rust:1-slim-bookworm /usr/local/cargo /usr/local/cargo
+COPY --from=rust:1-slim-bookworm /usr/local/rustup /usr/local/rustup
+ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/cargo/bin:$PATH
+RUN apt-get update \
+    && apt-get install -y --no-install-recommends gcc libc6-dev \
+    && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY src src
+COPY docker/build.sh docker/build.sh
+RUN sh docker/build.sh /out
+
+FROM python:3.13-slim-bookworm
+COPY --from=build /out/turbo /usr/local/bin/turbo
+WORKDIR /app
+COPY examples/hello.py .
+# The image's nobody: no home, no shell, no write access to /app.
+USER 65534:65534
+EXPOSE 8000
+ENTRYPOINT ["turbo"]
+CMD ["hello:app", "--bind", "0.0.0.0:8000"]
