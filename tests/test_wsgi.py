@@ -79,7 +79,7 @@ def test_absolute_form_target(turbo):
     assert (env["PATH_INFO"], env["QUERY_STRING"]) == ("/abs", "q=1")
 
 
-@pytest.mark.parametrize("how", ["read", "readline", "readline-limited", "readlines", "iter", "chunks"])
+@pytest.mark.parametrize("how", ["read", "readline", "readline-limited", "readlines", "iter", "chunks", "length"])
 @pytest.mark.parametrize("size", [0, 10, 100_000])
 def test_input_methods(turbo, how, size):
     srv = turbo("echo:echo")
@@ -99,6 +99,19 @@ def test_streamed_chunked_upload(turbo):
 
     r = httpx.post(srv.url("/?chunks"), content=gen(), timeout=20)
     assert r.content == payload
+
+
+def test_read_of_content_length_returns_the_whole_body(turbo):
+    """A body that arrives in pieces is still one read(CONTENT_LENGTH) away,
+    as with Gunicorn: apps read that way."""
+    srv = turbo("echo:echo")
+    payload = os.urandom(300_000)
+    with srv.connect() as s:
+        s.sendall(b"POST /?length HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(payload))
+        for i in range(0, len(payload), 50_000):
+            s.sendall(payload[i : i + 50_000])
+        status, _, body, _ = read_response(s, timeout=20)
+    assert status == 200 and body == payload
 
 
 def test_unread_large_body_closes_connection(turbo):

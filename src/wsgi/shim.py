@@ -80,13 +80,9 @@ class Input:
                     self._eof = True
                 parts.append(data)
             return b"".join(parts)
-        if not self._buf:
-            if self._eof or size == 0:
-                return b""
-            self._buf = self._pull(size)
-            if not self._buf:
-                self._eof = True
-                return b""
+        # As Gunicorn's: `size` bytes unless the body ends first, since apps
+        # read(CONTENT_LENGTH) and expect the whole body.
+        self._fill(size)
         data, self._buf = self._buf[:size], self._buf[size:]
         return data
 

@@ -53,7 +53,12 @@ def echo(environ, start_response):
                 break
             assert len(chunk) <= 1000
             parts.append(chunk)
+        # Every read but the last is whole.
+        assert all(len(p) == 1000 for p in parts[:-1])
         data = b"".join(parts)
+    elif how == "length":
+        # One read of CONTENT_LENGTH gets the whole body, however it arrives.
+        data = inp.read(int(environ["CONTENT_LENGTH"]))
     elif how == "ignore":
         data = b"ignored"
     else:
