@@ -1,203 +1,209 @@
-"""Benchmark: turbo against Granian, bjoern and Gunicorn (WSGI) and against
-Granian and Uvicorn (ASGI), one core each.
+"""Benchmark: turbo against the usual Python servers, one core each, on the same apps.
 
-Method: every server runs pinned to CPU 0 (taskset) and wrk to CPU 1. Each round
-starts every server in turn, warms it up, then measures with wrk; rounds alternate
-between servers so drift on this shared machine hits all of them alike. The table
-shows medians over the rounds. The server's CPU time per request comes from its
-process tree's user+system time (psutil, i.e. /proc), which stays meaningful when
-wrk itself is the bottleneck.
+Method: every server runs pinned to CPU 0 (taskset) and the load generator to CPU 1
+(wrk -t1, or bench/wsload.py for the WebSocket echo). Each round starts every server
+in turn, checks one response, warms it up, then measures; the order of the servers
+reverses every other round so drift on a shared machine hits them alike. Tables
+show medians over the rounds. The server's CPU time per request is the user+system
+time of its whole process tree (psutil, i.e. /proc), which stays meaningful when
+the load generator is the bottleneck; PSS is summed over the same tree after the
+load. "bare" is a Rust hello server on compio with no Python, the floor.
+
+Modes: the apps (default), --memory (PSS of the Flask app at 1 and 2 workers),
+--scaling (turbo's CPU-bound throughput on 1 and 2 shards).
 """
 
 import argparse
+import inspect
 import os
-import re
-import socket
+import shlex
 import statistics
-import subprocess
 import sys
-import time
+import tempfile
 from pathlib import Path
 
-import psutil
-
-HERE = Path(__file__).resolve().parent
-APPS = HERE / "apps"
-BIN = Path(sys.executable).parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+import harness
+import peers
+import report
+import suite
+from harness import Server, free_port
 
 
-ASGI_APPS = {"asgihello:app"}
+def shown(argv):
+    """A command line as the report shows it: quoted, paths relative to the repository."""
+    return shlex.join(str(a) for a in argv).replace(f"{harness.HERE.parent}/", "")
 
 
-def servers(turbo, app):
-    """The servers to run `app` with, as argv builders taking the port."""
-    asgi = app in ASGI_APPS
-    interface = "asgi" if asgi else "wsgi"
-    table = {
-        "turbo": lambda port: [turbo, app, "--cores", "1", "--bind", f"127.0.0.1:{port}", "--log-level", "warning"],
-        "granian": lambda port: [str(BIN / "granian"), "--interface", interface, "--workers", "1",
-                                 "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", app],
-    }
-    if asgi:
-        table["uvicorn"] = lambda port: [str(BIN / "uvicorn"), "--workers", "1", "--loop", "uvloop",
-                                         "--http", "httptools", "--host", "127.0.0.1", "--port", str(port),
-                                         "--log-level", "warning", "--no-access-log", app]
-    else:
-        table["bjoern"] = lambda port: [sys.executable, "-c",
-                                        f"import bjoern, importlib; m, a = {app!r}.split(':'); "
-                                        f"bjoern.run(getattr(importlib.import_module(m), a), '127.0.0.1', {port})"]
-        table["gunicorn"] = lambda port: [str(BIN / "gunicorn"), "-w", "1", "-b", f"127.0.0.1:{port}",
-                                          "--log-level", "warning", app]
-    return table
+def run_load(app, port, duration, connections, cpus=harness.LOAD_CPUS):
+    if app.load == "ws":
+        return harness.wsload(port, duration, connections, cpus=cpus)
+    return harness.wrk(port, duration, connections, cpus=cpus, post_bytes=app.post_bytes)
 
 
-def wait_port(port, proc, timeout=30):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}")
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError("server did not open its port")
+def check(app, port):
+    """One request of the app's kind; raises unless it is answered as expected, and
+    returns a note from the `x-bench-via` header where the app sets one."""
+    body = b"x" * app.post_bytes if app.post_bytes else None
+    status, headers, data = harness.probe(port, "POST" if body else "GET", body)
+    if status != 200:
+        raise RuntimeError(f"probe got HTTP {status}")
+    if app.expect_bytes is not None and len(data) != app.expect_bytes:
+        raise RuntimeError(f"probe got {len(data)} bytes, not {app.expect_bytes}")
+    return headers.get("x-bench-via")
 
 
-def cpu_seconds(proc):
-    procs = [proc] + proc.children(recursive=True)
-    total = 0.0
-    for p in procs:
-        try:
-            t = p.cpu_times()
-            total += t.user + t.system
-        except psutil.NoSuchProcess:
-            pass
-    return total
+def measure(app, argv, port, args, env):
+    with Server(argv, port, cpus="0", env=env, log_dir=args.tmp) as srv:
+        via = check(app, port)
+        run_load(app, port, args.warmup, args.connections)
+        cpu0 = srv.cpu_seconds()
+        res = run_load(app, port, args.duration, args.connections)
+        cpu = srv.cpu_seconds() - cpu0
+        res["cpu_us"] = cpu / max(res["count"], 1) * 1e6
+        res["pss_mb"] = srv.pss_bytes() / 2**20
+        res["via"] = via
+        return res
 
 
-def rss_pss(proc):
-    total = 0
-    for p in [proc] + proc.children(recursive=True):
-        try:
-            total += p.memory_full_info().pss
-        except (psutil.NoSuchProcess, psutil.AccessDenied, AttributeError):
-            pass
-    return total
+def bench_apps(args, turbo, env):
+    out = report.Report("latest.md")
+    out.add("# turbo benchmark", "", report.environment(turbo), "", *__doc__.strip().splitlines(), "",
+            "`bench/run.py " + " ".join(sys.argv[1:]) + "`", "")
+    wanted = set(args.servers.split(","))
+    ratios, commands = {}, []
+    for app in suite.select(args.apps):
+        names = peers.applicable(app, wanted)
+        results = {n: [] for n in names}
+        failures, vias = {}, {}
+        for r in range(args.rounds):
+            for name in names if r % 2 == 0 else reversed(names):
+                if name in failures:
+                    continue
+                port = free_port()
+                argv = peers.command(name, app, port, turbo)
+                if r == 0:
+                    commands.append(f"- {app.name}, {name}: `{shown(argv)}`")
+                try:
+                    res = measure(app, argv, port, args, env)
+                except Exception as e:  # one server failing must not lose the others' numbers
+                    failures[name] = " ".join(str(e).split())[:200]
+                    print(f"  round {r + 1} {app.name} {name}: FAILED {failures[name]}", file=sys.stderr)
+                    continue
+                results[name].append(res)
+                if res["via"]:
+                    vias[name] = res["via"]
+                print(f"  round {r + 1} {app.name} {name}: {res['rate']:.0f} {app.unit}/s, "
+                      f"{res['cpu_us']:.1f} us CPU/{app.unit}", file=sys.stderr)
+        medians = {n: {k: statistics.median(x[k] for x in rs) for k in rs[0] if k != "via"}
+                   for n, rs in results.items() if rs and n not in failures}
+        notes = []
+        if vias:
+            notes.append("Sent by: " + ", ".join(f"{n} {v}" for n, v in vias.items()) + ".")
+        if app.threads:
+            notes.append(f"Threads: turbo --threads {app.threads}, gunicorn -k gthread --threads {app.threads}, "
+                         f"granian --blocking-threads {app.threads}; gunicorn sync has one.")
+        out.add(*report.app_table(app, names, medians, failures, notes, args.duration, args.rounds,
+                                  args.connections))
+        ratios[app.name] = report.ratios(medians)
+    out.add("## Commands", "", "Run from bench/apps/ under `taskset -c 0`, each on a free port.", "", *commands)
+    png = report.chart(ratios, report.RESULTS / "ratios.png")
+    print(f"\nWrote {out.path}" + (f" and {png}" if png else ""), file=sys.stderr)
 
 
-def wrk(port, duration, connections, cpus="1"):
-    out = subprocess.run(
-        ["taskset", "-c", cpus, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency",
-         f"http://127.0.0.1:{port}/"],
-        capture_output=True, text=True, check=True,
-    ).stdout
-    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
-    total = int(re.search(r"(\d+) requests in", out).group(1))
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+def memory(args, turbo, env):
+    """PSS of the Flask app's whole process tree at one and two workers, after a
+    short warm-up load, for turbo (shards share one process), Gunicorn and Granian
+    (a process per worker). Servers are not pinned here (two workers want two CPUs);
+    the warm-up's wrk runs on CPU 1."""
+    out = report.Report("memory.md")
+    out.add("# turbo memory benchmark", "", report.environment(turbo), "", inspect.cleandoc(memory.__doc__), "")
+    app = suite.BY_NAME["flask"]
+    configs = [("turbo", "turbo"), ("gunicorn", "gunicorn-sync"), ("granian", "granian")]
+    pss = {(label, c): [] for label, _ in configs for c in (1, 2)}
+    failures = {}
+    for r in range(args.rounds):
+        runs = [(label, server, c) for label, server in configs for c in (1, 2)]
+        for label, server, cores in runs if r % 2 == 0 else reversed(runs):
+            port = free_port()
+            argv = peers.command(server, app, port, turbo, cores=cores)
+            try:
+                with Server(argv, port, cpus=None, env=env, log_dir=args.tmp) as srv:
+                    check(app, port)
+                    harness.wrk(port, args.warmup, args.connections)
+                    pss[label, cores].append(srv.pss_bytes() / 2**20)
+            except Exception as e:
+                failures[label, cores] = " ".join(str(e).split())[:200]
+                print(f"  round {r + 1} {label} x{cores}: FAILED {failures[label, cores]}", file=sys.stderr)
+                continue
+            print(f"  round {r + 1} {label} x{cores}: {pss[label, cores][-1]:.1f} MiB", file=sys.stderr)
+    med = {k: statistics.median(v) if v else float("nan") for k, v in pss.items()}
+    out.add(f"Flask hello, warm-up wrk -c{args.connections} {args.warmup} s, PSS summed over the process tree, "
+            f"medians over {args.rounds} rounds.", "",
+            "| server | PSS MiB, 1 worker | PSS MiB, 2 workers | growth per added worker MiB |", "|---|---|---|---|")
+    for label, _ in configs:
+        one, two = med[label, 1], med[label, 2]
+        out.add(f"| {label} | {report.fmt(one, 1)} | {report.fmt(two, 1)} | {report.fmt(two - one, 1)} |")
+    out.add("", "turbo's workers are shards (`--cores N`), Gunicorn's `-w N` sync workers, Granian's `--workers N`.")
+    for label, _ in configs[1:]:
+        ratio = med["turbo", 2] / med[label, 2]
+        target = " (target: 0.6x or less)" if label == "gunicorn" else ""
+        out.add("", f"turbo/{label} PSS at 2 workers: **{report.fmt(ratio, 2)}x**{target}.")
+    for (label, cores), why in failures.items():
+        out.add("", f"{label} with {cores} workers failed: {why}")
 
-    def pct(p):
-        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
-        value, unit = float(m.group(1)), m.group(2)
-        return value * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
-    return rps, total, pct(50), pct(99), int(errors.group(1)) if errors else 0
-
-
-def measure(name, argv, duration, connections):
-    port = free_port()
-    env = dict(os.environ, VIRTUAL_ENV=str(BIN.parent), PYTHONPATH=str(APPS))
-    proc = subprocess.Popen(["taskset", "-c", "0", *argv(port)], cwd=APPS, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        wait_port(port, proc)
-        wrk(port, 2, connections)  # warm-up
-        ps = psutil.Process(proc.pid)
-        cpu0 = cpu_seconds(ps)
-        rps, total, p50, p99, errors = wrk(port, duration, connections)
-        cpu = cpu_seconds(ps) - cpu0
-        mem = rss_pss(ps)
-        return {"rps": rps, "p50": p50, "p99": p99, "cpu_us": cpu / max(total, 1) * 1e6,
-                "pss_mb": mem / 2**20, "errors": errors}
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(10)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def scaling(turbo, duration, rounds):
+def scaling(args, turbo, env):
     """Req/s of a CPU-bound handler on one shard and on two, alternating. The
     handler is so slow that wrk, on either CPU, takes little from the shards."""
+    out = report.Report("scaling.md")
+    app = suite.App("cpu", "cpu:app", "wsgi", "CPU-bound handler")
     results = {1: [], 2: []}
-    for r in range(rounds):
+    for r in range(args.rounds):
         for cores in (1, 2) if r % 2 == 0 else (2, 1):
             port = free_port()
-            env = dict(os.environ, VIRTUAL_ENV=str(BIN.parent))
-            proc = subprocess.Popen([turbo, "cpu:app", "--cores", str(cores), "--bind", f"127.0.0.1:{port}",
-                                     "--log-level", "warning"], cwd=APPS, env=env,
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            try:
-                wait_port(port, proc)
-                wrk(port, 2, 8, cpus="0,1")
-                rps = wrk(port, duration, 8, cpus="0,1")[0]
-            finally:
-                proc.terminate()
-                proc.wait(10)
+            with Server(peers.command("turbo", app, port, turbo, cores=cores), port, cpus=None, env=env,
+                        log_dir=args.tmp):
+                harness.wrk(port, args.warmup, 8, cpus="0,1")
+                rps = harness.wrk(port, args.duration, 8, cpus="0,1")["rate"]
             results[cores].append(rps)
             print(f"  round {r + 1} --cores {cores}: {rps:.1f} req/s", file=sys.stderr)
     one, two = (statistics.median(results[c]) for c in (1, 2))
-    print(f"\n### CPU-bound handler, --cores 1 vs 2 (wrk -c8, {duration}s x {rounds} rounds, medians)\n")
-    print("| shards | req/s | speed-up |\n|---|---|---|")
-    print(f"| 1 | {one:.1f} | 1.00x |\n| 2 | {two:.1f} | {two / one:.2f}x |")
+    out.add(f"### CPU-bound handler, --cores 1 vs 2 (wrk -c8, {args.duration}s x {args.rounds} rounds, medians)", "",
+            "| shards | req/s | speed-up |", "|---|---|---|",
+            f"| 1 | {one:.1f} | 1.00x |", f"| 2 | {two:.1f} | {two / one:.2f}x |")
 
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--turbo", required=True)
-    ap.add_argument("--duration", type=int, default=10)
+    ap.add_argument("--turbo", required=True, help="the turbo binary")
+    ap.add_argument("--duration", type=int, default=10, help="seconds of measured load per server and round")
+    ap.add_argument("--warmup", type=int, default=2, help="seconds of load before measuring")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64)
-    ap.add_argument("--apps", default="hello:app,flaskhello:app,asgihello:app")
-    ap.add_argument("--servers", default="turbo,granian,bjoern,gunicorn,uvicorn",
-                    help="those that serve each app's interface are run")
-    ap.add_argument("--scaling", action="store_true", help="measure turbo on 1 and 2 shards instead")
+    ap.add_argument("--apps", default="all", help=f"comma-separated, of: {', '.join(suite.BY_NAME)} (or all)")
+    ap.add_argument("--servers", default="turbo,bare,granian,bjoern,gunicorn,uvicorn",
+                    help="those that serve each app's interface are run; gunicorn means all its worker kinds")
+    mode = ap.add_mutually_exclusive_group()
+    mode.add_argument("--memory", action="store_true", help="PSS at 1 and 2 workers instead (Flask app)")
+    mode.add_argument("--scaling", action="store_true", help="turbo on 1 and 2 shards instead (CPU-bound app)")
     args = ap.parse_args()
-    if args.scaling:
-        scaling(os.path.abspath(args.turbo), args.duration, args.rounds)
-        return
     turbo = os.path.abspath(args.turbo)
-    print(__doc__)
-    for app in args.apps.split(","):
-        table = servers(turbo, app)
-        names = [n for n in args.servers.split(",") if n in table]
-        results = {n: [] for n in names}
-        for r in range(args.rounds):
-            order = names if r % 2 == 0 else list(reversed(names))
-            for name in order:
-                res = measure(name, table[name], args.duration, args.connections)
-                results[name].append(res)
-                print(f"  round {r + 1} {app} {name}: {res['rps']:.0f} req/s, {res['cpu_us']:.1f} us CPU/req",
-                      file=sys.stderr)
-        med = {n: {k: statistics.median(x[k] for x in rs) for k in rs[0]} for n, rs in results.items()}
-        print(f"\n### {app} (wrk -c{args.connections}, {args.duration}s x {args.rounds} rounds, medians)\n")
-        print("| server | req/s | p50 ms | p99 ms | CPU us/req | PSS MiB | non-2xx | turbo req/s ratio |")
-        print("|---|---|---|---|---|---|---|---|")
-        for n in names:
-            m = med[n]
-            ratio = med["turbo"]["rps"] / m["rps"] if "turbo" in med and m["rps"] else float("nan")
-            print(f"| {n} | {m['rps']:.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {m['cpu_us']:.1f} | "
-                  f"{m['pss_mb']:.1f} | {m['errors']:.0f} | {ratio:.2f}x |")
-        sys.stdout.flush()
-
+    if not os.access(turbo, os.X_OK):
+        raise SystemExit(f"no turbo binary at {turbo}")
+    with tempfile.TemporaryDirectory(prefix="turbo-bench-") as tmp:
+        args.tmp = tmp
+        big = Path(tmp) / "1mib.bin"  # the file apps' file, made once per run
+        big.write_bytes(os.urandom(1 << 20))
+        env = {"BENCH_FILE": str(big)}
+        if args.memory:
+            memory(args, turbo, env)
+        elif args.scaling:
+            scaling(args, turbo, env)
+        else:
+            wants_bare = "bare" in args.servers.split(",") and any(a.bare for a in suite.select(args.apps))
+            if wants_bare and not peers.BARE.exists():
+                raise SystemExit(f"no {peers.BARE}: cargo build --release --manifest-path bench/bare/Cargo.toml")
+            bench_apps(args, turbo, env)
 
 if __name__ == "__main__":
     main()

@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
-# One command for the benchmark: installs wrk, libev and the peers (Granian,
-# bjoern, Gunicorn, Uvicorn) in a Python 3.13 virtualenv, builds turbo, then runs
-# bench/run.py, which pins each server to CPU 0 and wrk to CPU 1 and alternates
-# rounds between servers. Arguments go to run.py (e.g. --duration 5 --rounds 3).
+# One command for the benchmark. Installs wrk and libev (apt), the peers (Granian,
+# bjoern, Gunicorn with its sync, gthread and ASGI workers, Uvicorn with uvloop and
+# httptools) and the apps' frameworks (Flask, FastAPI, websockets, matplotlib,
+# psutil) in a CPython 3.13 virtualenv, .venv-bench; builds turbo for 3.13 and the
+# bare Rust hello server (bench/bare); then runs bench/run.py, which pins each
+# server to CPU 0 and the load to CPU 1 and alternates rounds between servers.
+# Arguments go to run.py: e.g. --duration 5 --rounds 3 --apps hello,websocket,
+# or --memory, or --scaling. Results: bench/results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYENV_ROOT="${PYENV_ROOT:-$HOME/.pyenv}"
-python="${PYTHON:-$PYENV_ROOT/versions/3.13.0/bin/python3}"
+if [ -z "${PYTHON:-}" ]; then
+  if command -v pyenv >/dev/null; then
+    PYTHON="$(pyenv prefix 3.13.0)/bin/python3"
+  else
+    PYTHON="${PYENV_ROOT:-$HOME/.pyenv}/versions/3.13.0/bin/python3"
+  fi
+fi
 if ! command -v wrk >/dev/null || [ ! -e /usr/include/ev.h ]; then
   apt-get update -qq && apt-get install -y -qq wrk libev-dev
 fi
-[ -x .venv-bench/bin/python ] || "$python" -m venv .venv-bench
+[ -x .venv-bench/bin/python ] || "$PYTHON" -m venv .venv-bench
 .venv-bench/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
-PYO3_PYTHON="$python" cargo build --release --target-dir target/py3.13
+PYO3_PYTHON="$PYTHON" cargo build --release --target-dir target/py3.13
+cargo build --release --manifest-path bench/bare/Cargo.toml
 exec .venv-bench/bin/python bench/run.py --turbo target/py3.13/release/turbo "$@"
