@@ -25,6 +25,7 @@ use super::tls;
 use crate::access_log::{self, Outcome};
 use crate::asgi::http::{self as asgi_http, Peers};
 use crate::asgi::websocket as asgi_ws;
+use crate::shard::accept::Admitted;
 use crate::shard::{App, Shard};
 use crate::wsgi::Wsgi;
 use crate::wsgi::environ::ConnInfo;
@@ -87,12 +88,11 @@ struct Conn {
     out: Vec<u8>,
 }
 
-pub async fn serve(shard: Rc<Shard>, stream: Stream, peer: Option<SocketAddr>) {
+pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>) {
+    let shard = admitted.shard().clone();
     let Ok(mut ends) = stream.endpoints(peer) else {
         return;
     };
-    let counted = shard.clone();
-    let _live = counted.drain.connection();
     let mut conn = Conn {
         peer: String::new(),
         // Only a process on this host can reach a unix socket: Gunicorn trusts

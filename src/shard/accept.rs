@@ -42,6 +42,27 @@ impl AsRawFd for Listener {
     }
 }
 
+/// A connection the shard counts as live from its accept until it ends; the
+/// shard drains until none is left.
+pub struct Admitted(Rc<Shard>);
+
+impl Admitted {
+    fn new(shard: Rc<Shard>) -> Admitted {
+        shard.drain.admit();
+        Admitted(shard)
+    }
+
+    pub fn shard(&self) -> &Rc<Shard> {
+        &self.0
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.drain.leave();
+    }
+}
+
 /// Accepts connections while the shard runs. It waits for readiness and then
 /// accepts without blocking, rather than keeping an accept in flight: during a
 /// reload the old and new workers share this socket, and an accept cancelled
@@ -87,12 +108,9 @@ async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
                 };
                 match stream {
                     Ok(stream) => {
-                        compio::runtime::spawn(crate::http::conn::serve(
-                            shard.clone(),
-                            stream,
-                            peer,
-                        ))
-                        .detach();
+                        let admitted = Admitted::new(shard.clone());
+                        compio::runtime::spawn(crate::http::conn::serve(admitted, stream, peer))
+                            .detach();
                     }
                     Err(e) => log::error!("Shard {}: cannot serve a connection: {e}", shard.id),
                 }

@@ -45,10 +45,18 @@ impl Drain {
         }
     }
 
-    /// Counts a connection until the guard drops.
-    pub fn connection(&self) -> Live<'_> {
+    /// Counts a connection from the moment it is accepted, so the shard
+    /// cannot end between the accept and the connection's first poll.
+    pub fn admit(&self) {
         self.live.set(self.live.get() + 1);
-        Live(self)
+    }
+
+    /// The end of a connection `admit` counted.
+    pub fn leave(&self) {
+        self.live.set(self.live.get() - 1);
+        if self.live.get() == 0 {
+            self.wake_last();
+        }
     }
 
     /// Resolves once the drain has started and no connection is left.
@@ -67,17 +75,6 @@ impl Drain {
     fn wake_last(&self) {
         if let Some(waker) = self.last.borrow_mut().take() {
             waker.wake();
-        }
-    }
-}
-
-pub struct Live<'a>(&'a Drain);
-
-impl Drop for Live<'_> {
-    fn drop(&mut self) {
-        self.0.live.set(self.0.live.get() - 1);
-        if self.0.live.get() == 0 {
-            self.0.wake_last();
         }
     }
 }
