@@ -114,6 +114,20 @@ def test_read_of_content_length_returns_the_whole_body(turbo):
     assert status == 200 and body == payload
 
 
+def test_large_bodies_back_to_back_on_one_connection(turbo):
+    """After a streamed body, the connection's next request starts where the
+    body ended."""
+    srv = turbo("echo:echo")
+    with srv.connect() as s:
+        for i in range(3):
+            payload = bytes([65 + i]) * 150_000
+            s.sendall(b"POST /?length HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % len(payload)
+                      + payload)
+            status, headers, body, _ = read_response(s, timeout=20)
+            assert (status, body == payload) == (200, True), (i, status, body[:60])
+            assert headers.get("connection") != "close"
+
+
 def test_unread_large_body_closes_connection(turbo):
     srv = turbo("echo:echo")
     with srv.connect() as s:

@@ -435,6 +435,9 @@ impl Conn {
                 || buffered > SMALL_BODY;
             if waiting_for_continue || large {
                 let pending = self.rbuf.split_off(used);
+                // Keep the head for the environ; the body bytes decoded so far
+                // travel in `body`.
+                self.rbuf.truncate(head.len);
                 let stream = BodyStream::new(
                     self.stream.as_raw_fd(),
                     match &self.stream {
