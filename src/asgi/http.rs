@@ -36,6 +36,9 @@ use crate::wsgi::environ::{percent_decode, split_target};
 
 /// send() makes the app wait once this much output is queued.
 const HIGH_WATER: usize = 64 * 1024;
+/// Bounds on one read of a request body.
+const BODY_READ_MIN: usize = 16 * 1024;
+const BODY_READ_MAX: usize = 256 * 1024;
 /// The longest a client may stall reading a response.
 const WRITE_STALL: Duration = Duration::from_secs(30);
 
@@ -718,7 +721,8 @@ async fn exchange(
     }
     asgi.reactor.wake_python();
 
-    let mut scratch = Vec::with_capacity(16 * 1024);
+    // The body read buffer, made on the first read (most requests have none).
+    let mut scratch = Vec::new();
     let mut reading: Option<LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>> = None;
     let mut watching: Option<LocalBoxFuture<'static, ()>> = None;
     // The next request's bytes have arrived; the socket need not be watched.
@@ -798,6 +802,10 @@ async fn exchange(
         if !disconnected && !request_complete && want_body && reading.is_none() {
             let mut buf = std::mem::take(&mut scratch);
             buf.clear();
+            // Room for what is left of the body, within bounds: each read is
+            // a trip through the app's receive(), so fewer, larger ones pay.
+            let left = decoder.remaining_length().unwrap_or(BODY_READ_MAX as u64);
+            buf.reserve((left as usize).clamp(BODY_READ_MIN, BODY_READ_MAX));
             // The read owns a handle to the socket, so it stays in flight
             // across writes.
             let mut reader = stream.clone();
