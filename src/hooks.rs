@@ -154,14 +154,11 @@ impl RequestHooks {
         buf: &[u8],
         head: &RequestHead,
         https: bool,
-        peer: &Py<PyAny>,
+        peer: Option<&Py<PyAny>>,
     ) -> Result<Py<PyAny>, ()> {
         let log = |e: PyErr| {
-            let tb = e
-                .traceback(py)
-                .and_then(|t| t.format().ok())
-                .unwrap_or_default();
-            log::error!("Error handling request (pre_request hook)\n{tb}{e}");
+            let text = crate::python::error_text(py, &e);
+            log::error!("Error handling request (pre_request hook)\n{text}");
         };
         let req = self.request(py, buf, head, https, peer).map_err(log)?;
         if self.pre
@@ -185,7 +182,7 @@ impl RequestHooks {
         buf: &[u8],
         head: &RequestHead,
         https: bool,
-        peer: &Py<PyAny>,
+        peer: Option<&Py<PyAny>>,
     ) -> PyResult<Bound<'py, PyAny>> {
         let target = &buf[head.target.clone()];
         let (path, query) = split_target(target).unwrap_or((target, b""));
@@ -205,7 +202,7 @@ impl RequestHooks {
             head.minor,
             headers,
             if https { "https" } else { "http" },
-            peer.bind(py),
+            peer.map(|p| p.bind(py)),
         ))
     }
 

@@ -31,6 +31,19 @@ def free_port():
         return s.getsockname()[1]
 
 
+def wait_port(port, timeout=30):
+    """Waits, for `timeout` seconds at most, until something accepts on the
+    loopback port: for servers started outside `Turbo` (the real Gunicorn)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            assert time.monotonic() < deadline, f"nothing listens on port {port}"
+            time.sleep(0.05)
+
+
 class Turbo:
     """A running turbo process whose error log is collected line by line."""
 

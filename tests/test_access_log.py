@@ -1,7 +1,6 @@
 """The access log: Gunicorn's format atoms give the same line as Gunicorn for
 the same request, byte for byte once time, duration and pid are masked."""
 
-import os
 import re
 import signal
 import subprocess
@@ -9,9 +8,8 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 
-from conftest import APPS, free_port, read_response
+from conftest import APPS, free_port, read_response, wait_port
 
 FORMAT = ('%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s %(B)s "%(f)s" "%(a)s" %(m)s %(U)s %(q)s '
           '%(H)s %(T)s %(M)s %(D)s %(L)s %(p)s %({x-test}i)s %({x-served}o)s %({content-type}o)s '
@@ -64,16 +62,7 @@ def test_lines_match_gunicorn(turbo, tmp_path):
     proc = subprocess.Popen([str(gunicorn), "access_app:app", "-c", str(conf), "-b", f"127.0.0.1:{port}"],
                             cwd=APPS, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        import socket
-        import time
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "gunicorn did not start"
-                time.sleep(0.05)
+        wait_port(port)
         send_all(port)
     finally:
         proc.send_signal(signal.SIGTERM)

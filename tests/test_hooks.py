@@ -5,7 +5,6 @@ each process called are compared."""
 import collections
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import APPS, free_port, read_response
+from conftest import APPS, free_port, read_response, wait_port
 
 HOOKS = '''
 import os
@@ -41,17 +40,6 @@ def pre_request(worker, req):
 def post_request(worker, req, environ, resp):
     record(worker, f"post_request {resp.status} {environ['PATH_INFO']} {req.uri}")
 '''
-
-
-def wait_port(port):
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            return
-        except OSError:
-            assert time.monotonic() < deadline, "the server did not start"
-            time.sleep(0.05)
 
 
 def wait_lines(log, count):

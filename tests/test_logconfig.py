@@ -7,15 +7,13 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import httpx
 
-from conftest import APPS, free_port
+from conftest import APPS, free_port, wait_port
 
 FORMATTER = '''
 import logging
@@ -50,14 +48,7 @@ def serve(argv, out):
     proc = subprocess.Popen([*argv, "-b", f"127.0.0.1:{port}", "-w", "1", "hello:app"], cwd=APPS, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, proc.stdout.read() if proc.poll() is not None else "no start"
-                time.sleep(0.05)
+        wait_port(port)
         httpx.get(f"http://127.0.0.1:{port}/first", timeout=10)
         httpx.post(f"http://127.0.0.1:{port}/second", content=b"x", timeout=10)
     finally:

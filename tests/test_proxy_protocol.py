@@ -8,12 +8,11 @@ import socket
 import struct
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import APPS, free_port, read_response
+from conftest import APPS, free_port, read_response, wait_port
 
 V1 = b"PROXY TCP4 203.0.113.7 198.51.100.1 40001 443\r\n"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -102,14 +101,7 @@ def test_environ_matches_gunicorn():
             [binary, "echo:environ_app", "-b", f"127.0.0.1:{port}", "-w", "1", "--proxy-protocol"],
             cwd=APPS, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                    break
-                except OSError:
-                    assert time.monotonic() < deadline
-                    time.sleep(0.05)
+            wait_port(port)
             for prefix in (V1, v2("192.0.2.9", 5555, "10.0.0.1", 80)):
                 [(status, _, body, _)] = request(port, prefix)
                 environ = json.loads(body)
@@ -124,7 +116,7 @@ def test_environ_matches_gunicorn():
 
 def test_v1_on_a_unix_socket_sets_the_client(turbo, tmp_path):
     path = tmp_path / "pp.sock"
-    srv = turbo("echo:environ_app", "--proxy-protocol", "--bind", f"unix:{path}")
+    turbo("echo:environ_app", "--proxy-protocol", "--bind", f"unix:{path}")
     with socket.socket(socket.AF_UNIX) as s:
         s.settimeout(10)
         s.connect(str(path))

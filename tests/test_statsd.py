@@ -11,9 +11,8 @@ import time
 from pathlib import Path
 
 import httpx
-import pytest
 
-from conftest import APPS, BIN, free_port
+from conftest import APPS, BIN, free_port, wait_port
 
 PATHS = ["/?200", "/?404", "/?200", "/?503"]
 
@@ -55,14 +54,7 @@ def run(argv, collector):
     )
     try:
         collector.wait_for(lambda lines: any("gunicorn.workers" in x for x in lines), 30)
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "the server did not start"
-                time.sleep(0.05)
+        wait_port(port)
         for path in PATHS:
             httpx.get(f"http://127.0.0.1:{port}{path}", timeout=10)
         collector.wait_for(lambda lines: sum("gunicorn.requests:" in x for x in lines) == len(PATHS))

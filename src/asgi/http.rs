@@ -558,7 +558,7 @@ pub struct Request<'a> {
     /// A trusted proxy says the client used https.
     pub https: bool,
     /// pre_request and post_request, with the client as `req.peer_addr`.
-    pub hooks: Option<(&'a RequestHooks, &'a Py<PyAny>)>,
+    pub hooks: Option<(&'a RequestHooks, Option<&'a Py<PyAny>>)>,
 }
 
 /// Runs one request through the app. `rbuf` holds the head and whatever

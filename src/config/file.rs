@@ -122,11 +122,8 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
         .getattr("read")
         .and_then(|f| f.call1((location, known, HOOKS.to_vec())))
         .map_err(|e| {
-            let tb = e
-                .traceback(py)
-                .and_then(|t| t.format().ok())
-                .unwrap_or_default();
-            format!("failed to read config file {location}:\n{tb}{e}")
+            let text = crate::python::error_text(py, &e);
+            format!("failed to read config file {location}:\n{text}")
         })?;
     let (found, hooks, others, namespace): (
         Bound<'_, PyDict>,

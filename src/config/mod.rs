@@ -518,16 +518,7 @@ pub fn load() -> Action {
         };
     }
     let checking = values.is_set("check_config");
-    let built = Config::from_values(&values).map(|config| Config {
-        warnings: extras.warnings,
-        hooks: extras.hooks,
-        request_hooks: extras.request_hooks,
-        logconfig: extras
-            .logconfig_dict
-            .map(LogConfig::Dict)
-            .or(config.logconfig),
-        ..config
-    });
+    let built = Config::build(&values, extras);
     match built {
         Ok(config) if values.is_set("print_config") => Action::Print(print(&values, &config)),
         Ok(_) if checking => Action::CheckPassed,
@@ -546,16 +537,7 @@ pub fn reload() -> Result<Config, String> {
         Failure::Display(err) => first_line(&err),
         Failure::FileRaised(msg) | Failure::Usage(msg) => msg,
     })?;
-    Config::from_values(&values).map(|config| Config {
-        warnings: extras.warnings,
-        hooks: extras.hooks,
-        request_hooks: extras.request_hooks,
-        logconfig: extras
-            .logconfig_dict
-            .map(LogConfig::Dict)
-            .or(config.logconfig),
-        ..config
-    })
+    Config::build(&values, extras)
 }
 
 /// `--print-config`: every setting with its resolved value, sorted by name,
@@ -690,6 +672,21 @@ fn choice<T: clap::ValueEnum>(values: &Values, name: &str) -> Result<T, String> 
 }
 
 impl Config {
+    /// The configuration from the gathered values and what only a config
+    /// file can give (its hooks, its logging dict).
+    fn build(values: &Values, extras: file::FileValues) -> Result<Config, String> {
+        Config::from_values(values).map(|config| Config {
+            warnings: extras.warnings,
+            hooks: extras.hooks,
+            request_hooks: extras.request_hooks,
+            logconfig: extras
+                .logconfig_dict
+                .map(LogConfig::Dict)
+                .or(config.logconfig),
+            ..config
+        })
+    }
+
     fn from_values(values: &Values) -> Result<Config, String> {
         let app = AppSpec::parse(
             values

@@ -80,9 +80,9 @@ struct Conn {
     https: bool,
     /// The connection is TLS.
     tls: bool,
-    /// The client's address as the request hooks' `req.peer_addr` (None when
-    /// no hooks are defined).
-    hook_peer: Py<PyAny>,
+    /// The client's address as the request hooks' `req.peer_addr`, made only
+    /// when there are hooks.
+    hook_peer: Option<Py<PyAny>>,
     stream: Stream,
     rbuf: Vec<u8>,
     out: Vec<u8>,
@@ -103,7 +103,7 @@ pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>)
         },
         https: false,
         tls: false,
-        hook_peer: Python::attach(|py| py.None()),
+        hook_peer: None,
         shard: shard.clone(),
         stream,
         rbuf: Vec::with_capacity(8192),
@@ -166,10 +166,9 @@ pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>)
         conn.hook_peer = Python::attach(|py| match &ends {
             Endpoints::Tcp { peer, .. } => (peer.ip().to_string(), peer.port())
                 .into_pyobject(py)
-                .map_or_else(|_| py.None(), |t| t.into_any().unbind()),
-            Endpoints::Unix { .. } => ""
-                .into_pyobject(py)
-                .map_or_else(|_| py.None(), |s| s.into_any().unbind()),
+                .ok()
+                .map(|t| t.into_any().unbind()),
+            Endpoints::Unix { .. } => Some(pyo3::types::PyString::new(py, "").into_any().unbind()),
         });
     }
     conn.run(&info).await;
@@ -306,7 +305,7 @@ impl Conn {
                             .request_hooks
                             .as_ref()
                             .filter(|_| !upgrade)
-                            .map(|h| (h, &self.hook_peer)),
+                            .map(|h| (h, self.hook_peer.as_ref())),
                     };
                     if upgrade {
                         let (stream, rbuf, out) = (&self.stream, &mut self.rbuf, &mut self.out);
@@ -487,7 +486,7 @@ impl Conn {
         let mut done = Done::default();
         let req = match hooks {
             Some(hooks) => match Python::attach(|py| {
-                hooks.begin(py, &self.rbuf, head, self.https, &self.hook_peer)
+                hooks.begin(py, &self.rbuf, head, self.https, self.hook_peer.as_ref())
             }) {
                 Ok(req) => Some(req),
                 Err(()) => {

@@ -58,11 +58,8 @@ pub fn configure(config: &Config) -> Result<(), String> {
     crate::python::initialize()?;
     let loggers = Python::attach(|py| {
         setup(py, config, logconfig).map_err(|e| {
-            let tb = e
-                .traceback(py)
-                .and_then(|t| t.format().ok())
-                .unwrap_or_default();
-            format!("the logging configuration failed:\n{tb}{e}")
+            let text = crate::python::error_text(py, &e);
+            format!("the logging configuration failed:\n{text}")
         })
     })?;
     let _ = LOGGERS.set(loggers);

@@ -224,6 +224,16 @@ pub fn detach_thread() {
 ///
 /// Unlike `Python::detach`, this takes closures that are not `Send`, which the
 /// I/O driver is. The closure must not touch Python objects.
+/// A Python error as a log shows it: the traceback, then the error.
+pub fn error_text(py: pyo3::Python<'_>, err: &pyo3::PyErr) -> String {
+    use pyo3::types::PyTracebackMethods;
+    let tb = err
+        .traceback(py)
+        .and_then(|t| t.format().ok())
+        .unwrap_or_default();
+    format!("{tb}{err}")
+}
+
 pub fn without_gil<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: the caller holds the GIL (it runs inside the shard's attachment), and
     // the closure does not use Python.
