@@ -1,7 +1,7 @@
 """How each server is started for an app: the command lines, side by side.
 
-WSGI apps: turbo, bare (hello only), Granian, bjoern, Gunicorn sync and gthread.
-ASGI apps: turbo, bare (hello only), Granian, Uvicorn (uvloop, httptools) and
+WSGI apps: turbo, turbo --no-sendfile (file apps only), bare (hello only), Granian, bjoern, Gunicorn sync and gthread.
+ASGI apps: turbo, turbo --no-sendfile (file apps only), bare (hello only), Granian, Uvicorn (uvloop, httptools) and
 Gunicorn's own ASGI worker (`-k asgi`, Gunicorn 24+; else Uvicorn's worker class
 under Gunicorn). Every one runs a single worker on one core."""
 
@@ -11,8 +11,8 @@ import sys
 from harness import BIN, HERE
 
 BARE = HERE / "bare" / "target" / "release" / "bare"
-WSGI_SERVERS = ["turbo", "bare", "granian", "bjoern", "gunicorn-sync", "gunicorn-gthread"]
-ASGI_SERVERS = ["turbo", "bare", "granian", "uvicorn", "gunicorn-asgi"]
+WSGI_SERVERS = ["turbo", "turbo-nosendfile", "bare", "granian", "bjoern", "gunicorn-sync", "gunicorn-gthread"]
+ASGI_SERVERS = ["turbo", "turbo-nosendfile", "bare", "granian", "uvicorn", "gunicorn-asgi"]
 GTHREAD_THREADS = 4  # the upper end of Gunicorn's advice (2-4 per core); apps that block set their own
 
 
@@ -25,8 +25,9 @@ def gunicorn_asgi_worker():
 def command(server, app, port, turbo, cores=1):
     """argv for `server` serving `app` on 127.0.0.1:port, or None where it can't."""
     host = ["127.0.0.1", str(port)]
-    if server == "turbo":
+    if server in ("turbo", "turbo-nosendfile"):
         argv = [turbo, app.target, "--cores", str(cores), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"]
+        argv += ["--no-sendfile"] if server == "turbo-nosendfile" else []
         return argv + (["--threads", str(app.threads)] if app.threads else [])
     if server == "bare":
         return [str(BARE), str(port)] if app.bare else None
@@ -62,4 +63,5 @@ def applicable(app, wanted):
     families such as "gunicorn") that serve its interface, less those it skips."""
     names = WSGI_SERVERS if app.interface == "wsgi" else ASGI_SERVERS
     chosen = [n for n in names if n in wanted or n.split("-")[0] in wanted]
-    return [n for n in chosen if n not in app.skip and (n != "bare" or app.bare)]
+    return [n for n in chosen if n not in app.skip and (n != "bare" or app.bare)
+            and (n != "turbo-nosendfile" or app.sends_file)]

@@ -15,6 +15,7 @@ class App:
     expect_bytes: int | None = None  # response body length the probe checks
     threads: int | None = None  # WSGI threads per worker, for apps that block
     bare: bool = False  # also run the bare Rust hello server
+    sends_file: bool = False  # also run turbo --no-sendfile, to show what sendfile gives
     skip: dict = field(default_factory=dict)  # server -> why it sits out
 
     @property
@@ -42,9 +43,10 @@ SUITE = [
     App("sleep", "sleep10ms:wsgi", "wsgi", "WSGI, time.sleep(0.01) per request, 32 threads", threads=32,
         expect_bytes=13, skip={"bjoern": BJOERN_BLOCKS}),
     App("asgisleep", "sleep10ms:asgi", "asgi", "ASGI, await asyncio.sleep(0.01) per request", expect_bytes=13),
-    App("file1m", "bigfile:wsgi", "wsgi", "WSGI, 1 MiB file through wsgi.file_wrapper", expect_bytes=1 << 20),
+    App("file1m", "bigfile:wsgi", "wsgi", "WSGI, 1 MiB file through wsgi.file_wrapper", expect_bytes=1 << 20,
+        sends_file=True),
     App("asgifile1m", "bigfile:asgi", "asgi", "ASGI, 1 MiB file by http.response.pathsend, else streamed",
-        expect_bytes=1 << 20),
+        expect_bytes=1 << 20, sends_file=True),
     App("websocket", "wsecho:app", "asgi", "ASGI WebSocket echo, 64-byte text messages", load="ws"),
 ]
 

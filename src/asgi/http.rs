@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use compio::buf::BufResult;
 use compio::driver::op::{Interest, PollOnce};
-use compio::io::{AsyncRead, AsyncWriteExt};
+use compio::io::AsyncRead;
 use futures_util::future::LocalBoxFuture;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
@@ -29,6 +29,7 @@ use crate::hooks::RequestHooks;
 use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
 use crate::http::parse::RequestHead;
+use crate::http::sendfile::FileSpan;
 use crate::http::stream::{Endpoints, Peek, Stream};
 use crate::http::tls::{Facts, Tls};
 use crate::http::{HttpError, reason};
@@ -39,9 +40,6 @@ const HIGH_WATER: usize = 64 * 1024;
 /// Bounds on one read of a request body.
 const BODY_READ_MIN: usize = 16 * 1024;
 const BODY_READ_MAX: usize = 256 * 1024;
-/// The longest a client may stall reading a response.
-const WRITE_STALL: Duration = Duration::from_secs(30);
-
 /// Per-connection values for the scope.
 pub struct Peers {
     client: Py<PyAny>,
@@ -142,7 +140,7 @@ struct Exchange {
     /// The future a `send()` awaits while output drains.
     flush_waiter: Option<Py<PyAny>>,
     /// A file being sent (`http.response.pathsend`) and the bytes left of it.
-    file: Option<(std::fs::File, u64)>,
+    file: Option<FileSpan>,
     link: Rc<Link>,
 
     /// The scope, kept for post_request when `keep_scope` is set.
@@ -443,11 +441,17 @@ fn send(
                 .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("path"))?
                 .extract()?;
             let file = std::fs::File::open(&path)?;
-            let size = file.metadata()?.len();
-            write_head(&mut ex, meta, date, Some(size));
-            let length = ex.remaining.unwrap_or(0).min(size);
+            let size = file.metadata()?;
+            if !size.is_file() {
+                return Err(runtime_error(format!(
+                    "http.response.pathsend: {} is not a regular file",
+                    path.display()
+                )));
+            }
+            write_head(&mut ex, meta, date, Some(size.len()));
+            let length = ex.remaining.unwrap_or(0).min(size.len());
             if !meta.is_head && length > 0 {
-                ex.file = Some((file, length));
+                ex.file = Some(FileSpan::new(file, 0, length));
                 ex.sent += length;
             }
             ex.remaining = Some(0);
@@ -557,6 +561,8 @@ pub struct Request<'a> {
     pub remote: &'a str,
     /// A trusted proxy says the client used https.
     pub https: bool,
+    /// pathsend files go out by sendfile(2).
+    pub sendfile: bool,
     /// pre_request and post_request, with the client as `req.peer_addr`.
     pub hooks: Option<(&'a RequestHooks, Option<&'a Py<PyAny>>)>,
 }
@@ -737,7 +743,7 @@ async fn exchange(
         if !pending_out.is_empty() {
             task::gather(out, &mut pending_out);
             shared.borrow_mut().out = pending_out;
-            if !write_out(stream, out).await {
+            if !stream.write_out(out).await {
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| answer_receive(py, asgi, shared));
                 task::release(asgi, flushed_waiter);
@@ -746,8 +752,8 @@ async fn exchange(
         }
         task::release(asgi, flushed_waiter);
         let file = shared.borrow_mut().file.take();
-        if let Some((file, left)) = file
-            && !send_file(stream, out, file, left).await
+        if let Some(file) = file
+            && !file.send(stream, out, req.sendfile).await
         {
             shared.borrow_mut().disconnected = true;
             return client_gone(asgi);
@@ -791,7 +797,7 @@ async fn exchange(
         if want_body && shared.borrow().expects_continue {
             shared.borrow_mut().expects_continue = false;
             out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
-            if !write_out(stream, out).await {
+            if !stream.write_out(out).await {
                 shared.borrow_mut().disconnected = true;
                 continue;
             }
@@ -916,44 +922,4 @@ enum Event {
 pub(super) fn client_gone(asgi: &Asgi) -> Option<bool> {
     asgi.reactor.wake_python();
     None
-}
-
-/// Writes `len` bytes of `file` in blocks, without Python.
-async fn send_file(stream: &Stream, out: &mut Vec<u8>, mut file: std::fs::File, len: u64) -> bool {
-    use std::io::Read;
-    const BLOCK: u64 = 256 * 1024;
-    let mut left = len;
-    while left > 0 {
-        let want = left.min(BLOCK) as usize;
-        out.resize(want, 0);
-        match file.read(&mut out[..want]) {
-            Ok(n) if n > 0 => {
-                out.truncate(n);
-                left -= n as u64;
-            }
-            _ => {
-                // The file shrank or failed: the response cannot be completed.
-                log::error!("A file being sent could not be read to its length");
-                out.clear();
-                return false;
-            }
-        }
-        if !write_out(stream, out).await {
-            return false;
-        }
-    }
-    true
-}
-
-pub(super) async fn write_out(stream: &Stream, out: &mut Vec<u8>) -> bool {
-    let buf = std::mem::take(out);
-    let mut writer = stream;
-    match compio::time::timeout(WRITE_STALL, writer.write_all(buf)).await {
-        Ok(BufResult(Ok(()), mut buf)) => {
-            buf.clear();
-            *out = buf;
-            true
-        }
-        _ => false,
-    }
 }

@@ -17,7 +17,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use super::Asgi;
-use super::http::{Peers, Request, check_header, client_gone, runtime_error, scope, write_out};
+use super::http::{Peers, Request, check_header, client_gone, runtime_error, scope};
 use super::task::{self, Link};
 use crate::http::encode;
 use crate::http::parse::RequestHead;
@@ -370,7 +370,7 @@ pub async fn serve(
         if !pending.is_empty() {
             task::gather(out, &mut pending);
             shared.borrow_mut().out = pending;
-            if !write_out(stream, out).await {
+            if !stream.write_out(out).await {
                 disconnect(asgi, &shared, ws::CLOSE_ABNORMAL, "");
                 return client_gone(asgi);
             }
@@ -389,7 +389,7 @@ pub async fn serve(
                     let status = if failed { 500 } else { 403 };
                     let err = crate::http::HttpError::new(status, "the WebSocket was not accepted");
                     encode::error_response(out, err, &date);
-                    let _ = write_out(stream, out).await;
+                    let _ = stream.write_out(out).await;
                 }
                 Phase::Open if !close_sent => {
                     let code = if failed {
@@ -398,7 +398,7 @@ pub async fn serve(
                         ws::CLOSE_NORMAL
                     };
                     ws::close_frame(out, code, "");
-                    let _ = write_out(stream, out).await;
+                    let _ = stream.write_out(out).await;
                 }
                 _ => {}
             }
@@ -468,7 +468,7 @@ pub async fn serve(
                 // The closing handshake ends the connection.
                 let pending = std::mem::take(&mut shared.borrow_mut().out);
                 out.extend_from_slice(&pending);
-                let _ = write_out(stream, out).await;
+                let _ = stream.write_out(out).await;
                 disconnect(asgi, &shared, code, &reason);
                 return client_gone(asgi);
             }

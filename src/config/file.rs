@@ -45,7 +45,6 @@ const IGNORED: &[&str] = &["worker_connections", "worker_tmp_dir"];
 /// Gunicorn settings turbo does not implement yet.
 const NOT_YET: &[&str] = &[
     "spew",
-    "sendfile",
     "initgroups",
     "tmp_upload_dir",
     "disable_redirect_access_to_syslog",
@@ -197,7 +196,9 @@ fn read_in(py: Python<'_>, location: &str) -> Result<FileValues, String> {
                 }
                 items
             }
-            Kind::Bool => vec![value.is_truthy().map_err(|e| e.to_string())?.to_string()],
+            Kind::Bool | Kind::Off => {
+                vec![value.is_truthy().map_err(|e| e.to_string())?.to_string()]
+            }
             Kind::Optional(bare) if value.is_instance_of::<PyBool>() => {
                 let on = value.is_truthy().map_err(|e| e.to_string())?;
                 vec![if on { bare } else { setting.default }.to_string()]

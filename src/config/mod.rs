@@ -95,6 +95,8 @@ pub struct Config {
     pub max_requests: u64,
     pub max_requests_jitter: u64,
     pub preload: bool,
+    /// Files go out by sendfile(2) (`sendfile`, SENDFILE).
+    pub sendfile: bool,
     pub pidfile: Option<std::path::PathBuf>,
     /// None for standard error.
     pub error_logfile: Option<std::path::PathBuf>,
@@ -324,7 +326,7 @@ fn command() -> Command {
             }
         }
         arg = match s.kind {
-            Kind::Bool => arg.action(ArgAction::SetTrue),
+            Kind::Bool | Kind::Off => arg.action(ArgAction::SetTrue),
             Kind::List => arg.action(ArgAction::Append).value_name(s.meta),
             Kind::Value => arg.action(ArgAction::Set).value_name(s.meta),
             Kind::Optional(bare) => arg
@@ -353,6 +355,7 @@ fn given(matches: &ArgMatches) -> Values {
         }
         let list = match s.kind {
             Kind::Bool => vec![matches.get_flag(s.name).to_string()],
+            Kind::Off => vec!["false".to_string()],
             _ => matches
                 .get_many::<String>(s.name)
                 .map(|v| v.cloned().collect())
@@ -571,6 +574,12 @@ fn print(values: &Values, config: &Config) -> String {
                 Some(s) if s.kind == Kind::Bool => {
                     if values.is_set(name) { "True" } else { "False" }.to_string()
                 }
+                Some(s) if s.kind == Kind::Off => match values.one(name) {
+                    Some("true") => "True",
+                    Some(_) => "False",
+                    None => "None",
+                }
+                .to_string(),
                 Some(s) => match values.one(name).unwrap_or(s.default) {
                     "" => "None".to_string(),
                     v => v.to_string(),
@@ -778,6 +787,12 @@ impl Config {
             max_requests: value(values, "max_requests", "an integer")?,
             max_requests_jitter: value(values, "max_requests_jitter", "an integer")?,
             preload: values.is_set("preload_app"),
+            sendfile: match values.one("sendfile") {
+                Some(v) => v == "true",
+                None => !std::env::var("SENDFILE").is_ok_and(|v| {
+                    ["0", "false", "no", "off"].contains(&v.trim().to_ascii_lowercase().as_str())
+                }),
+            },
             pidfile: values.one("pidfile").map(Into::into),
             error_logfile: (errorlog != "-").then(|| errorlog.into()),
             capture_output: values.is_set("capture_output"),

@@ -12,6 +12,9 @@ pub enum Kind {
     List,
     /// A flag without a value.
     Bool,
+    /// A flag without a value that turns off what is on by default
+    /// (`--no-sendfile`); a config file sets it True or False.
+    Off,
     /// One value, which may be left out: the flag alone (or `True` in a
     /// config file) means the value given here.
     Optional(&'static str),
@@ -51,7 +54,7 @@ const fn setting(
     }
 }
 
-use Kind::{Bool, List, Optional, Value};
+use Kind::{Bool, List, Off, Optional, Value};
 
 pub static SETTINGS: &[Setting] = &[
     setting(
@@ -505,6 +508,18 @@ pub static SETTINGS: &[Setting] = &[
         "Import the app in the supervisor before starting workers.",
     ),
     setting(
+        "sendfile",
+        "Server Mechanics",
+        &["--no-sendfile"],
+        Off,
+        "",
+        "",
+        "Send wsgi.file_wrapper and ASGI pathsend files with sendfile(2), from the \
+         page cache straight to the socket. On unless turned off here, or by \
+         SENDFILE=0 in the environment when neither the command line nor the config \
+         file says. TLS connections read and write the file instead.",
+    ),
+    setting(
         "pidfile",
         "Server Mechanics",
         &["-p", "--pid"],
@@ -639,7 +654,7 @@ pub fn markdown() -> String {
                 .flags
                 .iter()
                 .map(|f| match s.kind {
-                    Bool => format!("`{f}`"),
+                    Bool | Off => format!("`{f}`"),
                     Optional(_) => format!("`{f} [{}]`", s.meta),
                     _ => format!("`{f} {}`", s.meta),
                 })

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compio::buf::BufResult;
-use compio::io::{AsyncReadExt, AsyncWriteExt};
+use compio::io::AsyncReadExt;
 use futures_util::future::Either;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
@@ -20,6 +20,7 @@ use super::encode;
 use super::parse::{self, RequestHead};
 use super::proxy;
 use super::proxy_protocol;
+use super::sendfile::FileSpan;
 use super::stream::{Endpoints, HandshakeError, Stream};
 use super::tls;
 use crate::access_log::{self, Outcome};
@@ -39,7 +40,6 @@ const SMALL_BODY: usize = 64 * 1024;
 /// Pipelined responses are gathered up to this size before a write.
 const FLUSH_AT: usize = 64 * 1024;
 /// The longest a client may stall reading a response.
-const WRITE_STALL: Duration = Duration::from_secs(30);
 /// How long a closing connection keeps reading, so unread input does not turn the
 /// close into a reset that destroys the response (RFC 9112 9.6).
 const LINGER: Duration = Duration::from_secs(2);
@@ -225,7 +225,7 @@ impl Conn {
         let date = self.shard.date.borrow_mut().get().to_vec();
         let mut out = Vec::new();
         encode::error_response(&mut out, err, &date);
-        let _ = compio::time::timeout(WRITE_STALL, { raw }.write_all(out)).await;
+        let _ = raw.write_out(&mut out).await;
     }
 
     async fn run(&mut self, info: &PeerInfo) {
@@ -301,6 +301,7 @@ impl Conn {
                         access_log: shard.access_log.as_deref().filter(|_| !upgrade),
                         remote: &self.peer,
                         https: self.https,
+                        sendfile: shard.config.sendfile,
                         hooks: shard
                             .request_hooks
                             .as_ref()
@@ -370,15 +371,7 @@ impl Conn {
 
     /// Writes `out`; false when the client is gone or stalled.
     async fn flush(&mut self) -> bool {
-        let out = std::mem::take(&mut self.out);
-        match compio::time::timeout(WRITE_STALL, self.stream.write_all(out)).await {
-            Ok(BufResult(Ok(()), mut out)) => {
-                out.clear();
-                self.out = out;
-                true
-            }
-            _ => false,
-        }
+        self.stream.write_out(&mut self.out).await
     }
 
     /// Answers a bad request with its status and closes the connection.
@@ -538,6 +531,7 @@ impl Conn {
                 .as_ref()
                 .is_some_and(|l| l.format.wants_response_headers)
                 || shard.request_hooks.as_ref().is_some_and(|h| h.post),
+            sendfile: shard.config.sendfile,
         };
         let slot = shard.board.slot_index(shard.local, 0);
         shard.board.count_request(slot);
@@ -657,7 +651,12 @@ impl Conn {
                         break;
                     }
                 }
-                Progress::Done => break,
+                Progress::Done => {
+                    if let Some(file) = response.take_file() {
+                        alive = self.send_file(file).await;
+                    }
+                    break;
+                }
                 Progress::Abort => {
                     let _ = self.flush().await;
                     alive = false;
@@ -692,6 +691,11 @@ impl Conn {
                 }
                 Progress::Done => {
                     *outcome = piece.outcome;
+                    if let Some(file) = piece.file
+                        && !self.send_file(file).await
+                    {
+                        return None;
+                    }
                     return Some(piece.keep_alive);
                 }
                 Progress::Abort => {
@@ -701,6 +705,12 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Writes what `out` holds (the head), then the file; false when the
+    /// connection must close.
+    async fn send_file(&mut self, file: FileSpan) -> bool {
+        self.flush().await && file.send(&self.stream, &mut Vec::new(), true).await
     }
 
     /// Takes a streamed body back from the app. Bytes read past its end belong to

@@ -8,6 +8,7 @@ pub mod encode;
 pub mod parse;
 pub mod proxy;
 pub mod proxy_protocol;
+pub mod sendfile;
 pub mod stream;
 pub mod tls;
 pub mod websocket;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use compio::BufResult;
 use compio::buf::{IoBuf, IoBufMut};
@@ -122,6 +122,27 @@ fn recv_now(fd: RawFd, buf: &mut [u8], peek: bool) -> std::io::Result<usize> {
         Err(std::io::Error::last_os_error())
     } else {
         Ok(n as usize)
+    }
+}
+
+/// How long a client may hold back a write (its receive window full) before
+/// the connection is given up.
+pub const WRITE_STALL: Duration = Duration::from_secs(30);
+
+impl Stream {
+    /// Writes all of `out` and empties it, keeping its allocation; false when
+    /// the client is gone or stalled past WRITE_STALL.
+    pub async fn write_out(&self, out: &mut Vec<u8>) -> bool {
+        let buf = std::mem::take(out);
+        let mut writer = self;
+        match compio::time::timeout(WRITE_STALL, writer.write_all(buf)).await {
+            Ok(BufResult(Ok(()), mut buf)) => {
+                buf.clear();
+                *out = buf;
+                true
+            }
+            _ => false,
+        }
     }
 }
 

@@ -48,6 +48,8 @@ pub struct Wsgi {
     pub start_response: Py<PyAny>,
     pub input_stream: Py<PyAny>,
     pub bytes_io: Py<PyAny>,
+    /// `wsgi.file_wrapper`, whose files may go out by sendfile.
+    pub file_wrapper: Py<PyAny>,
     /// The app as loaded, which formats its errors.
     pub loaded: Arc<Loaded>,
     /// The constant part of every environ, copied per request.
@@ -79,6 +81,7 @@ impl Wsgi {
         let template = PyDict::new(py);
         let errors = attr("Errors")?.call0(py).map_err(failed)?;
         let script_name = std::env::var("SCRIPT_NAME").unwrap_or_default();
+        let file_wrapper = attr("FileWrapper")?;
         for (k, v) in [
             (
                 "wsgi.version",
@@ -106,7 +109,10 @@ impl Wsgi {
                 "wsgi.input_terminated",
                 pyo3::types::PyBool::new(py, true).to_owned().into_any(),
             ),
-            ("wsgi.file_wrapper", attr("FileWrapper")?.into_bound(py)),
+            (
+                "wsgi.file_wrapper",
+                file_wrapper.clone_ref(py).into_bound(py),
+            ),
             ("SCRIPT_NAME", PyString::new(py, &script_name).into_any()),
         ] {
             template.set_item(key(py, k), v).map_err(failed)?;
@@ -143,6 +149,7 @@ impl Wsgi {
                 .and_then(|io| io.getattr("BytesIO"))
                 .map_err(failed)?
                 .unbind(),
+            file_wrapper,
             loaded: loaded.clone(),
             template: template.unbind(),
             keys,

@@ -20,6 +20,7 @@ use super::Wsgi;
 use super::input::SharedBody;
 use super::response::{Progress, RequestMeta, Response, internal_error};
 use crate::access_log::Outcome;
+use crate::http::sendfile::FileSpan;
 use crate::python;
 use crate::scoreboard::Scoreboard;
 
@@ -41,6 +42,8 @@ pub struct Piece {
     pub keep_alive: bool,
     /// With the last piece: what the access log needs.
     pub outcome: Outcome,
+    /// With the last piece: a file to send after `bytes`.
+    pub file: Option<FileSpan>,
 }
 
 /// The shard's end of one response in the making.
@@ -160,6 +163,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
                     status: 500,
                     ..Outcome::default()
                 },
+                file: None,
             });
             return;
         }
@@ -177,12 +181,14 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
             // close() runs before the shard hears the end, as it would inline.
             let keep_alive = response.keep_alive;
             let outcome = response.outcome();
+            let file = response.take_file();
             response.close(py, wsgi);
             let _ = pieces.unbounded_send(Piece {
                 bytes: out,
                 progress,
                 keep_alive,
                 outcome,
+                file,
             });
             return;
         }
@@ -191,6 +197,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
             progress,
             keep_alive: response.keep_alive,
             outcome: Outcome::default(),
+            file: None,
         };
         if pieces.unbounded_send(piece).is_err() {
             break;

@@ -9,6 +9,7 @@ use super::Wsgi;
 use super::input::SharedBody;
 use crate::access_log::Outcome;
 use crate::http::encode::{self, Framing};
+use crate::http::sendfile::FileSpan;
 
 /// What the connection needs to know about the request to frame the response.
 #[derive(Clone, Copy)]
@@ -18,6 +19,8 @@ pub struct RequestMeta {
     pub keep_alive: bool,
     /// Keep the response headers for the access log.
     pub record_headers: bool,
+    /// A `wsgi.file_wrapper` over a regular file goes out by sendfile.
+    pub sendfile: bool,
 }
 
 /// One step of producing the response.
@@ -51,6 +54,8 @@ pub struct Response {
     /// Body bytes written so far.
     sent: u64,
     recorded_headers: Vec<(Vec<u8>, Vec<u8>)>,
+    /// The body as a file, to send after the head (see `take_file`).
+    file: Option<FileSpan>,
 }
 
 /// Why a response head was refused.
@@ -134,6 +139,7 @@ impl Response {
             status: 0,
             sent: 0,
             recorded_headers: Vec::new(),
+            file: None,
         }
     }
 }
@@ -156,7 +162,7 @@ impl Response {
         out: &mut Vec<u8>,
         date: &[u8],
     ) -> Progress {
-        match self.step(py, out, date) {
+        match self.step(py, wsgi, out, date) {
             Ok(progress) => progress,
             Err(err) => {
                 match err {
@@ -180,6 +186,7 @@ impl Response {
     fn step(
         &mut self,
         py: Python<'_>,
+        wsgi: &Wsgi,
         out: &mut Vec<u8>,
         date: &[u8],
     ) -> Result<Progress, Failure> {
@@ -197,6 +204,11 @@ impl Response {
                         .iter()
                         .collect()
                 };
+                if writes.is_empty()
+                    && let Some(span) = self.file_span(py, wsgi, &result)
+                {
+                    return self.file(py, span, out, date);
+                }
                 if let Ok(list) = result.cast::<PyList>() {
                     return self.sequence(py, writes.into_iter().chain(list.iter()), out, date);
                 }
@@ -273,6 +285,62 @@ impl Response {
             self.keep_alive = false;
         }
         Ok(Progress::Done)
+    }
+
+    /// The regular file behind a `wsgi.file_wrapper` result, from its current
+    /// position, as Gunicorn finds it for sendfile. None (iterate the wrapper)
+    /// when sendfile is off or the file object has no usable descriptor.
+    fn file_span(
+        &self,
+        py: Python<'_>,
+        wsgi: &Wsgi,
+        result: &Bound<'_, PyAny>,
+    ) -> Option<FileSpan> {
+        if !self.meta.sendfile || !result.is_instance(wsgi.file_wrapper.bind(py)).ok()? {
+            return None;
+        }
+        let fd = result
+            .getattr("filelike")
+            .and_then(|f| f.call_method0("fileno"))
+            .and_then(|fd| fd.extract::<i32>())
+            .ok()?;
+        FileSpan::from_descriptor(fd, None)
+    }
+
+    /// A body that is a file: the head now, the file by `take_file` after it.
+    /// Its size gives the Content-Length unless the app gave one.
+    fn file(
+        &mut self,
+        py: Python<'_>,
+        mut span: FileSpan,
+        out: &mut Vec<u8>,
+        date: &[u8],
+    ) -> Result<Progress, Failure> {
+        self.head(py, Some(span.len()), out, date)?;
+        if self.meta.is_head || self.framing == Framing::None {
+            return Ok(Progress::Done);
+        }
+        if let Some(left) = self.remaining {
+            span.truncate(left);
+            if left > span.len() {
+                log::error!(
+                    "The application sent {} bytes fewer than its Content-Length",
+                    left - span.len()
+                );
+                self.keep_alive = false;
+            }
+            self.remaining = Some(0);
+        }
+        self.sent += span.len();
+        if span.len() > 0 {
+            self.file = Some(span);
+        }
+        Ok(Progress::Done)
+    }
+
+    /// The file to send once `out` is written, after a `Done`.
+    pub fn take_file(&mut self) -> Option<FileSpan> {
+        self.file.take()
     }
 
     /// Appends one chunk from the iterable; returns whether it had bytes.
