@@ -30,6 +30,8 @@ SUITE = [
     App("asgihello", "asgihello:app", "asgi", "ASGI hello world", bare=True, expect_bytes=13),
     App("body10k", "body10k:wsgi", "wsgi", "WSGI, 10 KB response body", expect_bytes=10240),
     App("asgibody10k", "body10k:asgi", "asgi", "ASGI, 10 KB response body", expect_bytes=10240),
+    App("body1m", "body1m:wsgi", "wsgi", "WSGI, 1 MiB response body from memory", expect_bytes=1 << 20),
+    App("asgibody1m", "body1m:asgi", "asgi", "ASGI, 1 MiB response body from memory", expect_bytes=1 << 20),
     App("echo1k", "echo:wsgi", "wsgi", "WSGI POST echo, 1 KB body", load="post", post_bytes=1024,
         expect_bytes=1024),
     App("echo100k", "echo:wsgi", "wsgi", "WSGI POST echo, 100 KB body", load="post", post_bytes=102400,

@@ -28,11 +28,13 @@ use crate::access_log::{self, AccessLog, Outcome};
 use crate::hooks::RequestHooks;
 use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
+use crate::http::output::Lent;
 use crate::http::parse::RequestHead;
 use crate::http::sendfile::FileSpan;
 use crate::http::stream::{Endpoints, Peek, Stream};
 use crate::http::tls::{Facts, Tls};
 use crate::http::{HttpError, reason};
+use crate::python::lent::{LEND_MIN, LentBytes};
 use crate::wsgi::environ::{percent_decode, split_target};
 
 /// send() makes the app wait once this much output is queued.
@@ -141,6 +143,8 @@ struct Exchange {
     flush_waiter: Option<Py<PyAny>>,
     /// A file being sent (`http.response.pathsend`) and the bytes left of it.
     file: Option<FileSpan>,
+    /// Body chunks lent by the app, placed within `out`.
+    lent: Lent,
     link: Rc<Link>,
 
     /// The scope, kept for post_request when `keep_scope` is set.
@@ -410,7 +414,8 @@ fn send(
                 write_head(&mut ex, meta, date, (!more).then_some(body.len() as u64));
             }
             if !meta.is_head {
-                write_body(&mut ex, body);
+                let lend = body_obj.as_ref().and_then(|b| b.cast::<PyBytes>().ok());
+                write_body(&mut ex, body, lend);
             }
             if !more {
                 ex.complete = true;
@@ -423,7 +428,7 @@ fn send(
                 }
             }
             ex.wake();
-            if ex.out.len() > HIGH_WATER {
+            if ex.out.len() + ex.lent.len() > HIGH_WATER {
                 let waiter = asgi.create_future.call0(py)?;
                 ex.flush_waiter = Some(waiter.clone_ref(py));
                 return Ok(waiter);
@@ -500,12 +505,10 @@ fn write_head(ex: &mut Exchange, meta: Meta, date: &[u8], known: Option<u64>) {
     ex.head_sent = true;
 }
 
-fn write_body(ex: &mut Exchange, body: &[u8]) {
-    match ex.framing {
-        Some(Framing::Chunked) => {
-            encode::chunk(&mut ex.out, body);
-            ex.sent += body.len() as u64;
-        }
+/// Appends a body chunk in the response's framing. A large `bytes` object is
+/// lent, to go out from its own memory.
+fn write_body(ex: &mut Exchange, body: &[u8], lend: Option<&Bound<'_, PyBytes>>) {
+    let take = match ex.framing {
         Some(Framing::Length(_)) => {
             let left = ex.remaining.unwrap_or(0);
             let take = (body.len() as u64).min(left) as usize;
@@ -514,16 +517,30 @@ fn write_body(ex: &mut Exchange, body: &[u8]) {
                     "The application sent more bytes than its Content-Length; the rest is dropped"
                 );
             }
-            ex.out.extend_from_slice(&body[..take]);
             ex.remaining = Some(left - take as u64);
-            ex.sent += take as u64;
+            take
         }
-        Some(Framing::Close) => {
-            ex.out.extend_from_slice(body);
-            ex.sent += body.len() as u64;
-        }
-        Some(Framing::None) | None => {}
+        Some(Framing::Chunked | Framing::Close) => body.len(),
+        Some(Framing::None) | None => return,
+    };
+    if take == 0 {
+        return;
     }
+    let chunked = ex.framing == Some(Framing::Chunked);
+    if chunked {
+        encode::chunk_size(&mut ex.out, take);
+    }
+    match lend.filter(|_| take >= LEND_MIN) {
+        Some(bytes) => {
+            let at = ex.out.len();
+            ex.lent.push(at, LentBytes::new(bytes, 0, take));
+        }
+        None => ex.out.extend_from_slice(&body[..take]),
+    }
+    if chunked {
+        ex.out.extend_from_slice(b"\r\n");
+    }
+    ex.sent += take as u64;
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {
@@ -736,14 +753,17 @@ async fn exchange(
     let mut read_deadline: Option<Instant> = None;
     loop {
         // Write what the app sent.
-        let (mut pending_out, flushed_waiter) = {
+        let (mut pending_out, mut pending_lent, flushed_waiter) = {
             let mut ex = shared.borrow_mut();
-            (std::mem::take(&mut ex.out), ex.flush_waiter.take())
+            let lent = std::mem::take(&mut ex.lent);
+            (std::mem::take(&mut ex.out), lent, ex.flush_waiter.take())
         };
-        if !pending_out.is_empty() {
+        if !pending_out.is_empty() || !pending_lent.is_empty() {
+            let mut lent = Lent::default();
+            lent.append(&mut pending_lent, out.len());
             task::gather(out, &mut pending_out);
             shared.borrow_mut().out = pending_out;
-            if !stream.write_out(out).await {
+            if !stream.write_spliced(out, &mut lent).await {
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| answer_receive(py, asgi, shared));
                 task::release(asgi, flushed_waiter);

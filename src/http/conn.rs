@@ -17,6 +17,7 @@ use pyo3::types::PyBytes;
 use super::HttpError;
 use super::body::Decoder;
 use super::encode;
+use super::output::Lent;
 use super::parse::{self, RequestHead};
 use super::proxy;
 use super::proxy_protocol;
@@ -86,6 +87,8 @@ struct Conn {
     stream: Stream,
     rbuf: Vec<u8>,
     out: Vec<u8>,
+    /// Body chunks lent by the app, to go out within `out`.
+    lent: Lent,
 }
 
 pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>) {
@@ -108,6 +111,7 @@ pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>)
         stream,
         rbuf: Vec::with_capacity(8192),
         out: Vec::with_capacity(8192),
+        lent: Lent::default(),
     };
     let mut proxied = None;
     if shard.config.proxy_protocol != proxy_protocol::Mode::Off {
@@ -242,7 +246,7 @@ impl Conn {
                     Ok(None) => {}
                     Err(err) => return self.refuse(err).await,
                 }
-                if !self.out.is_empty() && !self.flush().await {
+                if self.pending() > 0 && !self.flush().await {
                     return;
                 }
                 let until = if self.rbuf.is_empty() && !first {
@@ -334,7 +338,7 @@ impl Conn {
                 let _ = self.flush().await;
                 return self.linger().await;
             }
-            if self.out.len() >= FLUSH_AT && !self.flush().await {
+            if self.pending() >= FLUSH_AT && !self.flush().await {
                 return;
             }
         }
@@ -369,9 +373,16 @@ impl Conn {
         }
     }
 
+    /// Bytes waiting to be written.
+    fn pending(&self) -> usize {
+        self.out.len() + self.lent.len()
+    }
+
     /// Writes `out`; false when the client is gone or stalled.
     async fn flush(&mut self) -> bool {
-        self.stream.write_out(&mut self.out).await
+        self.stream
+            .write_spliced(&mut self.out, &mut self.lent)
+            .await
     }
 
     /// Answers a bad request with its status and closes the connection.
@@ -644,6 +655,7 @@ impl Conn {
                 let _busy = shard.board.busy(slot);
                 response.advance(py, wsgi, &mut self.out, date)
             });
+            self.lent.append(&mut response.take_lent(), 0);
             match progress {
                 Progress::More => {
                     if !self.flush().await {
@@ -677,11 +689,13 @@ impl Conn {
                 log::error!("A Python thread ended without finishing its response");
                 return None;
             };
+            let at = self.out.len();
             if self.out.is_empty() {
                 std::mem::swap(&mut self.out, &mut piece.bytes);
             } else {
                 self.out.extend_from_slice(&piece.bytes);
             }
+            self.lent.append(&mut piece.lent, at);
             match piece.progress {
                 Progress::More => {
                     if !self.flush().await {

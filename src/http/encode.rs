@@ -158,14 +158,12 @@ pub fn finish_head(
     out.extend_from_slice(b"\r\n");
 }
 
-/// Appends one chunk of a chunked body.
-pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
-    if data.is_empty() {
-        return;
-    }
+/// Appends the size line of a chunk of `len` bytes, which must follow it with
+/// a CRLF.
+pub fn chunk_size(out: &mut Vec<u8>, len: usize) {
     let mut size = [0u8; 16];
     let mut i = size.len();
-    let mut n = data.len();
+    let mut n = len;
     loop {
         i -= 1;
         size[i] = b"0123456789abcdef"[n % 16];
@@ -175,8 +173,6 @@ pub fn chunk(out: &mut Vec<u8>, data: &[u8]) {
         }
     }
     out.extend_from_slice(&size[i..]);
-    out.extend_from_slice(b"\r\n");
-    out.extend_from_slice(data);
     out.extend_from_slice(b"\r\n");
 }
 
@@ -235,9 +231,11 @@ mod tests {
         status_line(&mut out, 1, b"200 OK");
         header(&mut out, b"Content-Type", b"text/plain");
         finish_head(&mut out, Framing::Chunked, true, 1, Some(b"D"), true);
-        chunk(&mut out, b"hello");
-        chunk(&mut out, &[b'x'; 300]);
-        chunk(&mut out, b"");
+        for data in [&b"hello"[..], &[b'x'; 300]] {
+            chunk_size(&mut out, data.len());
+            out.extend_from_slice(data);
+            out.extend_from_slice(b"\r\n");
+        }
         out.extend_from_slice(LAST_CHUNK);
         assert_eq!(
             String::from_utf8(out).unwrap(),

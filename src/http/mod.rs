@@ -5,6 +5,7 @@
 pub mod body;
 pub mod conn;
 pub mod encode;
+pub mod output;
 pub mod parse;
 pub mod proxy;
 pub mod proxy_protocol;

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
-use compio::buf::{IoBuf, IoBufMut};
+use compio::buf::{IoBuf, IoBufMut, IoVectoredBuf};
 use compio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpStream, UnixStream};
 
@@ -184,6 +184,14 @@ impl AsyncWrite for &Stream {
         }
     }
 
+    async fn write_vectored<T: IoVectoredBuf>(&mut self, buf: T) -> BufResult<usize, T> {
+        match self {
+            Stream::Tcp(s) => { s }.write_vectored(buf).await,
+            Stream::Unix(s) => { s }.write_vectored(buf).await,
+            Stream::Tls(s) => s.write_vectored(buf).await,
+        }
+    }
+
     async fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
     }
@@ -351,6 +359,20 @@ impl TlsStream {
         let mut out = Vec::with_capacity(buf.buf_len() + 64);
         lock(&self.session).encrypt(buf.as_init(), &mut out);
         let n = buf.buf_len();
+        let BufResult(written, _) = self.inner.write_all(out).await;
+        BufResult(written.map(|()| n), buf)
+    }
+
+    /// Encrypts every part into one buffer of records, written at once.
+    async fn write_vectored<T: IoVectoredBuf>(&self, buf: T) -> BufResult<usize, T> {
+        let n: usize = buf.iter_slice().map(<[u8]>::len).sum();
+        let mut out = Vec::with_capacity(n + 64);
+        {
+            let mut session = lock(&self.session);
+            for part in buf.iter_slice() {
+                session.encrypt(part, &mut out);
+            }
+        }
         let BufResult(written, _) = self.inner.write_all(out).await;
         BufResult(written.map(|()| n), buf)
     }

@@ -7,6 +7,7 @@
 //! `#[pyclass]`, no once-cells (see DESIGN.md).
 
 pub mod app;
+pub mod lent;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -219,11 +220,6 @@ pub fn detach_thread() {
     unsafe { ffi::PyEval_SaveThread() };
 }
 
-/// Releases the GIL around a blocking wait so other threads of the same
-/// interpreter can run.
-///
-/// Unlike `Python::detach`, this takes closures that are not `Send`, which the
-/// I/O driver is. The closure must not touch Python objects.
 /// A Python error as a log shows it: the traceback, then the error.
 pub fn error_text(py: pyo3::Python<'_>, err: &pyo3::PyErr) -> String {
     use pyo3::types::PyTracebackMethods;
@@ -234,6 +230,11 @@ pub fn error_text(py: pyo3::Python<'_>, err: &pyo3::PyErr) -> String {
     format!("{tb}{err}")
 }
 
+/// Releases the GIL around a blocking wait so other threads of the same
+/// interpreter can run.
+///
+/// Unlike `Python::detach`, this takes closures that are not `Send`, which the
+/// I/O driver is. The closure must not touch Python objects.
 pub fn without_gil<T>(f: impl FnOnce() -> T) -> T {
     // SAFETY: the caller holds the GIL (it runs inside the shard's attachment), and
     // the closure does not use Python.

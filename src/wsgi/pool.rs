@@ -20,6 +20,7 @@ use super::Wsgi;
 use super::input::SharedBody;
 use super::response::{Progress, RequestMeta, Response, internal_error};
 use crate::access_log::Outcome;
+use crate::http::output::Lent;
 use crate::http::sendfile::FileSpan;
 use crate::python;
 use crate::scoreboard::Scoreboard;
@@ -44,6 +45,8 @@ pub struct Piece {
     pub outcome: Outcome,
     /// With the last piece: a file to send after `bytes`.
     pub file: Option<FileSpan>,
+    /// Body chunks lent by the app, placed within `bytes`.
+    pub lent: Lent,
 }
 
 /// The shard's end of one response in the making.
@@ -164,6 +167,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
                     ..Outcome::default()
                 },
                 file: None,
+                lent: Lent::default(),
             });
             return;
         }
@@ -182,6 +186,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
             let keep_alive = response.keep_alive;
             let outcome = response.outcome();
             let file = response.take_file();
+            let lent = response.take_lent();
             response.close(py, wsgi);
             let _ = pieces.unbounded_send(Piece {
                 bytes: out,
@@ -189,6 +194,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
                 keep_alive,
                 outcome,
                 file,
+                lent,
             });
             return;
         }
@@ -198,6 +204,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task)
             keep_alive: response.keep_alive,
             outcome: Outcome::default(),
             file: None,
+            lent: response.take_lent(),
         };
         if pieces.unbounded_send(piece).is_err() {
             break;

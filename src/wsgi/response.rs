@@ -9,7 +9,9 @@ use super::Wsgi;
 use super::input::SharedBody;
 use crate::access_log::Outcome;
 use crate::http::encode::{self, Framing};
+use crate::http::output::Lent;
 use crate::http::sendfile::FileSpan;
+use crate::python::lent::{LEND_MIN, LentBytes};
 
 /// What the connection needs to know about the request to frame the response.
 #[derive(Clone, Copy)]
@@ -56,6 +58,8 @@ pub struct Response {
     recorded_headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// The body as a file, to send after the head (see `take_file`).
     file: Option<FileSpan>,
+    /// Large body chunks to send from their own memory (see `take_lent`).
+    lent: Lent,
 }
 
 /// Why a response head was refused.
@@ -140,6 +144,7 @@ impl Response {
             sent: 0,
             recorded_headers: Vec::new(),
             file: None,
+            lent: Lent::default(),
         }
     }
 }
@@ -277,7 +282,7 @@ impl Response {
         self.head(py, Some(total as u64), out, date)?;
         if !self.meta.is_head && self.framing != Framing::None {
             for c in &chunks {
-                self.body_bytes(c.as_bytes(), out);
+                self.body_bytes(c, out);
             }
         }
         if let Some(left) = self.remaining.filter(|&l| l > 0 && !self.meta.is_head) {
@@ -351,51 +356,64 @@ impl Response {
         out: &mut Vec<u8>,
         date: &[u8],
     ) -> Result<bool, Failure> {
-        let bytes = chunk
-            .cast::<PyBytes>()
-            .map_err(|_| {
-                Failure::Bad(format!(
-                    "body chunks must be bytes, not {}",
-                    type_name(chunk)
-                ))
-            })?
-            .as_bytes();
-        if bytes.is_empty() {
+        let bytes = chunk.cast::<PyBytes>().map_err(|_| {
+            Failure::Bad(format!(
+                "body chunks must be bytes, not {}",
+                type_name(chunk)
+            ))
+        })?;
+        if bytes.as_bytes().is_empty() {
             return Ok(false);
         }
         if !self.head_sent {
             self.head(py, None, out, date)?;
         }
-        if !self.meta.is_head && self.framing != Framing::None {
+        if !self.meta.is_head {
             self.body_bytes(bytes, out);
         }
         Ok(true)
     }
 
-    fn body_bytes(&mut self, bytes: &[u8], out: &mut Vec<u8>) {
-        match self.framing {
-            Framing::Chunked => {
-                encode::chunk(out, bytes);
-                self.sent += bytes.len() as u64;
-            }
+    /// Appends a body chunk in the response's framing. A large one is lent,
+    /// to go out from its own memory.
+    fn body_bytes(&mut self, chunk: &Bound<'_, PyBytes>, out: &mut Vec<u8>) {
+        let len = chunk.as_bytes().len();
+        let take = match self.framing {
+            Framing::None => return,
             Framing::Length(_) => {
                 let left = self.remaining.unwrap_or(0);
-                let take = (bytes.len() as u64).min(left) as usize;
-                if take < bytes.len() {
+                let take = (len as u64).min(left) as usize;
+                if take < len {
                     log::error!(
                         "The application sent more bytes than its Content-Length; the rest is dropped"
                     );
                 }
-                out.extend_from_slice(&bytes[..take]);
                 self.remaining = Some(left - take as u64);
-                self.sent += take as u64;
+                take
             }
-            Framing::Close => {
-                out.extend_from_slice(bytes);
-                self.sent += bytes.len() as u64;
-            }
-            Framing::None => {}
+            Framing::Chunked | Framing::Close => len,
+        };
+        if take == 0 {
+            return;
         }
+        if self.framing == Framing::Chunked {
+            encode::chunk_size(out, take);
+        }
+        if take >= LEND_MIN {
+            self.lent.push(out.len(), LentBytes::new(chunk, 0, take));
+        } else {
+            out.extend_from_slice(&chunk.as_bytes()[..take]);
+        }
+        if self.framing == Framing::Chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        self.sent += take as u64;
+    }
+
+    /// Body chunks lent since the last call, placed in the `out` given to
+    /// `advance`.
+    pub fn take_lent(&mut self) -> Lent {
+        std::mem::take(&mut self.lent)
     }
 
     /// Validates start_response's status and headers and encodes the head.

@@ -1,0 +1,46 @@
+//! A Python bytes object lent to the kernel as a write buffer, so a large
+//! response body goes out from the object's own memory instead of a copy in
+//! turbo's. Bytes are immutable, so their memory may be read without the GIL
+//! while a reference keeps the object alive; that reference is released with
+//! the GIL of the thread's own interpreter (`Held`), which is the object's.
+
+use compio::buf::IoBuf;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::Held;
+
+/// Body chunks shorter than this are copied: for them a reference and an
+/// iovec cost more than the copy saves.
+pub const LEND_MIN: usize = 16 * 1024;
+
+pub struct LentBytes {
+    _owner: Held<PyBytes>,
+    ptr: *const u8,
+    len: usize,
+}
+
+// SAFETY: the memory is immutable and kept alive by `_owner`, whose release
+// takes the GIL on whichever thread drops it; a pool thread hands these to its
+// shard, which belongs to the same interpreter.
+unsafe impl Send for LentBytes {}
+
+impl LentBytes {
+    /// Lends `len` bytes of `bytes` from `start`.
+    pub fn new(bytes: &Bound<'_, PyBytes>, start: usize, len: usize) -> LentBytes {
+        let data = &bytes.as_bytes()[start..start + len];
+        LentBytes {
+            _owner: Held::new(bytes.clone().unbind()),
+            ptr: data.as_ptr(),
+            len,
+        }
+    }
+}
+
+impl IoBuf for LentBytes {
+    fn as_init(&self) -> &[u8] {
+        // SAFETY: ptr..ptr+len lies in a bytes object that `_owner` keeps alive
+        // and that nothing mutates.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
