@@ -25,6 +25,7 @@ use super::Asgi;
 use super::event_loop::Watched;
 use super::task::{self, Link};
 use crate::access_log::{self, AccessLog, Outcome};
+use crate::config::SendZerocopy;
 use crate::hooks::RequestHooks;
 use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
@@ -580,6 +581,7 @@ pub struct Request<'a> {
     pub https: bool,
     /// pathsend files go out by sendfile(2).
     pub sendfile: bool,
+    pub send_zerocopy: SendZerocopy,
     /// pre_request and post_request, with the client as `req.peer_addr`.
     pub hooks: Option<(&'a RequestHooks, Option<&'a Py<PyAny>>)>,
 }
@@ -763,7 +765,10 @@ async fn exchange(
             lent.append(&mut pending_lent, out.len());
             task::gather(out, &mut pending_out);
             shared.borrow_mut().out = pending_out;
-            if !stream.write_spliced(out, &mut lent).await {
+            if !stream
+                .write_spliced(out, &mut lent, req.send_zerocopy)
+                .await
+            {
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| answer_receive(py, asgi, shared));
                 task::release(asgi, flushed_waiter);

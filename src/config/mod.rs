@@ -50,6 +50,15 @@ pub enum IoEngine {
     Epoll,
 }
 
+/// `--send-zerocopy`: when large lent bodies go out by send_zc.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum SendZerocopy {
+    /// To clients that are not on loopback.
+    Auto,
+    Always,
+    Never,
+}
+
 /// A logging configuration for Python's logging, which then carries turbo's
 /// log lines and access records.
 #[derive(Clone, Debug)]
@@ -116,6 +125,7 @@ pub struct Config {
     pub forwarded_allow_ips: crate::http::proxy::Allow,
     pub proxy_protocol: crate::http::proxy_protocol::Mode,
     pub io_engine: IoEngine,
+    pub send_zerocopy: SendZerocopy,
     /// HTTPS (`certfile`): every TCP bind speaks TLS.
     pub tls: Option<std::sync::Arc<crate::http::tls::Tls>>,
     pub proxy_allow_ips: crate::http::proxy::Allow,
@@ -856,6 +866,7 @@ impl Config {
                 None => None,
             },
             io_engine: choice(values, "io_engine")?,
+            send_zerocopy: choice(values, "send_zerocopy")?,
             proxy_protocol: crate::http::proxy_protocol::Mode::parse(
                 values.one("proxy_protocol").unwrap_or("off"),
             )?,

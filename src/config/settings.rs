@@ -167,6 +167,18 @@ pub static SETTINGS: &[Setting] = &[
          default seccomp profile, gVisor, kernel.io_uring_disabled).",
     ),
     setting(
+        "send_zerocopy",
+        "Worker Processes",
+        &["--send-zerocopy"],
+        Value,
+        "auto",
+        "WHEN",
+        "When large response bodies (64 KiB and more of a Python bytes object) go out \
+         by MSG_ZEROCOPY (io_uring send_zc) instead of being copied into the kernel: \
+         auto (to clients over a real network; on loopback the kernel copies anyway), \
+         always, or never. A kernel without send_zc copies.",
+    ),
+    setting(
         "isolation",
         "Worker Processes",
         &["--isolation"],

@@ -306,6 +306,7 @@ impl Conn {
                         remote: &self.peer,
                         https: self.https,
                         sendfile: shard.config.sendfile,
+                        send_zerocopy: shard.config.send_zerocopy,
                         hooks: shard
                             .request_hooks
                             .as_ref()
@@ -380,8 +381,9 @@ impl Conn {
 
     /// Writes `out`; false when the client is gone or stalled.
     async fn flush(&mut self) -> bool {
+        let zerocopy = self.shard.config.send_zerocopy;
         self.stream
-            .write_spliced(&mut self.out, &mut self.lent)
+            .write_spliced(&mut self.out, &mut self.lent, zerocopy)
             .await
     }
 

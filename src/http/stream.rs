@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use compio::BufResult;
-use compio::buf::{IoBuf, IoBufMut, IoVectoredBuf};
+use compio::buf::{IntoInner, IoBuf, IoBufMut, IoVectoredBuf};
 use compio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use compio::net::{TcpStream, UnixStream};
 
@@ -125,24 +125,62 @@ fn recv_now(fd: RawFd, buf: &mut [u8], peek: bool) -> std::io::Result<usize> {
     }
 }
 
-/// How long a client may hold back a write (its receive window full) before
-/// the connection is given up.
+/// How long a client may take no bytes at all (its receive window full)
+/// before the connection is given up. A slow but steady reader may take as
+/// long as it needs: the clock restarts with every write that makes progress.
 pub const WRITE_STALL: Duration = Duration::from_secs(30);
 
 impl Stream {
     /// Writes all of `out` and empties it, keeping its allocation; false when
     /// the client is gone or stalled past WRITE_STALL.
     pub async fn write_out(&self, out: &mut Vec<u8>) -> bool {
-        let buf = std::mem::take(out);
+        let mut buf = std::mem::take(out);
+        let total = buf.len();
+        let mut sent = 0;
         let mut writer = self;
-        match compio::time::timeout(WRITE_STALL, writer.write_all(buf)).await {
-            Ok(BufResult(Ok(()), mut buf)) => {
-                buf.clear();
-                *out = buf;
-                true
+        while sent < total {
+            let write = writer.write(buf.slice(sent..));
+            let Ok(BufResult(res, rest)) = compio::time::timeout(WRITE_STALL, write).await else {
+                return false;
+            };
+            buf = rest.into_inner();
+            if !progress(res, &mut sent) {
+                return false;
             }
-            _ => false,
         }
+        buf.clear();
+        *out = buf;
+        true
+    }
+
+    /// Writes all of `buf`, as `write_out` does; None when the client is gone
+    /// or stalled.
+    pub async fn write_all_vectored<T: IoVectoredBuf>(&self, buf: T) -> Option<T> {
+        let total = buf.total_len();
+        let mut buf = buf;
+        let mut sent = 0;
+        let mut writer = self;
+        while sent < total {
+            let write = writer.write_vectored(buf.slice(sent));
+            let BufResult(res, rest) = compio::time::timeout(WRITE_STALL, write).await.ok()?;
+            buf = rest.into_inner();
+            if !progress(res, &mut sent) {
+                return None;
+            }
+        }
+        Some(buf)
+    }
+}
+
+/// Counts a write's bytes; false when the connection failed or closed.
+fn progress(res: std::io::Result<usize>, sent: &mut usize) -> bool {
+    match res {
+        Ok(0) => false,
+        Ok(n) => {
+            *sent += n;
+            true
+        }
+        Err(e) => e.kind() == std::io::ErrorKind::Interrupted,
     }
 }
 
@@ -221,6 +259,9 @@ impl AsyncWrite for Stream {
         (&*self).shutdown().await
     }
 }
+
+/// The most plaintext one TLS write encrypts and sends.
+const TLS_WRITE_MAX: usize = 256 * 1024;
 
 /// A TLS connection: a TCP or unix socket underneath, with the session that
 /// encrypts and decrypts what crosses it.
@@ -355,26 +396,29 @@ impl TlsStream {
         }
     }
 
-    async fn write<T: IoBuf>(&self, buf: T) -> BufResult<usize, T> {
-        let mut out = Vec::with_capacity(buf.buf_len() + 64);
-        lock(&self.session).encrypt(buf.as_init(), &mut out);
-        let n = buf.buf_len();
-        let BufResult(written, _) = self.inner.write_all(out).await;
-        BufResult(written.map(|()| n), buf)
-    }
-
-    /// Encrypts every part into one buffer of records, written at once.
+    /// Encrypts and writes up to TLS_WRITE_MAX bytes of the parts, which
+    /// bounds how long one call may take against WRITE_STALL.
     async fn write_vectored<T: IoVectoredBuf>(&self, buf: T) -> BufResult<usize, T> {
-        let n: usize = buf.iter_slice().map(<[u8]>::len).sum();
-        let mut out = Vec::with_capacity(n + 64);
+        let mut n = 0;
+        let mut out = Vec::with_capacity(buf.total_len().min(TLS_WRITE_MAX) + 256);
         {
             let mut session = lock(&self.session);
             for part in buf.iter_slice() {
+                let part = &part[..part.len().min(TLS_WRITE_MAX - n)];
                 session.encrypt(part, &mut out);
+                n += part.len();
+                if n == TLS_WRITE_MAX {
+                    break;
+                }
             }
         }
         let BufResult(written, _) = self.inner.write_all(out).await;
         BufResult(written.map(|()| n), buf)
+    }
+
+    async fn write<T: IoBuf>(&self, buf: T) -> BufResult<usize, T> {
+        let BufResult(res, (buf,)) = self.write_vectored((buf,)).await;
+        BufResult(res, buf)
     }
 
     /// Says close_notify, so the client knows the response is whole.
