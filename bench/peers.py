@@ -1,7 +1,9 @@
 """How each server is started for an app: the command lines, side by side.
 
-WSGI apps: turbo, turbo --no-sendfile (file apps only), bare (hello only), Granian, bjoern, Gunicorn sync and gthread.
-ASGI apps: turbo, turbo --no-sendfile (file apps only), bare (hello only), Granian, Uvicorn (uvloop, httptools) and
+WSGI apps: turbo, turbo --no-sendfile (file apps only), turbo --io-engine epoll
+(hello only), bare on each engine (hello only: io_uring, provided buffer rings,
+compio's epoll, tokio), Granian, bjoern, Gunicorn sync and gthread.
+ASGI apps: the same turbo and bare variants, Granian, Uvicorn (uvloop, httptools) and
 Gunicorn's own ASGI worker (`-k asgi`, Gunicorn 24+; else Uvicorn's worker class
 under Gunicorn). Every one runs a single worker on one core."""
 
@@ -11,8 +13,8 @@ import sys
 from harness import BIN, HERE
 
 BARE = HERE / "bare" / "target" / "release" / "bare"
-WSGI_SERVERS = ["turbo", "turbo-nosendfile", "bare", "granian", "bjoern", "gunicorn-sync", "gunicorn-gthread"]
-ASGI_SERVERS = ["turbo", "turbo-nosendfile", "bare", "granian", "uvicorn", "gunicorn-asgi"]
+WSGI_SERVERS = ["turbo", "turbo-nosendfile", "turbo-epoll", "bare", "bare-bufring", "bare-epoll", "bare-tokio", "granian", "bjoern", "gunicorn-sync", "gunicorn-gthread"]
+ASGI_SERVERS = ["turbo", "turbo-nosendfile", "turbo-epoll", "bare", "bare-bufring", "bare-epoll", "bare-tokio", "granian", "uvicorn", "gunicorn-asgi"]
 GTHREAD_THREADS = 4  # the upper end of Gunicorn's advice (2-4 per core); apps that block set their own
 
 
@@ -25,12 +27,13 @@ def gunicorn_asgi_worker():
 def command(server, app, port, turbo, cores=1):
     """argv for `server` serving `app` on 127.0.0.1:port, or None where it can't."""
     host = ["127.0.0.1", str(port)]
-    if server in ("turbo", "turbo-nosendfile"):
+    if server.startswith("turbo"):
         argv = [turbo, app.target, "--cores", str(cores), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"]
-        argv += ["--no-sendfile"] if server == "turbo-nosendfile" else []
+        argv += {"turbo-nosendfile": ["--no-sendfile"], "turbo-epoll": ["--io-engine", "epoll"]}.get(server, [])
         return argv + (["--threads", str(app.threads)] if app.threads else [])
-    if server == "bare":
-        return [str(BARE), str(port)] if app.bare else None
+    if server.startswith("bare"):
+        engine = server.partition("-")[2] or "uring"
+        return [str(BARE), str(port), engine] if app.bare else None
     if server == "granian":
         argv = [str(BIN / "granian"), "--interface", app.interface, "--workers", str(cores),
                 "--host", host[0], "--port", host[1], "--log-level", "warning"]
@@ -63,5 +66,5 @@ def applicable(app, wanted):
     families such as "gunicorn") that serve its interface, less those it skips."""
     names = WSGI_SERVERS if app.interface == "wsgi" else ASGI_SERVERS
     chosen = [n for n in names if n in wanted or n.split("-")[0] in wanted]
-    return [n for n in chosen if n not in app.skip and (n != "bare" or app.bare)
-            and (n != "turbo-nosendfile" or app.sends_file)]
+    return [n for n in chosen if n not in app.skip and (not n.startswith("bare") or app.bare)
+            and (n != "turbo-nosendfile" or app.sends_file) and (n != "turbo-epoll" or app.bare)]
