@@ -62,6 +62,7 @@ pub fn run(spec: Spec) -> ! {
     // The logging thread, if any, did not survive the fork.
     crate::logging::python::start();
     let waits = signals::worker();
+    tune_malloc();
     log::info!("Booting worker with pid: {}", std::process::id());
     if !python_running && let Err(e) = python::initialize() {
         log::error!("{e}");
@@ -203,6 +204,26 @@ pub fn run(spec: Spec) -> ! {
                 }
             }
             _ => {}
+        }
+    }
+}
+
+/// Python allocates bodies above 512 bytes with malloc. glibc hands freed heap
+/// back to the kernel eagerly and moves its mmap threshold as blocks come and
+/// go, so a request that allocates and frees a 100 KB body faults fresh,
+/// zeroed pages in each time (measured: the WSGI 100 KB POST echo at 161 µs of
+/// CPU per request instead of 116). Fixed thresholds keep blocks up to 4 MiB
+/// in the heap and up to 16 MiB of free heap in the process. MALLOC_*_ set in
+/// the environment still wins.
+fn tune_malloc() {
+    #[cfg(target_env = "gnu")]
+    for (param, name, value) in [
+        (libc::M_MMAP_THRESHOLD, "MALLOC_MMAP_THRESHOLD_", 4 << 20),
+        (libc::M_TRIM_THRESHOLD, "MALLOC_TRIM_THRESHOLD_", 16 << 20),
+    ] {
+        if std::env::var_os(name).is_none() {
+            // SAFETY: mallopt only sets allocator parameters.
+            unsafe { libc::mallopt(param, value) };
         }
     }
 }

@@ -63,12 +63,20 @@ class Input:
         self._eof = False
 
     def _fill(self, want):
-        while not self._eof and len(self._buf) < want:
-            data = self._pull(max(want - len(self._buf), self.CHUNK))
+        # Pieces are joined once: growing one bytes object piece by piece
+        # copies a large body over and over.
+        have = len(self._buf)
+        if self._eof or have >= want:
+            return
+        parts = [self._buf]
+        while have < want:
+            data = self._pull(max(want - have, self.CHUNK))
             if not data:
                 self._eof = True
-            else:
-                self._buf += data
+                break
+            parts.append(data)
+            have += len(data)
+        self._buf = b"".join(parts)
 
     def read(self, size=-1):
         if size is None or size < 0:
