@@ -8,6 +8,7 @@ import socket
 import subprocess
 
 import httpx
+import pytest
 
 from conftest import BIN, leftover, read_response, recv_all
 
@@ -117,33 +118,28 @@ def test_sendfile_in_print_config(tmp_path):
     assert printed()[0].endswith("= True")
 
 
-def test_a_slow_reader_holds_back_nobody(turbo, tmp_path):
+# (app, path of the file route, a request on another connection, its answer)
+SLOW_READER_CASES = [
+    ("files:app", "/", "/reads", "0"),
+    ("asgi_app:app", "/file", "/", "Hello, ASGI!"),
+]
+
+
+@pytest.mark.parametrize("app,route,other,answer", SLOW_READER_CASES, ids=["file_wrapper", "pathsend"])
+def test_a_slow_reader_holds_back_nobody(turbo, tmp_path, app, route, other, answer):
     """A client that reads nothing fills its socket: the rest of the file waits
-    on a readiness poll while the shard serves other connections, then goes
-    out whole once the client reads."""
+    on a readiness poll while the shard serves other connections (without
+    reading the file through Python, for the WSGI app), then goes out whole
+    once the client reads."""
     path, data = blob(tmp_path, 16 * 1024 * 1024)
-    srv = turbo("files:app")
+    srv = turbo(app)
     slow = srv.connect(timeout=30)
     slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    slow.sendall(f"GET /?{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    slow.sendall(f"GET {route}?{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
     first = slow.recv(100)
     assert first.startswith(b"HTTP/1.1 200")
     for _ in range(3):
-        assert httpx.get(srv.url("/reads"), timeout=10).text == "0"
-    status, _, body, _ = read_response_after(slow, first)
-    slow.close()
-    assert status == 200 and body == data
-
-
-def test_pathsend_to_a_slow_reader(turbo, tmp_path):
-    path, data = blob(tmp_path, 16 * 1024 * 1024)
-    srv = turbo("asgi_app:app")
-    slow = srv.connect(timeout=30)
-    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
-    slow.sendall(f"GET /file?{path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
-    first = slow.recv(100)
-    for _ in range(3):
-        assert httpx.get(srv.url("/"), timeout=10).text == "Hello, ASGI!"
+        assert httpx.get(srv.url(other), timeout=10).text == answer
     status, _, body, _ = read_response_after(slow, first)
     slow.close()
     assert status == 200 and body == data

@@ -25,17 +25,15 @@ use super::Asgi;
 use super::event_loop::Watched;
 use super::task::{self, Link};
 use crate::access_log::{self, AccessLog, Outcome};
-use crate::config::SendZerocopy;
 use crate::hooks::RequestHooks;
 use crate::http::body::Decoder;
 use crate::http::encode::{self, Framing};
-use crate::http::output::Lent;
+use crate::http::output::{Lent, append_body};
 use crate::http::parse::RequestHead;
 use crate::http::sendfile::FileSpan;
 use crate::http::stream::{Endpoints, Peek, Stream};
 use crate::http::tls::{Facts, Tls};
 use crate::http::{HttpError, reason};
-use crate::python::lent::{LEND_MIN, LentBytes};
 use crate::wsgi::environ::{percent_decode, split_target};
 
 /// send() makes the app wait once this much output is queued.
@@ -416,7 +414,17 @@ fn send(
             }
             if !meta.is_head {
                 let lend = body_obj.as_ref().and_then(|b| b.cast::<PyBytes>().ok());
-                write_body(&mut ex, body, lend);
+                if let Some(framing) = ex.framing {
+                    let ex = &mut *ex;
+                    ex.sent += append_body(
+                        &mut ex.out,
+                        &mut ex.lent,
+                        framing,
+                        &mut ex.remaining,
+                        body,
+                        lend,
+                    );
+                }
             }
             if !more {
                 ex.complete = true;
@@ -506,44 +514,6 @@ fn write_head(ex: &mut Exchange, meta: Meta, date: &[u8], known: Option<u64>) {
     ex.head_sent = true;
 }
 
-/// Appends a body chunk in the response's framing. A large `bytes` object is
-/// lent, to go out from its own memory.
-fn write_body(ex: &mut Exchange, body: &[u8], lend: Option<&Bound<'_, PyBytes>>) {
-    let take = match ex.framing {
-        Some(Framing::Length(_)) => {
-            let left = ex.remaining.unwrap_or(0);
-            let take = (body.len() as u64).min(left) as usize;
-            if take < body.len() {
-                log::error!(
-                    "The application sent more bytes than its Content-Length; the rest is dropped"
-                );
-            }
-            ex.remaining = Some(left - take as u64);
-            take
-        }
-        Some(Framing::Chunked | Framing::Close) => body.len(),
-        Some(Framing::None) | None => return,
-    };
-    if take == 0 {
-        return;
-    }
-    let chunked = ex.framing == Some(Framing::Chunked);
-    if chunked {
-        encode::chunk_size(&mut ex.out, take);
-    }
-    match lend.filter(|_| take >= LEND_MIN) {
-        Some(bytes) => {
-            let at = ex.out.len();
-            ex.lent.push(at, LentBytes::new(bytes, 0, take));
-        }
-        None => ex.out.extend_from_slice(&body[..take]),
-    }
-    if chunked {
-        ex.out.extend_from_slice(b"\r\n");
-    }
-    ex.sent += take as u64;
-}
-
 fn parse_length(v: &[u8]) -> Option<u64> {
     (!v.is_empty() && v.len() <= 18 && v.iter().all(u8::is_ascii_digit))
         .then(|| v.iter().fold(0, |n, &d| n * 10 + u64::from(d - b'0')))
@@ -581,7 +551,8 @@ pub struct Request<'a> {
     pub https: bool,
     /// pathsend files go out by sendfile(2).
     pub sendfile: bool,
-    pub send_zerocopy: SendZerocopy,
+    /// Large bodies go out by send_zc on this connection.
+    pub zerocopy: bool,
     /// pre_request and post_request, with the client as `req.peer_addr`.
     pub hooks: Option<(&'a RequestHooks, Option<&'a Py<PyAny>>)>,
 }
@@ -765,10 +736,7 @@ async fn exchange(
             lent.append(&mut pending_lent, out.len());
             task::gather(out, &mut pending_out);
             shared.borrow_mut().out = pending_out;
-            if !stream
-                .write_spliced(out, &mut lent, req.send_zerocopy)
-                .await
-            {
+            if !stream.write_spliced(out, &mut lent, req.zerocopy).await {
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| answer_receive(py, asgi, shared));
                 task::release(asgi, flushed_waiter);

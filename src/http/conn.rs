@@ -17,7 +17,7 @@ use pyo3::types::PyBytes;
 use super::HttpError;
 use super::body::Decoder;
 use super::encode;
-use super::output::Lent;
+use super::output::{Lent, zerocopy_for};
 use super::parse::{self, RequestHead};
 use super::proxy;
 use super::proxy_protocol;
@@ -40,7 +40,6 @@ use crate::wsgi::response::{Progress, RequestMeta, Response, internal_error};
 const SMALL_BODY: usize = 64 * 1024;
 /// Pipelined responses are gathered up to this size before a write.
 const FLUSH_AT: usize = 64 * 1024;
-/// The longest a client may stall reading a response.
 /// How long a closing connection keeps reading, so unread input does not turn the
 /// close into a reset that destroys the response (RFC 9112 9.6).
 const LINGER: Duration = Duration::from_secs(2);
@@ -89,6 +88,9 @@ struct Conn {
     out: Vec<u8>,
     /// Body chunks lent by the app, to go out within `out`.
     lent: Lent,
+    /// Large bodies go out by send_zc (decided by the socket's own peer,
+    /// before any PROXY header).
+    zerocopy: bool,
 }
 
 pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>) {
@@ -112,6 +114,7 @@ pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>)
         rbuf: Vec::with_capacity(8192),
         out: Vec::with_capacity(8192),
         lent: Lent::default(),
+        zerocopy: zerocopy_for(shard.config.send_zerocopy, &ends),
     };
     let mut proxied = None;
     if shard.config.proxy_protocol != proxy_protocol::Mode::Off {
@@ -306,7 +309,7 @@ impl Conn {
                         remote: &self.peer,
                         https: self.https,
                         sendfile: shard.config.sendfile,
-                        send_zerocopy: shard.config.send_zerocopy,
+                        zerocopy: self.zerocopy,
                         hooks: shard
                             .request_hooks
                             .as_ref()
@@ -381,9 +384,8 @@ impl Conn {
 
     /// Writes `out`; false when the client is gone or stalled.
     async fn flush(&mut self) -> bool {
-        let zerocopy = self.shard.config.send_zerocopy;
         self.stream
-            .write_spliced(&mut self.out, &mut self.lent, zerocopy)
+            .write_spliced(&mut self.out, &mut self.lent, self.zerocopy)
             .await
     }
 

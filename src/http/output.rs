@@ -10,9 +10,13 @@ use compio::buf::{IoBuf, IoVectoredBuf};
 use compio::io::AsyncWriteZerocopy;
 use compio::net::TcpStream;
 
-use super::stream::{Stream, WRITE_STALL};
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use super::encode::{self, Framing};
+use super::stream::{Endpoints, Stream, WRITE_STALL};
 use crate::config::SendZerocopy;
-use crate::python::lent::LentBytes;
+use crate::python::lent::{LEND_MIN, LentBytes};
 
 /// Lent buffers, each going out after the first `at` bytes of the buffer
 /// they belong to.
@@ -40,6 +44,50 @@ impl Lent {
     }
 }
 
+/// Appends a body chunk to `out` in the response's framing, WSGI's and
+/// ASGI's alike, and returns the body bytes it took. A Content-Length cuts
+/// what goes past it (`remaining` counts down). A large chunk that is a
+/// `bytes` object (`lend`) is lent instead of copied.
+pub fn append_body(
+    out: &mut Vec<u8>,
+    lent: &mut Lent,
+    framing: Framing,
+    remaining: &mut Option<u64>,
+    body: &[u8],
+    lend: Option<&Bound<'_, PyBytes>>,
+) -> u64 {
+    let take = match framing {
+        Framing::None => return 0,
+        Framing::Length(_) => {
+            let left = remaining.unwrap_or(0);
+            let take = (body.len() as u64).min(left) as usize;
+            if take < body.len() {
+                log::error!(
+                    "The application sent more bytes than its Content-Length; the rest is dropped"
+                );
+            }
+            *remaining = Some(left - take as u64);
+            take
+        }
+        Framing::Chunked | Framing::Close => body.len(),
+    };
+    if take == 0 {
+        return 0;
+    }
+    let chunked = framing == Framing::Chunked;
+    if chunked {
+        encode::chunk_size(out, take);
+    }
+    match lend.filter(|_| take >= LEND_MIN) {
+        Some(bytes) => lent.push(out.len(), LentBytes::new(bytes, take)),
+        None => out.extend_from_slice(&body[..take]),
+    }
+    if chunked {
+        out.extend_from_slice(b"\r\n");
+    }
+    take as u64
+}
+
 enum Part {
     Own(Vec<u8>),
     Lent(LentBytes),
@@ -57,12 +105,8 @@ impl IoBuf for Part {
 impl Stream {
     /// Writes `out` with `lent` spliced in and empties both, keeping `out`'s
     /// allocation; false when the client is gone or stalled.
-    pub async fn write_spliced(
-        &self,
-        out: &mut Vec<u8>,
-        lent: &mut Lent,
-        zerocopy: SendZerocopy,
-    ) -> bool {
+    /// `zerocopy`: this connection's large lent bodies go out by send_zc.
+    pub async fn write_spliced(&self, out: &mut Vec<u8>, lent: &mut Lent, zerocopy: bool) -> bool {
         if lent.is_empty() {
             return self.write_out(out).await;
         }
@@ -75,7 +119,7 @@ impl Stream {
         parts.push(Part::Own(std::mem::take(out)));
         parts.extend(tail.into_iter().rev().filter(|p| !p.as_init().is_empty()));
         let written = match self {
-            Stream::Tcp(tcp) if zerocopy_pays(zerocopy, tcp, &parts) => {
+            Stream::Tcp(tcp) if zerocopy && lent_len(&parts) >= ZEROCOPY_MIN => {
                 write_all_zerocopy(tcp, parts).await
             }
             _ => self.write_all_vectored(parts).await,
@@ -99,22 +143,26 @@ impl Stream {
 /// writes of about 10 KB and up).
 const ZEROCOPY_MIN: usize = 64 * 1024;
 
-/// Whether a write goes out without a copy: large lent bytes and, with
-/// `auto`, a client over a real network. On loopback the kernel copies anyway,
-/// at the receiver, so send_zc there only adds its notification (measured:
-/// 11% more CPU for a 1 MiB body).
-fn zerocopy_pays(when: SendZerocopy, tcp: &TcpStream, parts: &[Part]) -> bool {
-    let lent: usize = parts
+fn lent_len(parts: &[Part]) -> usize {
+    parts
         .iter()
         .filter(|p| matches!(p, Part::Lent(_)))
         .map(|p| p.buf_len())
-        .sum();
-    lent >= ZEROCOPY_MIN
-        && match when {
-            SendZerocopy::Never => false,
-            SendZerocopy::Always => true,
-            SendZerocopy::Auto => tcp.peer_addr().is_ok_and(|a| !a.ip().is_loopback()),
+        .sum()
+}
+
+/// Whether a connection's large bodies go out by send_zc: with `auto`, to a
+/// client over a real network. On loopback the kernel copies anyway, at the
+/// receiver, so send_zc there only adds its notification (measured: 11% more
+/// CPU for a 1 MiB body).
+pub fn zerocopy_for(when: SendZerocopy, ends: &Endpoints) -> bool {
+    match when {
+        SendZerocopy::Never => false,
+        SendZerocopy::Always => true,
+        SendZerocopy::Auto => {
+            matches!(ends, Endpoints::Tcp { peer, .. } if !peer.ip().is_loopback())
         }
+    }
 }
 
 /// Writes all the parts through send_zc. Each send starts where the last

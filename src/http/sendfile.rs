@@ -38,10 +38,9 @@ impl FileSpan {
     }
 
     /// The rest of the file behind a Python file object's descriptor, from its
-    /// current position and at most `limit` bytes. None when the descriptor is
-    /// not a regular file (a pipe or a socket has no size): such an object is
-    /// iterated instead.
-    pub fn from_descriptor(fd: RawFd, limit: Option<u64>) -> Option<FileSpan> {
+    /// current position. None when the descriptor is not a regular file (a
+    /// pipe or a socket has no size): such an object is iterated instead.
+    pub fn from_descriptor(fd: RawFd) -> Option<FileSpan> {
         // SAFETY: the caller's file object keeps fd open during this call; the
         // span keeps its own duplicate.
         let owned = unsafe { BorrowedFd::borrow_raw(fd) }
@@ -55,8 +54,7 @@ impl FileSpan {
         // SAFETY: lseek on a descriptor we own; it reads the shared position.
         let offset = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_CUR) };
         let offset = u64::try_from(offset).ok()?;
-        let left = meta.len().saturating_sub(offset);
-        let len = limit.map_or(left, |l| l.min(left));
+        let len = meta.len().saturating_sub(offset);
         Some(FileSpan { file, offset, len })
     }
 
@@ -86,10 +84,15 @@ impl FileSpan {
 
     async fn sendfile(self, socket: RawFd) -> std::io::Result<()> {
         let mut offset = i64::try_from(self.offset).map_err(std::io::Error::other)?;
+        // SAFETY: fcntl on the connection's own descriptor.
+        let flags = unsafe { libc::fcntl(socket, libc::F_GETFL) };
+        if flags < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
         let mut left = self.len;
         while left > 0 {
             let want = usize::try_from(left).unwrap_or(CALL_MAX).min(CALL_MAX);
-            match sendfile_now(socket, self.file.as_raw_fd(), &mut offset, want) {
+            match sendfile_now(socket, flags, self.file.as_raw_fd(), &mut offset, want) {
                 Ok(0) => return Err(shrank()),
                 Ok(n) => left -= n as u64,
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
@@ -136,9 +139,11 @@ fn shrank() -> std::io::Error {
 }
 
 /// One sendfile(2) that never blocks: a socket accepted through io_uring is in
-/// blocking mode, so it is made non-blocking for the call and restored after.
+/// blocking mode (`flags`, its file status flags), so it is made non-blocking
+/// for the call and restored after.
 fn sendfile_now(
     socket: RawFd,
+    flags: i32,
     file: RawFd,
     offset: &mut i64,
     len: usize,
@@ -146,10 +151,6 @@ fn sendfile_now(
     // SAFETY: fcntl and sendfile on descriptors the caller keeps open; offset
     // points to a live i64.
     unsafe {
-        let flags = libc::fcntl(socket, libc::F_GETFL);
-        if flags < 0 {
-            return Err(std::io::Error::last_os_error());
-        }
         let blocking = flags & libc::O_NONBLOCK == 0;
         if blocking {
             libc::fcntl(socket, libc::F_SETFL, flags | libc::O_NONBLOCK);

@@ -26,13 +26,14 @@ pub struct LentBytes {
 unsafe impl Send for LentBytes {}
 
 impl LentBytes {
-    /// Lends `len` bytes of `bytes` from `start`.
-    pub fn new(bytes: &Bound<'_, PyBytes>, start: usize, len: usize) -> LentBytes {
-        let data = &bytes.as_bytes()[start..start + len];
+    /// Lends the first `len` bytes of `bytes` (at most all of them).
+    pub fn new(bytes: &Bound<'_, PyBytes>, len: usize) -> LentBytes {
+        let all = bytes.as_bytes();
+        let data = &all[..len.min(all.len())];
         LentBytes {
             _owner: Held::new(bytes.clone().unbind()),
             ptr: data.as_ptr(),
-            len,
+            len: data.len(),
         }
     }
 }

@@ -9,9 +9,8 @@ use super::Wsgi;
 use super::input::SharedBody;
 use crate::access_log::Outcome;
 use crate::http::encode::{self, Framing};
-use crate::http::output::Lent;
+use crate::http::output::{Lent, append_body};
 use crate::http::sendfile::FileSpan;
-use crate::python::lent::{LEND_MIN, LentBytes};
 
 /// What the connection needs to know about the request to frame the response.
 #[derive(Clone, Copy)]
@@ -309,7 +308,7 @@ impl Response {
             .and_then(|f| f.call_method0("fileno"))
             .and_then(|fd| fd.extract::<i32>())
             .ok()?;
-        FileSpan::from_descriptor(fd, None)
+        FileSpan::from_descriptor(fd)
     }
 
     /// A body that is a file: the head now, the file by `take_file` after it.
@@ -374,40 +373,16 @@ impl Response {
         Ok(true)
     }
 
-    /// Appends a body chunk in the response's framing. A large one is lent,
-    /// to go out from its own memory.
+    /// Appends a body chunk in the response's framing.
     fn body_bytes(&mut self, chunk: &Bound<'_, PyBytes>, out: &mut Vec<u8>) {
-        let len = chunk.as_bytes().len();
-        let take = match self.framing {
-            Framing::None => return,
-            Framing::Length(_) => {
-                let left = self.remaining.unwrap_or(0);
-                let take = (len as u64).min(left) as usize;
-                if take < len {
-                    log::error!(
-                        "The application sent more bytes than its Content-Length; the rest is dropped"
-                    );
-                }
-                self.remaining = Some(left - take as u64);
-                take
-            }
-            Framing::Chunked | Framing::Close => len,
-        };
-        if take == 0 {
-            return;
-        }
-        if self.framing == Framing::Chunked {
-            encode::chunk_size(out, take);
-        }
-        if take >= LEND_MIN {
-            self.lent.push(out.len(), LentBytes::new(chunk, 0, take));
-        } else {
-            out.extend_from_slice(&chunk.as_bytes()[..take]);
-        }
-        if self.framing == Framing::Chunked {
-            out.extend_from_slice(b"\r\n");
-        }
-        self.sent += take as u64;
+        self.sent += append_body(
+            out,
+            &mut self.lent,
+            self.framing,
+            &mut self.remaining,
+            chunk.as_bytes(),
+            Some(chunk),
+        );
     }
 
     /// Body chunks lent since the last call, placed in the `out` given to
