@@ -557,6 +557,7 @@ impl Conn {
         };
         let prepared = Python::attach(|py| {
             let input = match body {
+                Body::InMemory(data) if data.is_empty() => Ok(wsgi.empty_input.bind(py).clone()),
                 Body::InMemory(data) => wsgi.bytes_io.bind(py).call1((PyBytes::new(py, &data),)),
                 Body::Stream(shared, initial) => {
                     input::stream_input(py, &wsgi.input_stream, shared, &initial)

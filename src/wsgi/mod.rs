@@ -42,6 +42,18 @@ pub struct Keys {
     pub methods: Vec<(&'static [u8], Py<PyString>)>,
 }
 
+/// Attribute names read or set on every request, interned once per
+/// interpreter so that a lookup neither allocates nor hashes a new string.
+pub struct Names {
+    pub status: Py<PyString>,
+    pub headers: Py<PyString>,
+    pub writes: Py<PyString>,
+    pub sent: Py<PyString>,
+    pub close: Py<PyString>,
+    pub filelike: Py<PyString>,
+    pub fileno: Py<PyString>,
+}
+
 /// Everything one shard needs to run WSGI requests in its interpreter.
 pub struct Wsgi {
     pub app: Py<PyAny>,
@@ -55,6 +67,9 @@ pub struct Wsgi {
     /// The constant part of every environ, copied per request.
     pub template: Py<PyDict>,
     pub keys: Keys,
+    pub names: Names,
+    /// `wsgi.input` of every request without a body: it has no state to share.
+    pub empty_input: Py<PyAny>,
     /// `$SCRIPT_NAME`, stripped from the front of PATH_INFO.
     pub script_name: String,
 }
@@ -153,6 +168,16 @@ impl Wsgi {
             loaded: loaded.clone(),
             template: template.unbind(),
             keys,
+            names: Names {
+                status: key(py, "status"),
+                headers: key(py, "headers"),
+                writes: key(py, "writes"),
+                sent: key(py, "sent"),
+                close: key(py, "close"),
+                filelike: key(py, "filelike"),
+                fileno: key(py, "fileno"),
+            },
+            empty_input: attr("EmptyInput")?.call0(py).map_err(failed)?,
             script_name,
         })
     }

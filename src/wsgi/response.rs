@@ -3,7 +3,7 @@
 //! and `close()` on every path.
 
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyList, PyString, PyTuple};
+use pyo3::types::{PyBytes, PyIterator, PyList, PyString, PyTuple};
 
 use super::Wsgi;
 use super::input::SharedBody;
@@ -41,7 +41,7 @@ pub struct Response {
     result: Py<PyAny>,
     sr: Py<PyAny>,
     /// The body iterator, once the app's result turned out not to be a list.
-    iter: Option<Py<PyAny>>,
+    iter: Option<Py<PyIterator>>,
     /// A body streaming from the socket; unless the app read all of it, the
     /// connection cannot carry another request.
     body: Option<SharedBody>,
@@ -198,7 +198,11 @@ impl Response {
         let iter = match self.iter.take() {
             Some(iter) => iter,
             None => {
-                let writes = self.sr.bind(py).getattr("writes").map_err(Failure::App)?;
+                let writes = self
+                    .sr
+                    .bind(py)
+                    .getattr(wsgi.names.writes.bind(py))
+                    .map_err(Failure::App)?;
                 let writes: Vec<Bound<'_, PyAny>> = if writes.is_none() {
                     Vec::new()
                 } else {
@@ -211,30 +215,41 @@ impl Response {
                 if writes.is_empty()
                     && let Some(span) = self.file_span(py, wsgi, &result)
                 {
-                    return self.file(py, span, out, date);
+                    return self.file(py, wsgi, span, out, date);
                 }
                 if let Ok(list) = result.cast::<PyList>() {
-                    return self.sequence(py, writes.into_iter().chain(list.iter()), out, date);
+                    return self.sequence(
+                        py,
+                        wsgi,
+                        writes.into_iter().chain(list.iter()),
+                        out,
+                        date,
+                    );
                 }
                 if let Ok(tuple) = result.cast::<PyTuple>() {
-                    return self.sequence(py, writes.into_iter().chain(tuple.iter()), out, date);
+                    return self.sequence(
+                        py,
+                        wsgi,
+                        writes.into_iter().chain(tuple.iter()),
+                        out,
+                        date,
+                    );
                 }
                 let iter = result.try_iter().map_err(Failure::App)?;
                 if !writes.is_empty() {
                     for chunk in &writes {
-                        self.chunk(py, chunk, out, date)?;
+                        self.chunk(py, wsgi, chunk, out, date)?;
                     }
-                    self.iter = Some(iter.into_any().unbind());
+                    self.iter = Some(iter.unbind());
                     return Ok(Progress::More);
                 }
-                iter.into_any().unbind()
+                iter.unbind()
             }
         };
         loop {
-            let next = iter.bind(py).call_method0("__next__");
-            match next {
-                Ok(chunk) => {
-                    if self.chunk(py, &chunk, out, date)? {
+            match iter.bind(py).clone().next() {
+                Some(Ok(chunk)) => {
+                    if self.chunk(py, wsgi, &chunk, out, date)? {
                         let stop = self.meta.is_head || self.framing == Framing::None;
                         if stop {
                             return Ok(Progress::Done);
@@ -243,12 +258,12 @@ impl Response {
                         return Ok(Progress::More);
                     }
                 }
-                Err(e) if e.is_instance_of::<pyo3::exceptions::PyStopIteration>(py) => break,
-                Err(e) => return Err(Failure::App(e)),
+                None => break,
+                Some(Err(e)) => return Err(Failure::App(e)),
             }
         }
         if !self.head_sent {
-            self.head(py, Some(0), out, date)?;
+            self.head(py, wsgi, Some(0), out, date)?;
         }
         match (self.framing, self.remaining) {
             (Framing::Chunked, _) if !self.meta.is_head => {
@@ -267,6 +282,7 @@ impl Response {
     fn sequence<'py>(
         &mut self,
         py: Python<'py>,
+        wsgi: &Wsgi,
         chunks: impl Iterator<Item = Bound<'py, PyAny>>,
         out: &mut Vec<u8>,
         date: &[u8],
@@ -278,7 +294,7 @@ impl Response {
             })
             .collect::<Result<_, _>>()?;
         let total: usize = chunks.iter().map(|c| c.as_bytes().len()).sum();
-        self.head(py, Some(total as u64), out, date)?;
+        self.head(py, wsgi, Some(total as u64), out, date)?;
         if !self.meta.is_head && self.framing != Framing::None {
             for c in &chunks {
                 self.body_bytes(c, out);
@@ -304,8 +320,8 @@ impl Response {
             return None;
         }
         let fd = result
-            .getattr("filelike")
-            .and_then(|f| f.call_method0("fileno"))
+            .getattr(wsgi.names.filelike.bind(py))
+            .and_then(|f| f.call_method0(wsgi.names.fileno.bind(py)))
             .and_then(|fd| fd.extract::<i32>())
             .ok()?;
         FileSpan::from_descriptor(fd)
@@ -316,11 +332,12 @@ impl Response {
     fn file(
         &mut self,
         py: Python<'_>,
+        wsgi: &Wsgi,
         mut span: FileSpan,
         out: &mut Vec<u8>,
         date: &[u8],
     ) -> Result<Progress, Failure> {
-        self.head(py, Some(span.len()), out, date)?;
+        self.head(py, wsgi, Some(span.len()), out, date)?;
         if self.meta.is_head || self.framing == Framing::None {
             return Ok(Progress::Done);
         }
@@ -351,6 +368,7 @@ impl Response {
     fn chunk(
         &mut self,
         py: Python<'_>,
+        wsgi: &Wsgi,
         chunk: &Bound<'_, PyAny>,
         out: &mut Vec<u8>,
         date: &[u8],
@@ -365,7 +383,13 @@ impl Response {
             return Ok(false);
         }
         if !self.head_sent {
-            self.head(py, None, out, date)?;
+            self.head(py, wsgi, None, out, date)?;
+            // The app's iterator runs on, and may call start_response again
+            // with exc_info: from now on that must re-raise (PEP 3333).
+            let _ = self
+                .sr
+                .bind(py)
+                .setattr(wsgi.names.sent.bind(py), pyo3::types::PyBool::new(py, true));
         }
         if !self.meta.is_head {
             self.body_bytes(bytes, out);
@@ -395,12 +419,15 @@ impl Response {
     fn head(
         &mut self,
         py: Python<'_>,
+        wsgi: &Wsgi,
         known_length: Option<u64>,
         out: &mut Vec<u8>,
         date: &[u8],
     ) -> Result<(), Failure> {
         let sr = self.sr.bind(py);
-        let status = sr.getattr("status").map_err(Failure::App)?;
+        let status = sr
+            .getattr(wsgi.names.status.bind(py))
+            .map_err(Failure::App)?;
         if status.is_none() {
             return Err(Failure::Bad(
                 "the application did not call start_response()".into(),
@@ -419,7 +446,9 @@ impl Response {
                     String::from_utf8_lossy(&status_bytes)
                 ))
             })?;
-        let headers = sr.getattr("headers").map_err(Failure::App)?;
+        let headers = sr
+            .getattr(wsgi.names.headers.bind(py))
+            .map_err(Failure::App)?;
         let headers = headers
             .cast_into::<PyList>()
             .map_err(|_| Failure::Bad("headers must be a list".into()))?;
@@ -512,7 +541,6 @@ impl Response {
             date,
             !has_server,
         );
-        let _ = sr.setattr("sent", pyo3::types::PyBool::new(py, true));
         self.status = code;
         self.head_sent = true;
         Ok(())
@@ -530,7 +558,11 @@ impl Response {
     /// Calls the iterable's `close()`, as PEP 3333 requires on every path.
     pub fn close(self, py: Python<'_>, wsgi: &Wsgi) {
         let result = self.result.bind(py);
-        if let Ok(close) = result.getattr("close") {
+        // Lists and tuples, the common results, have no close().
+        if result.is_exact_instance_of::<PyList>() || result.is_exact_instance_of::<PyTuple>() {
+            return;
+        }
+        if let Ok(close) = result.getattr(wsgi.names.close.bind(py)) {
             if let Err(e) = close.call0() {
                 wsgi.log_exception(py, "Error closing the response iterable", &e);
             }

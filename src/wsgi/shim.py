@@ -134,6 +134,28 @@ class Input:
         return line
 
 
+class EmptyInput:
+    """wsgi.input for a request without a body. It holds no state, so one
+    object serves every such request of the interpreter."""
+
+    __slots__ = ()
+
+    def read(self, size=-1):
+        return b""
+
+    def readline(self, size=-1):
+        return b""
+
+    def readlines(self, hint=-1):
+        return []
+
+    def readable(self):
+        return True
+
+    def __iter__(self):
+        return iter(())
+
+
 class FileWrapper:
     """wsgi.file_wrapper: iterates a file-like object in blocks."""
 
@@ -165,7 +187,3 @@ class Errors:
 
     def flush(self):
         sys.stderr.flush()
-
-
-def new_input(data):
-    return io.BytesIO(data)
