@@ -276,7 +276,7 @@ fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> 
         return Ok(waiter);
     }
     let fut = asgi.create_future.call0(py)?;
-    fut.call_method1(py, "set_result", (message,))?;
+    fut.call_method1(py, asgi.keys.set_result.bind(py), (message,))?;
     Ok(fut)
 }
 
@@ -296,7 +296,7 @@ fn answer_receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) {
         return;
     };
     if waiter
-        .call_method0(py, "done")
+        .call_method0(py, asgi.keys.done.bind(py))
         .and_then(|d| d.is_truthy(py))
         .unwrap_or(true)
     {
@@ -304,9 +304,9 @@ fn answer_receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) {
     }
     match receive(py, asgi, shared) {
         Ok(fut) => {
-            let result = fut.call_method0(py, "result");
+            let result = fut.call_method0(py, asgi.keys.result.bind(py));
             if let Ok(message) = result {
-                let _ = waiter.call_method1(py, "set_result", (message,));
+                let _ = waiter.call_method1(py, asgi.keys.set_result.bind(py), (message,));
             }
         }
         Err(e) => {
@@ -715,7 +715,6 @@ async fn exchange(
         );
         return Some(false);
     }
-    asgi.reactor.wake_python();
 
     // The body read buffer, made on the first read (most requests have none).
     let mut scratch = Vec::new();

@@ -93,6 +93,13 @@ pub struct Keys {
     pub wss: Py<PyString>,
     pub v10: Py<PyString>,
     pub v11: Py<PyString>,
+    /// Method names called on tasks and futures.
+    pub done: Py<PyString>,
+    pub cancelled: Py<PyString>,
+    pub exception: Py<PyString>,
+    pub add_done_callback: Py<PyString>,
+    pub set_result: Py<PyString>,
+    pub result: Py<PyString>,
     pub methods: Vec<(&'static [u8], Py<PyString>)>,
 }
 
@@ -210,6 +217,12 @@ impl Asgi {
                 wss: key(py, "wss"),
                 v10: key(py, "1.0"),
                 v11: key(py, "1.1"),
+                done: key(py, "done"),
+                cancelled: key(py, "cancelled"),
+                exception: key(py, "exception"),
+                add_done_callback: key(py, "add_done_callback"),
+                set_result: key(py, "set_result"),
+                result: key(py, "result"),
                 methods: ["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]
                     .into_iter()
                     .map(|m| (m.as_bytes(), key(py, m)))

@@ -56,7 +56,8 @@ fn bridge(ptr: &ThreadBound<*const Asgi>) -> PyResult<&Asgi> {
     Ok(unsafe { &**ptr.get()? })
 }
 
-/// Starts the app's task for `scope`, handing it `receive` and `send`.
+/// Starts the app's task for `scope`, handing it `receive` and `send`, and
+/// lets the event loop run it unless it already ended.
 pub fn start<R, S>(
     py: Python<'_>,
     asgi: &Asgi,
@@ -90,7 +91,12 @@ where
         },
     )?;
     let coro = asgi.app.call1(py, (scope, receive_fn, send_fn))?;
-    let task = asgi.create_task.call1(py, (coro,))?;
+    let task = asgi.create_task.bind(py).call1((coro,))?;
+    // An eager task (3.12 and later) often runs to its end inside
+    // create_task: it needs no done callback, and the loop no turn for it.
+    if task.call_method0(asgi.keys.done.bind(py))?.is_truthy()? {
+        return ended(asgi, &task, link);
+    }
     let ptr = ThreadBound::new(asgi as *const Asgi);
     let link = ThreadBound::new(link.clone());
     let done_fn = PyCFunction::new_closure(
@@ -98,24 +104,30 @@ where
         Some(c"done"),
         None,
         move |args: &Bound<'_, PyTuple>, _kw: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
-            let task = args.get_item(0)?;
-            let mut failed = false;
-            if !task.call_method0("cancelled")?.is_truthy()? {
-                let exc = task.call_method0("exception")?;
-                if !exc.is_none() {
-                    failed = true;
-                    bridge(&ptr)?
-                        .loaded
-                        .app_failed(args.py(), &PyErr::from_value(exc));
-                }
-            }
-            let link = link.get()?;
-            link.ended.set(Some(failed));
-            link.wake();
-            Ok(())
+            ended(bridge(&ptr)?, &args.get_item(0)?, link.get()?)
         },
     )?;
-    task.call_method1(py, "add_done_callback", (done_fn,))?;
+    task.call_method1(asgi.keys.add_done_callback.bind(py), (done_fn,))?;
+    asgi.reactor.wake_python();
+    Ok(())
+}
+
+/// The app's task has ended: logs what it raised and tells the connection.
+fn ended(asgi: &Asgi, task: &Bound<'_, PyAny>, link: &Link) -> PyResult<()> {
+    let py = task.py();
+    let mut failed = false;
+    if !task
+        .call_method0(asgi.keys.cancelled.bind(py))?
+        .is_truthy()?
+    {
+        let exc = task.call_method0(asgi.keys.exception.bind(py))?;
+        if !exc.is_none() {
+            failed = true;
+            asgi.loaded.app_failed(py, &PyErr::from_value(exc));
+        }
+    }
+    link.ended.set(Some(failed));
+    link.wake();
     Ok(())
 }
 
@@ -164,7 +176,7 @@ pub fn gather(out: &mut Vec<u8>, queued: &mut Vec<u8>) {
 pub fn release(asgi: &Asgi, waiter: Option<Py<PyAny>>) {
     if let Some(waiter) = waiter {
         Python::attach(|py| {
-            let _ = waiter.call_method1(py, "set_result", (py.None(),));
+            let _ = waiter.call_method1(py, asgi.keys.set_result.bind(py), (py.None(),));
         });
         asgi.reactor.wake_python();
     }

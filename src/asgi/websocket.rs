@@ -119,7 +119,11 @@ fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> 
     let fut = asgi.create_future.call0(py)?;
     if let Some(msg) = s.incoming.pop_front() {
         s.wake();
-        fut.call_method1(py, "set_result", (message(py, asgi, msg)?,))?;
+        fut.call_method1(
+            py,
+            asgi.keys.set_result.bind(py),
+            (message(py, asgi, msg)?,),
+        )?;
         return Ok(fut);
     }
     if s.receive_waiter.is_some() {
@@ -139,7 +143,7 @@ fn answer_receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) {
     };
     if let (Some(waiter), Some(msg)) = (waiter, msg) {
         if let Ok(msg) = message(py, asgi, msg) {
-            let _ = waiter.call_method1(py, "set_result", (msg,));
+            let _ = waiter.call_method1(py, asgi.keys.set_result.bind(py), (msg,));
         }
         asgi.reactor.wake_python();
     }
@@ -356,7 +360,6 @@ pub async fn serve(
         encode::error_response(out, crate::http::HttpError::new(500, "start"), &date);
         return Some(false);
     }
-    asgi.reactor.wake_python();
 
     let mut decoder = ws::Decoder::new(asgi.ws_max_size);
     let mut reading: Option<LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>> = None;
