@@ -330,7 +330,7 @@ fn send(
     if ex.disconnected {
         return Err(task::disconnected(py, asgi));
     }
-    match kind.as_str() {
+    match &*kind {
         "http.response.start" => {
             if ex.start.is_some() {
                 return Err(runtime_error(

@@ -100,6 +100,10 @@ pub struct Keys {
     pub add_done_callback: Py<PyString>,
     pub set_result: Py<PyString>,
     pub result: Py<PyString>,
+    /// WebSocket message keys and values.
+    pub websocket_receive: Py<PyString>,
+    pub text: Py<PyString>,
+    pub bytes: Py<PyString>,
     pub methods: Vec<(&'static [u8], Py<PyString>)>,
 }
 
@@ -223,6 +227,9 @@ impl Asgi {
                 add_done_callback: key(py, "add_done_callback"),
                 set_result: key(py, "set_result"),
                 result: key(py, "result"),
+                websocket_receive: key(py, "websocket.receive"),
+                text: key(py, "text"),
+                bytes: key(py, "bytes"),
                 methods: ["GET", "POST", "HEAD", "PUT", "DELETE", "PATCH", "OPTIONS"]
                     .into_iter()
                     .map(|m| (m.as_bytes(), key(py, m)))

@@ -8,6 +8,7 @@ use std::rc::Rc;
 use std::task::{Poll, Waker};
 
 use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedStr;
 use pyo3::types::{PyCFunction, PyDict, PyTuple};
 
 use super::{Asgi, ThreadBound};
@@ -136,12 +137,12 @@ pub fn message_type<'py>(
     py: Python<'py>,
     asgi: &Asgi,
     message: &Bound<'py, PyAny>,
-) -> PyResult<(Bound<'py, PyDict>, String)> {
+) -> PyResult<(Bound<'py, PyDict>, PyBackedStr)> {
     let message = message
         .cast::<PyDict>()
         .map_err(|_| pyo3::exceptions::PyTypeError::new_err("an ASGI message must be a dict"))?
         .clone();
-    let kind: String = message
+    let kind: PyBackedStr = message
         .get_item(asgi.keys.type_.bind(py))?
         .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("type"))?
         .extract()?;

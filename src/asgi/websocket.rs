@@ -92,18 +92,19 @@ type Shared = Rc<RefCell<Session>>;
 
 fn message<'py>(py: Python<'py>, asgi: &Asgi, msg: In) -> PyResult<Bound<'py, PyDict>> {
     let d = PyDict::new(py);
-    let type_ = asgi.keys.type_.bind(py);
+    let k = &asgi.keys;
+    let type_ = k.type_.bind(py);
     match msg {
         In::Connect => d.set_item(type_, "websocket.connect")?,
         In::Text(text) => {
-            d.set_item(type_, "websocket.receive")?;
-            d.set_item("text", text)?;
-            d.set_item("bytes", py.None())?;
+            d.set_item(type_, k.websocket_receive.bind(py))?;
+            d.set_item(k.text.bind(py), text)?;
+            d.set_item(k.bytes.bind(py), py.None())?;
         }
         In::Bytes(data) => {
-            d.set_item(type_, "websocket.receive")?;
-            d.set_item("bytes", PyBytes::new(py, &data))?;
-            d.set_item("text", py.None())?;
+            d.set_item(type_, k.websocket_receive.bind(py))?;
+            d.set_item(k.bytes.bind(py), PyBytes::new(py, &data))?;
+            d.set_item(k.text.bind(py), py.None())?;
         }
         In::Disconnect(code, reason) => {
             d.set_item(type_, "websocket.disconnect")?;
@@ -183,7 +184,7 @@ fn send(
         return Err(task::disconnected(py, asgi));
     }
     let unexpected = || runtime_error(format!("Unexpected ASGI message '{kind}' sent"));
-    match (kind.as_str(), s.phase) {
+    match (&*kind, s.phase) {
         ("websocket.accept", Phase::Handshake) => {
             let mut out = std::mem::take(&mut s.out);
             out.extend_from_slice(
@@ -205,8 +206,12 @@ fn send(
             s.phase = Phase::Open;
         }
         ("websocket.send", Phase::Open) if !s.close_sent => {
-            let text = message.get_item("text")?.filter(|t| !t.is_none());
-            let bytes = message.get_item("bytes")?.filter(|b| !b.is_none());
+            let text = message
+                .get_item(asgi.keys.text.bind(py))?
+                .filter(|t| !t.is_none());
+            let bytes = message
+                .get_item(asgi.keys.bytes.bind(py))?
+                .filter(|b| !b.is_none());
             match (text, bytes) {
                 (Some(text), None) => {
                     let text = text
