@@ -27,6 +27,7 @@ mod wsgi;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() {
+    disable_huge_pages();
     let config = match config::load() {
         config::Action::Serve(config) => *config,
         config::Action::Print(text) => {
@@ -41,4 +42,15 @@ fn main() {
         }
     };
     supervisor::run(config);
+}
+
+/// Turns transparent huge pages off for turbo's processes, as Redis does by
+/// default. With them, memory faults in 2 MiB at a time: the Flask app on
+/// two shards measured 59.4 MiB of PSS with them and 52.4 without, at the
+/// same speed. mimalloc is built with `no_thp` so that it never asks for
+/// them; this covers hosts whose THP setting is `always`. Forked workers
+/// inherit it.
+fn disable_huge_pages() {
+    // SAFETY: prctl with PR_SET_THP_DISABLE only sets a flag on this process.
+    unsafe { libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0) };
 }
