@@ -26,6 +26,14 @@ def test_hello_and_detection(turbo):
     assert r.headers["content-length"] == "12"
 
 
+def test_work_left_to_the_loop_runs_without_another_request(turbo):
+    srv = turbo("asgi_app:app")
+    for n in range(3):
+        assert get(srv, f"/background?{n}").text == "scheduled"
+        srv.wait_for(f"background callback ran {n}$")
+        srv.wait_for(f"background task ran {n}$")
+
+
 def test_callable_object_is_asgi(turbo):
     srv = turbo("asgi_app:callable_app")
     assert get(srv, "/").text == "from a callable object"

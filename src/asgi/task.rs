@@ -57,8 +57,7 @@ fn bridge(ptr: &ThreadBound<*const Asgi>) -> PyResult<&Asgi> {
     Ok(unsafe { &**ptr.get()? })
 }
 
-/// Starts the app's task for `scope`, handing it `receive` and `send`, and
-/// lets the event loop run it unless it already ended.
+/// Starts the app's task for `scope`, handing it `receive` and `send`.
 pub fn start<R, S>(
     py: Python<'_>,
     asgi: &Asgi,
@@ -93,8 +92,11 @@ where
     )?;
     let coro = asgi.app.call1(py, (scope, receive_fn, send_fn))?;
     let task = asgi.create_task.bind(py).call1((coro,))?;
+    // The loop gets a turn either way: the app may have left it work (a
+    // callback, a task of its own) even when it answered at once.
+    asgi.reactor.wake_python();
     // An eager task (3.12 and later) often runs to its end inside
-    // create_task: it needs no done callback, and the loop no turn for it.
+    // create_task, and then needs no done callback.
     if task.call_method0(asgi.keys.done.bind(py))?.is_truthy()? {
         return ended(asgi, &task, link);
     }
@@ -109,7 +111,6 @@ where
         },
     )?;
     task.call_method1(asgi.keys.add_done_callback.bind(py), (done_fn,))?;
-    asgi.reactor.wake_python();
     Ok(())
 }
 

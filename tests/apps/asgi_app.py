@@ -56,6 +56,14 @@ async def app(scope, receive, send):
         shown["server"] = list(scope["server"])
         shown["state"] = dict(scope["state"])
         return await respond(send, 200, json.dumps(shown).encode())
+    if path == "/background":
+        # Work the app leaves to the loop, then an answer at once: the loop
+        # must run it although no other request comes.
+        async def later(n):
+            note(f"background task ran {n}")
+        asyncio.get_running_loop().call_soon(note, f"background callback ran {scope['query_string'].decode()}")
+        asyncio.create_task(later(scope["query_string"].decode()))
+        return await respond(send, 200, b"scheduled")
     if path == "/echo":
         body, chunks = await read_body(receive)
         note(f"echo received {len(body)} bytes in {chunks} messages")
