@@ -1,11 +1,10 @@
 """The Python half of turbo's WSGI bridge, executed once in every interpreter.
 
-Only what is simpler or faster in Python lives here: the wsgi.input stream for
-bodies that do not fit in memory, start_response, wsgi.file_wrapper and
-wsgi.errors. The Rust side holds references to these objects per shard.
+Only what is simpler or faster in Python lives here: wsgi.input for bodies
+that stream from the socket and for requests without one, start_response,
+wsgi.file_wrapper and wsgi.errors. The Rust side holds references to these objects per shard.
 """
 
-import io
 import sys
 
 
