@@ -193,6 +193,17 @@ def test_disconnect_reaches_the_app_and_send_raises(turbo):
     srv.wait_for(r"send raised ClientDisconnected \(an OSError\)")
 
 
+def test_receive_given_up_on_can_be_called_again(turbo):
+    srv = turbo("asgi_app:app")
+    s = srv.connect()
+    s.sendall(b"GET /poll-disconnect HTTP/1.1\r\nHost: x\r\n\r\n")
+    status, _, body, _ = read_response(s)
+    assert (status, body) == (200, b"still connected")
+    s.close()
+    srv.wait_for("after the polls: http.disconnect")
+    assert "already being awaited" not in srv.log
+
+
 def test_a_thousand_sleeps_run_concurrently(turbo):
     srv = turbo("asgi_app:app")
     socks = [socket.create_connection(("127.0.0.1", srv.port)) for _ in range(1000)]

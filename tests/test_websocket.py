@@ -36,6 +36,19 @@ def test_text_binary_and_fragmented_messages_echo(turbo):
     run(go())
 
 
+def test_receive_given_up_on_loses_no_message(turbo):
+    srv = turbo("ws_app:app")
+
+    async def go():
+        async with connect(url(srv, "/patient")) as ws:
+            assert [await ws.recv(), await ws.recv()] == ["nothing yet"] * 2
+            await ws.send("now")
+            assert await ws.recv() == "now"
+
+    run(go())
+    assert "already being awaited" not in srv.log
+
+
 def test_ping_is_answered(turbo):
     srv = turbo("ws_app:app")
 

@@ -253,66 +253,68 @@ pub(super) fn runtime_error(msg: String) -> PyErr {
     pyo3::exceptions::PyRuntimeError::new_err(msg)
 }
 
-/// The `receive` callable.
-fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> {
-    let mut ex = shared.borrow_mut();
+/// What `receive()` has for the app now: the body that arrived, or the
+/// disconnect; None while there is neither.
+fn next_message<'py>(
+    py: Python<'py>,
+    asgi: &Asgi,
+    ex: &mut Exchange,
+) -> PyResult<Option<Bound<'py, PyDict>>> {
     let k = &asgi.keys;
-    let message = PyDict::new(py);
-    if !ex.body_delivered && (!ex.pending.is_empty() || ex.request_complete) {
+    let message = if !ex.body_delivered && (!ex.pending.is_empty() || ex.request_complete) {
+        let message = PyDict::new(py);
         message.set_item(k.type_.bind(py), k.http_request.bind(py))?;
         message.set_item(k.body.bind(py), PyBytes::new(py, &ex.pending))?;
         message.set_item(k.more_body.bind(py), !ex.request_complete)?;
         ex.pending.clear();
         ex.body_delivered = ex.request_complete;
+        message
     } else if ex.disconnected || (ex.body_delivered && ex.complete) {
+        let message = PyDict::new(py);
         message.set_item(k.type_.bind(py), k.http_disconnect.bind(py))?;
+        message
     } else {
-        if ex.receive_waiter.is_some() {
-            return Err(runtime_error("receive() is already being awaited".into()));
-        }
-        let waiter = asgi.create_future.call0(py)?;
-        ex.receive_waiter = Some(waiter.clone_ref(py));
-        ex.wake();
-        return Ok(waiter);
-    }
+        return Ok(None);
+    };
+    Ok(Some(message))
+}
+
+/// The `receive` callable.
+fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> {
+    let mut ex = shared.borrow_mut();
     let fut = asgi.create_future.call0(py)?;
-    fut.call_method1(py, asgi.keys.set_result.bind(py), (message,))?;
+    match next_message(py, asgi, &mut ex)? {
+        Some(message) => {
+            fut.call_method1(py, asgi.keys.set_result.bind(py), (message,))?;
+        }
+        None => {
+            task::check_receive(py, asgi, &ex.receive_waiter)?;
+            ex.receive_waiter = Some(fut.clone_ref(py));
+            ex.wake();
+        }
+    }
     Ok(fut)
 }
 
 /// Resolves an awaited `receive()` once there is something to say.
 fn answer_receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) {
-    let waiter = {
-        let mut ex = shared.borrow_mut();
-        let ready = (!ex.body_delivered && (!ex.pending.is_empty() || ex.request_complete))
-            || ex.disconnected
-            || (ex.body_delivered && ex.complete);
-        if !ready {
+    let Some(waiter) = shared.borrow_mut().receive_waiter.take() else {
+        return;
+    };
+    // A receive() the app gave up on gets nothing: what arrived waits for
+    // the next one.
+    if task::is_done(py, asgi, &waiter) {
+        return;
+    }
+    let message = next_message(py, asgi, &mut shared.borrow_mut());
+    let _ = match message {
+        Ok(None) => {
+            shared.borrow_mut().receive_waiter = Some(waiter);
             return;
         }
-        ex.receive_waiter.take()
+        Ok(Some(message)) => waiter.call_method1(py, asgi.keys.set_result.bind(py), (message,)),
+        Err(e) => waiter.call_method1(py, "set_exception", (e.value(py),)),
     };
-    let Some(waiter) = waiter else {
-        return;
-    };
-    if waiter
-        .call_method0(py, asgi.keys.done.bind(py))
-        .and_then(|d| d.is_truthy(py))
-        .unwrap_or(true)
-    {
-        return;
-    }
-    match receive(py, asgi, shared) {
-        Ok(fut) => {
-            let result = fut.call_method0(py, asgi.keys.result.bind(py));
-            if let Ok(message) = result {
-                let _ = waiter.call_method1(py, asgi.keys.set_result.bind(py), (message,));
-            }
-        }
-        Err(e) => {
-            let _ = waiter.call_method1(py, "set_exception", (e.value(py),));
-        }
-    }
     asgi.reactor.wake_python();
 }
 

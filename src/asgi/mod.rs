@@ -99,7 +99,6 @@ pub struct Keys {
     pub exception: Py<PyString>,
     pub add_done_callback: Py<PyString>,
     pub set_result: Py<PyString>,
-    pub result: Py<PyString>,
     /// WebSocket message keys and values.
     pub websocket_receive: Py<PyString>,
     pub text: Py<PyString>,
@@ -226,7 +225,6 @@ impl Asgi {
                 exception: key(py, "exception"),
                 add_done_callback: key(py, "add_done_callback"),
                 set_result: key(py, "set_result"),
-                result: key(py, "result"),
                 websocket_receive: key(py, "websocket.receive"),
                 text: key(py, "text"),
                 bytes: key(py, "bytes"),

@@ -133,6 +133,25 @@ fn ended(asgi: &Asgi, task: &Bound<'_, PyAny>, link: &Link) -> PyResult<()> {
     Ok(())
 }
 
+/// Whether a future is done: resolved, or cancelled because the app gave up
+/// waiting for it.
+pub fn is_done(py: Python<'_>, asgi: &Asgi, fut: &Py<PyAny>) -> bool {
+    fut.call_method0(py, asgi.keys.done.bind(py))
+        .and_then(|d| d.is_truthy(py))
+        .unwrap_or(true)
+}
+
+/// Refuses a second `receive()` while one is awaited. One the app gave up on
+/// (cancelled, as Starlette's `is_disconnected()` does) does not count.
+pub fn check_receive(py: Python<'_>, asgi: &Asgi, waiter: &Option<Py<PyAny>>) -> PyResult<()> {
+    match waiter {
+        Some(w) if !is_done(py, asgi, w) => Err(super::http::runtime_error(
+            "receive() is already being awaited".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// A message the app sent, as a dict, with its `type`.
 pub fn message_type<'py>(
     py: Python<'py>,

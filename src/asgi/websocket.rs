@@ -127,27 +127,31 @@ fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> 
         )?;
         return Ok(fut);
     }
-    if s.receive_waiter.is_some() {
-        return Err(runtime_error("receive() is already being awaited".into()));
-    }
+    task::check_receive(py, asgi, &s.receive_waiter)?;
     s.receive_waiter = Some(fut.clone_ref(py));
     Ok(fut)
 }
 
 fn answer_receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) {
-    let (waiter, msg) = {
+    let waiter = {
         let mut s = shared.borrow_mut();
-        if s.receive_waiter.is_none() || s.incoming.is_empty() {
+        if s.incoming.is_empty() {
             return;
         }
-        (s.receive_waiter.take(), s.incoming.pop_front())
+        s.receive_waiter.take()
     };
-    if let (Some(waiter), Some(msg)) = (waiter, msg) {
-        if let Ok(msg) = message(py, asgi, msg) {
-            let _ = waiter.call_method1(py, asgi.keys.set_result.bind(py), (msg,));
-        }
-        asgi.reactor.wake_python();
+    // A receive() the app gave up on gets nothing: the message waits for the
+    // next one.
+    let Some(waiter) = waiter.filter(|w| !task::is_done(py, asgi, w)) else {
+        return;
+    };
+    let Some(msg) = shared.borrow_mut().incoming.pop_front() else {
+        return;
+    };
+    if let Ok(msg) = message(py, asgi, msg) {
+        let _ = waiter.call_method1(py, asgi.keys.set_result.bind(py), (msg,));
     }
+    asgi.reactor.wake_python();
 }
 
 fn headers_from(message: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> PyResult<()> {

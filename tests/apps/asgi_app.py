@@ -114,6 +114,18 @@ async def app(scope, receive, send):
         except OSError as e:
             note(f"send raised {type(e).__name__} (an OSError)")
         return
+    if path == "/poll-disconnect":
+        # As Starlette's is_disconnected(): a receive() given up on at once.
+        await read_body(receive)
+        for _ in range(2):
+            try:
+                await asyncio.wait_for(receive(), 0.01)
+                return await respond(send, 500, b"a message before the client left")
+            except asyncio.TimeoutError:
+                pass
+        await respond(send, 200, b"still connected")
+        note(f"after the polls: {(await receive())['type']}")
+        return
     if path == "/file":
         await read_body(receive)
         name = scope["query_string"].decode()

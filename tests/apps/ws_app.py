@@ -1,6 +1,7 @@
 """A raw ASGI WebSocket app: echo, subprotocols, accept headers, close codes
 both ways, refusal before accept and denial with an HTTP response."""
 
+import asyncio
 import sys
 
 
@@ -41,6 +42,13 @@ async def app(scope, receive, send):
     if path == "/close":
         await send({"type": "websocket.close", "code": 4001, "reason": "go away"})
         return
+    if path == "/patient":
+        # receive() given up on twice before a message comes.
+        for _ in range(2):
+            try:
+                await asyncio.wait_for(receive(), 0.01)
+            except asyncio.TimeoutError:
+                await send({"type": "websocket.send", "text": "nothing yet"})
     if path == "/scope":
         await send({"type": "websocket.send", "text": repr(
             {k: scope[k] for k in ("scheme", "path", "query_string", "subprotocols", "http_version")})})
