@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::encode::{self, Framing};
-use super::stream::{Endpoints, Stream, WRITE_STALL};
+use super::stream::{Endpoints, Stream, WRITE_STALL, progress};
 use crate::config::SendZerocopy;
 use crate::python::lent::{LEND_MIN, LentBytes};
 
@@ -183,11 +183,8 @@ async fn write_all_zerocopy(tcp: &TcpStream, parts: Vec<Part>) -> Option<Vec<Par
         let send = writer.write_zerocopy_vectored(from);
         let BufResult(res, release) = compio::time::timeout(WRITE_STALL, send).await.ok()?;
         released.push(release);
-        match res {
-            Ok(0) => return None,
-            Ok(n) => sent += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return None,
+        if !progress(res, &mut sent) {
+            return None;
         }
     }
     for release in released {

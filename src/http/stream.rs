@@ -173,7 +173,7 @@ impl Stream {
 }
 
 /// Counts a write's bytes; false when the connection failed or closed.
-fn progress(res: std::io::Result<usize>, sent: &mut usize) -> bool {
+pub(super) fn progress(res: std::io::Result<usize>, sent: &mut usize) -> bool {
     match res {
         Ok(0) => false,
         Ok(n) => {
