@@ -63,6 +63,7 @@ pub fn run(spec: Spec) -> ! {
     crate::logging::python::start();
     let waits = signals::worker();
     tune_malloc();
+    crate::http::stream::set_write_stall(config.send_timeout);
     log::info!("Booting worker with pid: {}", std::process::id());
     if !python_running && let Err(e) = python::initialize() {
         log::error!("{e}");

@@ -138,9 +138,33 @@ class Turbo:
         self.reader.join(5)
 
 
+# What the supervisor logs when a worker died in a way nobody asked for, and
+# what a Rust panic prints. The supervisor replaces such a worker within
+# milliseconds, so without reading the log a test would pass anyway.
+WORKER_DEATH = re.compile(
+    r"Worker \(pid:\d+\) was sent SIG|Worker \(pid:\d+\) exited with code|"
+    r"WORKER TIMEOUT|panicked at|fatal runtime error"
+)
+
+
+def worker_deaths(log):
+    """The log lines that say a worker died unexpectedly."""
+    return [line for line in log.splitlines() if WORKER_DEATH.search(line)]
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers",
+        "worker_deaths: the test kills or crashes workers on purpose, so the "
+        "turbo fixture does not fail it for deaths in the log",
+    )
+
+
 @pytest.fixture
-def turbo():
-    """turbo(app, *flags) starts a server; all are stopped after the test."""
+def turbo(request):
+    """turbo(app, *flags) starts a server; all are stopped after the test.
+    A test whose server logged a worker's unexpected death fails, unless it
+    is marked `worker_deaths`."""
     started = []
 
     def start(app, *args, **kwargs):
@@ -151,6 +175,10 @@ def turbo():
     yield start
     for server in started:
         server.stop()
+    if request.node.get_closest_marker("worker_deaths") is None:
+        for server in started:
+            deaths = worker_deaths(server.log)
+            assert not deaths, "a worker died during the test:\n" + "\n".join(deaths)
 
 
 def recv_all(sock, timeout=10):

@@ -239,6 +239,7 @@ def test_requests_wait_for_lifespan_startup(turbo):
     assert log.index("startup finished") < log.index("handled a request")
 
 
+@pytest.mark.worker_deaths
 def test_lifespan_startup_failure_stops_the_server(turbo):
     srv = turbo("asgi_app:failing_startup", wait=False)
     assert srv.wait_exit() != 0
@@ -251,6 +252,7 @@ def test_lifespan_auto_tolerates_an_app_without_it(turbo):
     assert get(srv, "/").text == "no lifespan"
 
 
+@pytest.mark.worker_deaths
 def test_lifespan_on_requires_it(turbo):
     srv = turbo("asgi_app:no_lifespan", "--lifespan", "on", wait=False)
     assert srv.wait_exit() != 0
@@ -336,6 +338,7 @@ def test_asgi_under_load_on_two_shards(turbo):
     assert results == [200] * 200
 
 
+@pytest.mark.worker_deaths
 def test_a_blocked_event_loop_is_killed_after_timeout(turbo):
     srv = turbo("asgi_app:app", "--timeout", "1")
     with pytest.raises(httpx.HTTPError):

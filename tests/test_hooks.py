@@ -128,6 +128,7 @@ def test_hooks_get_a_working_server_log(turbo, tmp_path):
     assert "[INFO] hello from a hook" in srv.log
 
 
+@pytest.mark.worker_deaths
 def test_worker_abort_and_worker_int(turbo, tmp_path):
     log = tmp_path / "calls.log"
     conf = tmp_path / "c.py"

@@ -27,6 +27,7 @@ def get(srv):
     return httpx.get(srv.url("/"), timeout=10).text
 
 
+@pytest.mark.worker_deaths
 def test_a_changed_module_brings_fresh_workers(turbo, tmp_path):
     module = tmp_path / "reloadme.py"
     write(module, APP.format(version="v1"), 0)

@@ -80,6 +80,7 @@ class Load:
     ("/segfault", "was sent SIGSEGV!"),
     ("/exit", "exited with code 3"),
 ])
+@pytest.mark.worker_deaths
 def test_a_dead_worker_is_logged_and_replaced(turbo, path, exit_line):
     srv = turbo("lifecycle:app")
     old = worker_pid(srv)
@@ -95,6 +96,7 @@ def test_a_dead_worker_is_logged_and_replaced(turbo, path, exit_line):
     assert re.search(rf"Started worker \(pid:{new}\)", srv.log)
 
 
+@pytest.mark.worker_deaths
 def test_in_process_mode_the_other_workers_keep_serving(turbo):
     srv = turbo("lifecycle:app", "--isolation", "process", "--cores", "2")
     assert srv.log.count("Booting worker with pid") == 2
@@ -114,6 +116,7 @@ def test_in_process_mode_the_other_workers_keep_serving(turbo):
     assert survivor in seen and victim not in seen
 
 
+@pytest.mark.worker_deaths
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_a_hung_worker_is_killed_after_timeout(turbo, threads):
     srv = turbo("lifecycle:app", "--timeout", "1", "--threads", threads)
@@ -307,6 +310,7 @@ def test_a_pydantic_app_just_works_with_no_flag(turbo):
     assert get(srv, "/?name=pen&price=cheap")[0] == 422
 
 
+@pytest.mark.worker_deaths
 def test_connections_wait_in_the_backlog_while_a_worker_restarts(turbo):
     srv = turbo("lifecycle:app")
     old = worker_pid(srv)

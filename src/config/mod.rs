@@ -92,6 +92,8 @@ pub struct Config {
     pub backlog: u32,
     pub keep_alive: Duration,
     pub header_timeout: Duration,
+    /// How long a client may take no response bytes (`send_timeout`).
+    pub send_timeout: Duration,
     pub limits: Limits,
     pub log_level: LevelFilter,
     pub isolation: IsolationMode,
@@ -776,6 +778,7 @@ impl Config {
             reuse_port: values.is_set("reuse_port"),
             keep_alive: Duration::from_secs(seconds("keepalive")?),
             header_timeout: Duration::from_secs(seconds("header_timeout")?.max(1)),
+            send_timeout: Duration::from_secs(seconds("send_timeout")?.max(1)),
             limits: Limits {
                 request_line: match limit_request_line {
                     0 => 8190,

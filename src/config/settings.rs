@@ -246,6 +246,17 @@ pub static SETTINGS: &[Setting] = &[
          pause allowed while it sends a body.",
     ),
     setting(
+        "send_timeout",
+        "Worker Processes",
+        &["--send-timeout"],
+        Value,
+        "30",
+        "INT",
+        "Seconds a client may go without taking any response bytes before its \
+         connection is closed, as nginx's send_timeout. A slow but steady reader \
+         is never cut: the clock restarts whenever it takes some.",
+    ),
+    setting(
         "interface",
         "Worker Processes",
         &["--interface"],

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::encode::{self, Framing};
-use super::stream::{Endpoints, Stream, WRITE_STALL, progress};
+use super::stream::{Endpoints, Stream, progress, stalled, write_stall};
 use crate::config::SendZerocopy;
 use crate::python::lent::{LEND_MIN, LentBytes};
 
@@ -181,14 +181,20 @@ async fn write_all_zerocopy(tcp: &TcpStream, parts: Vec<Part>) -> Option<Vec<Par
         };
         let mut writer = tcp;
         let send = writer.write_zerocopy_vectored(from);
-        let BufResult(res, release) = compio::time::timeout(WRITE_STALL, send).await.ok()?;
+        let Ok(BufResult(res, release)) = compio::time::timeout(write_stall(), send).await else {
+            stalled();
+            return None;
+        };
         released.push(release);
         if !progress(res, &mut sent) {
             return None;
         }
     }
     for release in released {
-        compio::time::timeout(WRITE_STALL, release).await.ok()?;
+        if compio::time::timeout(write_stall(), release).await.is_err() {
+            stalled();
+            return None;
+        }
     }
     Rc::try_unwrap(parts).ok()
 }

@@ -14,7 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use compio::driver::op::{Interest, PollOnce};
 
-use super::stream::{Stream, WRITE_STALL};
+use super::stream::{Stream, stalled, write_stall};
 use crate::asgi::event_loop::Watched;
 
 /// The most one sendfile call is asked to send, so a huge file still lets the
@@ -98,10 +98,13 @@ impl FileSpan {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let ready =
                         compio::runtime::submit(PollOnce::new(Watched(socket), Interest::Writable));
-                    match compio::time::timeout(WRITE_STALL, ready).await {
+                    match compio::time::timeout(write_stall(), ready).await {
                         Ok(compio::BufResult(Ok(_), _)) => {}
                         Ok(compio::BufResult(Err(e), _)) => return Err(e),
-                        Err(_) => return Err(std::io::ErrorKind::TimedOut.into()),
+                        Err(_) => {
+                            stalled();
+                            return Err(std::io::ErrorKind::TimedOut.into());
+                        }
                     }
                 }
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}

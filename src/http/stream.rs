@@ -126,13 +126,32 @@ fn recv_now(fd: RawFd, buf: &mut [u8], peek: bool) -> std::io::Result<usize> {
 }
 
 /// How long a client may take no bytes at all (its receive window full)
-/// before the connection is given up. A slow but steady reader may take as
-/// long as it needs: the clock restarts with every write that makes progress.
-pub const WRITE_STALL: Duration = Duration::from_secs(30);
+/// before the connection is given up (`send_timeout`, 30 s unless set). A slow
+/// but steady reader may take as long as it needs: the clock restarts with
+/// every write that makes progress.
+pub fn write_stall() -> Duration {
+    Duration::from_millis(WRITE_STALL_MS.load(std::sync::atomic::Ordering::Relaxed))
+}
+
+static WRITE_STALL_MS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(30_000);
+
+/// Notes a write given up at the stall limit, for the debug log.
+pub(super) fn stalled() {
+    log::debug!(
+        "Closing a connection whose client took no bytes for {} s (send_timeout)",
+        write_stall().as_secs()
+    );
+}
+
+/// Sets the write stall limit for the whole process, once, before serving.
+pub fn set_write_stall(limit: Duration) {
+    let ms = u64::try_from(limit.as_millis()).unwrap_or(u64::MAX).max(1);
+    WRITE_STALL_MS.store(ms, std::sync::atomic::Ordering::Relaxed);
+}
 
 impl Stream {
     /// Writes all of `out` and empties it, keeping its allocation; false when
-    /// the client is gone or stalled past WRITE_STALL.
+    /// the client is gone or stalled past write_stall().
     pub async fn write_out(&self, out: &mut Vec<u8>) -> bool {
         let mut buf = std::mem::take(out);
         let total = buf.len();
@@ -140,7 +159,8 @@ impl Stream {
         let mut writer = self;
         while sent < total {
             let write = writer.write(buf.slice(sent..));
-            let Ok(BufResult(res, rest)) = compio::time::timeout(WRITE_STALL, write).await else {
+            let Ok(BufResult(res, rest)) = compio::time::timeout(write_stall(), write).await else {
+                stalled();
                 return false;
             };
             buf = rest.into_inner();
@@ -162,7 +182,10 @@ impl Stream {
         let mut writer = self;
         while sent < total {
             let write = writer.write_vectored(buf.slice(sent));
-            let BufResult(res, rest) = compio::time::timeout(WRITE_STALL, write).await.ok()?;
+            let Ok(BufResult(res, rest)) = compio::time::timeout(write_stall(), write).await else {
+                stalled();
+                return None;
+            };
             buf = rest.into_inner();
             if !progress(res, &mut sent) {
                 return None;
@@ -397,7 +420,7 @@ impl TlsStream {
     }
 
     /// Encrypts and writes up to TLS_WRITE_MAX bytes of the parts, which
-    /// bounds how long one call may take against WRITE_STALL.
+    /// bounds how long one call may take against write_stall().
     async fn write_vectored<T: IoVectoredBuf>(&self, buf: T) -> BufResult<usize, T> {
         let mut n = 0;
         let mut out = Vec::with_capacity(buf.total_len().min(TLS_WRITE_MAX) + 256);

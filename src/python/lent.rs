@@ -1,8 +1,10 @@
 //! A Python bytes object lent to the kernel as a write buffer, so a large
 //! response body goes out from the object's own memory instead of a copy in
 //! turbo's. Bytes are immutable, so their memory may be read without the GIL
-//! while a reference keeps the object alive; that reference is released with
-//! the GIL of the thread's own interpreter (`Held`), which is the object's.
+//! while a reference keeps the object alive. The reference is a `Held`: a
+//! write cancelled by a stall timeout gives its buffer back inside the kernel
+//! wait, with no thread state attached, and `Held` defers the release until
+//! the thread state is back.
 
 use compio::buf::IoBuf;
 use pyo3::prelude::*;
@@ -20,9 +22,11 @@ pub struct LentBytes {
     len: usize,
 }
 
-// SAFETY: the memory is immutable and kept alive by `_owner`, whose release
-// takes the GIL on whichever thread drops it; a pool thread hands these to its
-// shard, which belongs to the same interpreter.
+// SAFETY: the memory is immutable and kept alive by `_owner`. A pool thread
+// hands these to its shard thread, which is attached to the same interpreter
+// for its life (it releases the GIL only inside `without_gil`, where `Held`
+// defers the decref), so the reference is released in the object's own
+// interpreter with a thread state attached.
 unsafe impl Send for LentBytes {}
 
 impl LentBytes {

@@ -234,19 +234,88 @@ pub fn error_text(py: pyo3::Python<'_>, err: &pyo3::PyErr) -> String {
 /// interpreter can run.
 ///
 /// Unlike `Python::detach`, this takes closures that are not `Send`, which the
-/// I/O driver is. The closure must not touch Python objects.
+/// I/O driver is. The closure must not touch Python objects, but it may drop
+/// `Held` ones: the kernel wait completes cancelled operations, whose buffers
+/// (a lent body) go then. Those references are released here, once the thread
+/// state is back (docs/architecture.md, "Python references").
 pub fn without_gil<T>(f: impl FnOnce() -> T) -> T {
+    let outer = DETACHED.replace(true);
     // SAFETY: the caller holds the GIL (it runs inside the shard's attachment), and
-    // the closure does not use Python.
+    // the closure does not use Python; Held drops inside it are deferred.
     let tstate = unsafe { ffi::PyEval_SaveThread() };
     let out = f();
     // SAFETY: restores the thread state saved above.
     unsafe { ffi::PyEval_RestoreThread(tstate) };
+    DETACHED.set(outer);
+    if !outer {
+        release_deferred();
+    }
     out
 }
 
-/// A Python object held by Rust code that may drop it anywhere: the drop
-/// takes the GIL, which a bare `Py` (without pyo3's reference pool) requires.
+thread_local! {
+    /// Set while this thread has given up its interpreter's GIL in
+    /// `without_gil`: pyo3 still counts the thread as attached then, so a
+    /// reference dropped there must not be decref'd until it is again.
+    static DETACHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// References dropped while DETACHED, released by `without_gil` once the
+    /// thread state is back. Owned references into this thread's interpreter.
+    static DEFERRED: std::cell::RefCell<Vec<std::ptr::NonNull<ffi::PyObject>>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Whether the calling thread has a Python thread state attached.
+fn thread_state_attached() -> bool {
+    // SAFETY: PyThreadState_GetUnchecked may be called on any thread, with or
+    // without a thread state.
+    !unsafe { ffi::compat::PyThreadState_GetUnchecked() }.is_null()
+}
+
+/// Gives back one owned reference. On a thread inside `without_gil` it waits
+/// in DEFERRED; on an attached thread it goes now; on a thread with no
+/// thread state at all (the supervisor, the logging thread) the main
+/// interpreter's GIL is taken for it, as those threads hold only main
+/// interpreter objects.
+fn release(obj: pyo3::Py<pyo3::PyAny>) {
+    if DETACHED.get() {
+        let ptr = obj.into_ptr();
+        // into_ptr of a live object is never null.
+        if let Some(ptr) = std::ptr::NonNull::new(ptr) {
+            DEFERRED.with_borrow_mut(|d| d.push(ptr));
+        }
+        return;
+    }
+    if thread_state_attached() {
+        // SAFETY: an owned reference, released with a thread state attached;
+        // the raw decref does not depend on pyo3's count of attachments.
+        unsafe { ffi::Py_DECREF(obj.into_ptr()) };
+    } else {
+        pyo3::Python::attach(|_| drop(obj));
+    }
+}
+
+/// Releases what was dropped while the thread waited without its GIL.
+fn release_deferred() {
+    loop {
+        // Taken out first: a release may run a finalizer that drops more.
+        let batch = DEFERRED.with_borrow_mut(std::mem::take);
+        if batch.is_empty() {
+            return;
+        }
+        debug_assert!(
+            thread_state_attached(),
+            "a Python reference released without a thread state"
+        );
+        for ptr in batch {
+            // SAFETY: each pointer is an owned reference into this thread's
+            // interpreter, whose thread state is attached again.
+            unsafe { ffi::Py_DECREF(ptr.as_ptr()) };
+        }
+    }
+}
+
+/// A Python object held by Rust code that may drop it anywhere, even inside a
+/// kernel wait: see `release`. A bare `Py` must never be dropped there.
 pub struct Held<T>(Option<pyo3::Py<T>>);
 
 impl<T> Held<T> {
@@ -265,7 +334,7 @@ impl<T> Held<T> {
 impl<T> Drop for Held<T> {
     fn drop(&mut self) {
         if let Some(obj) = self.0.take() {
-            pyo3::Python::attach(|_| drop(obj));
+            release(obj.into_any());
         }
     }
 }

@@ -1,0 +1,62 @@
+"""Apps for the hostile-client tests, in WSGI (`wsgi`) and ASGI (`asgi`) form.
+
+- `/pid`: the worker's pid and the serving thread's name, so a test can see
+  that the worker survived and which shard answered.
+- `/big?mb=N`: a fresh N MiB bytes object, which turbo lends to the kernel.
+- `/upload`: reads the whole body and answers its length.
+- `/spin`: `while True: pass`, a request stuck in Python bytecode.
+"""
+
+import os
+import threading
+from urllib.parse import parse_qs
+
+
+def _answer(path, query, body_length):
+    if path == "/pid":
+        return f"{os.getpid()} {threading.current_thread().name}".encode()
+    if path == "/big":
+        mb = int(parse_qs(query).get("mb", ["64"])[0])
+        return b"x" * (mb << 20)
+    if path == "/upload":
+        return str(body_length).encode()
+    if path == "/spin":
+        while True:
+            pass
+    return b"ok"
+
+
+def wsgi(environ, start_response):
+    length = None
+    if environ["PATH_INFO"] == "/upload":
+        length = len(environ["wsgi.input"].read())
+    body = _answer(environ["PATH_INFO"], environ["QUERY_STRING"], length)
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+async def asgi(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    length = 0
+    if scope["path"] == "/upload":
+        more = True
+        while more:
+            message = await receive()
+            length += len(message.get("body", b""))
+            more = message.get("more_body", False)
+    body = _answer(scope["path"], scope["query_string"].decode(), length)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
