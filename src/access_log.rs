@@ -2,13 +2,13 @@
 //! same format string gives the same line, byte for byte. Parsed once; each
 //! request fills an `Entry` and gets one line, written with one write(2).
 
-use std::io::Write;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 
 use crate::http::parse::RequestHead;
+use crate::logging::sink::Target;
 use crate::wsgi::environ::{percent_decode, split_target};
 
 /// Gunicorn's default `access_log_format`.
@@ -331,7 +331,7 @@ pub struct AccessLog {
     /// Records go to Python's logging.
     python: bool,
     path: Option<std::path::PathBuf>,
-    file: Mutex<Option<std::fs::File>>,
+    file: Mutex<Option<Arc<std::fs::File>>>,
     statsd: Option<&'static crate::statsd::Statsd>,
 }
 
@@ -372,7 +372,7 @@ impl AccessLog {
                 .append(true)
                 .open(path)?;
             if let Ok(mut slot) = self.file.lock() {
-                *slot = Some(file);
+                *slot = Some(Arc::new(file));
             }
             return Ok(true);
         }
@@ -412,17 +412,11 @@ impl AccessLog {
         }
         let mut line = self.format.line(entry);
         line.push('\n');
-        // One write per line keeps lines whole across shards and workers.
-        match self.file.lock() {
-            Ok(mut file) if file.is_some() => {
-                if let Some(f) = file.as_mut() {
-                    let _ = f.write_all(line.as_bytes());
-                }
-            }
-            _ => {
-                let _ = std::io::stdout().lock().write_all(line.as_bytes());
-            }
-        }
+        let target = match self.file.lock().ok().and_then(|f| f.clone()) {
+            Some(file) => Target::File(file),
+            None => Target::Stdout,
+        };
+        crate::logging::sink::write(target, line.into_bytes());
     }
 }
 

@@ -155,6 +155,7 @@ pub fn die_of(sig: i32) -> ! {
 pub fn exit_now(code: i32) -> ! {
     use std::io::Write;
     crate::logging::python::flush();
+    crate::logging::sink::flush(std::time::Duration::from_secs(1));
     let _ = std::io::stderr().flush();
     let _ = std::io::stdout().flush();
     // SAFETY: _exit ends the process immediately; nothing is left to clean up.

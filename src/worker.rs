@@ -59,7 +59,8 @@ pub fn run(spec: Spec) -> ! {
         hooks,
         age,
     } = spec;
-    // The logging thread, if any, did not survive the fork.
+    // The logging threads, if any, did not survive the fork.
+    crate::logging::sink::start();
     crate::logging::python::start();
     let waits = signals::worker();
     tune_malloc();
@@ -132,7 +133,7 @@ pub fn run(spec: Spec) -> ! {
                 signals::exit_now(0);
             }
             Ok(Ready::Failed(msg)) => {
-                eprintln!("{}", msg.trim_end());
+                crate::logging::print_error(&msg);
                 log::error!("App failed to load: {}", config.app.module);
                 signals::exit_now(APP_LOAD_ERROR);
             }

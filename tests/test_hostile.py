@@ -73,3 +73,94 @@ def test_a_reader_that_stops_costs_only_its_connection(turbo, app):
     assert pid(server) == before
     # The same again: the worker is still whole.
     assert get(server, "/big?mb=1")[1] == b"x" * (1 << 20)
+
+
+def start_with_dead_log(app, *args):
+    """Starts turbo with standard output and error on a pipe whose reader is
+    already gone, as under `turbo app:app 2>&1 | head -1` once head exits."""
+    import os
+    import subprocess
+    import sys
+
+    from conftest import APPS, BIN, free_port
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    port = free_port()
+    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    try:
+        proc = subprocess.Popen(
+            [BIN, app, "--bind", f"127.0.0.1:{port}", "--cores", "1", *args],
+            cwd=APPS,
+            env=env,
+            stdout=write_end,
+            stderr=write_end,
+        )
+    finally:
+        os.close(write_end)
+    return proc, port
+
+
+def test_a_failed_boot_with_a_dead_log_pipe_exits_with_code_4():
+    # The worker used to panic writing the traceback (SIGABRT) instead of
+    # exiting with 4, so the supervisor never halted: a fork loop.
+    proc, _ = start_with_dead_log("broken:app")
+    try:
+        assert proc.wait(30) == 4
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_a_dead_log_pipe_costs_log_lines_not_requests():
+    import subprocess
+
+    from conftest import wait_port
+
+    proc, port = start_with_dead_log("hostile:wsgi", "--access-logfile", "-", "--log-level", "debug")
+    try:
+        wait_port(port)
+
+        class At:
+            pass
+
+        server = At()
+        server.port = port
+        before = pid(server)
+        for _ in range(200):
+            assert pid(server) == before
+        assert proc.poll() is None
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def test_a_log_pipe_nobody_reads_never_blocks_a_shard(turbo, tmp_path):
+    # The access log goes to a pipe that is never read: once the pipe's
+    # buffer (64 KiB) is full, writing a line would block. Lines are dropped
+    # instead, and every request is still answered at once.
+    import os
+
+    read_end, write_end = os.pipe()
+    try:
+        server = turbo(
+            "hostile:wsgi",
+            "--access-logfile",
+            f"/dev/fd/{write_end}",
+            pass_fds=(write_end,),
+        )
+        before = pid(server)
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+        for _ in range(3000):
+            conn.request("GET", "/pid?" + "q" * 200)
+            resp = conn.getresponse()
+            assert resp.status == 200
+            assert int(resp.read().split()[0]) == before
+        conn.close()
+    finally:
+        os.close(read_end)
+        os.close(write_end)

@@ -97,6 +97,18 @@ def test_a_dead_worker_is_logged_and_replaced(turbo, path, exit_line):
 
 
 @pytest.mark.worker_deaths
+def test_a_worker_that_dies_while_booting_is_restarted_with_backoff_then_the_server_stops(turbo):
+    # The app's import aborts the process, as a broken C extension does. The
+    # supervisor used to start about 25 workers a second, forever.
+    srv = turbo("aborts:app", wait=False)
+    assert srv.wait_exit(60) == 3
+    delays = [int(d) for d in re.findall(r"died while booting \(\d+ in a row\); the next starts in (\d+) ms", srv.log)]
+    assert delays == [100, 200, 400, 800, 1600, 3200, 6400]
+    assert srv.log.count("Booting worker with pid") == 8
+    assert "8 workers in a row died while booting; stopping" in srv.log
+
+
+@pytest.mark.worker_deaths
 def test_in_process_mode_the_other_workers_keep_serving(turbo):
     srv = turbo("lifecycle:app", "--isolation", "process", "--cores", "2")
     assert srv.log.count("Booting worker with pid") == 2

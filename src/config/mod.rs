@@ -521,7 +521,7 @@ pub fn load() -> Action {
             std::process::exit(0);
         }
         Err(Failure::FileRaised(msg)) => {
-            eprintln!("turbo: error: {msg}");
+            crate::logging::print_error(&format!("turbo: error: {msg}"));
             std::process::exit(1);
         }
         Err(Failure::Usage(msg)) => usage_error(&msg),
@@ -539,7 +539,7 @@ pub fn load() -> Action {
         Ok(_) if checking => Action::CheckPassed,
         Ok(config) => Action::Serve(Box::new(config)),
         Err(msg) if checking => {
-            eprintln!("turbo: error: {msg}");
+            crate::logging::print_error(&format!("turbo: error: {msg}"));
             std::process::exit(1);
         }
         Err(msg) => usage_error(&msg),
@@ -654,7 +654,7 @@ fn account_id(
 }
 
 fn usage_error(msg: &str) -> ! {
-    eprintln!("turbo: error: {msg} (see 'turbo --help')");
+    crate::logging::print_error(&format!("turbo: error: {msg} (see 'turbo --help')"));
     std::process::exit(2);
 }
 

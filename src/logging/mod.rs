@@ -3,8 +3,7 @@
 //! configuration, lines go through Python's `logging` instead (`python`).
 
 pub mod python;
-
-use std::io::Write;
+pub mod sink;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
@@ -116,11 +115,18 @@ impl Log for ErrorLog {
             level,
             record.args()
         );
-        // One write per line keeps lines from different shards whole.
-        let _ = std::io::stderr().lock().write_all(line.as_bytes());
+        sink::write(sink::Target::Stderr, line.into_bytes());
     }
 
     fn flush(&self) {}
+}
+
+/// Writes `text` to standard error as a line of its own (a traceback, a
+/// fatal error), never failing: see `sink`.
+pub fn print_error(text: &str) {
+    let mut line = text.trim_end().as_bytes().to_vec();
+    line.push(b'\n');
+    sink::write(sink::Target::Stderr, line);
 }
 
 /// USR1: reopens `--error-logfile` after rotation, if there is one.

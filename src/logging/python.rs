@@ -7,7 +7,7 @@
 //! Any thread hands records to one logging thread per process, so no shard
 //! ever waits for the main interpreter's GIL.
 
-use std::sync::mpsc::{Receiver, Sender, SyncSender};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
@@ -48,7 +48,7 @@ static LOGGERS: OnceLock<Loggers> = OnceLock::new();
 /// inherit a log file's buffer in the middle of a write.
 static EMITTING: Mutex<()> = Mutex::new(());
 /// This process's way to the logging thread.
-static SINK: Mutex<Option<Sender<Entry>>> = Mutex::new(None);
+static SINK: Mutex<Option<SyncSender<Entry>>> = Mutex::new(None);
 
 /// Configures Python's logging in the supervisor, before any worker forks.
 pub fn configure(config: &Config) -> Result<(), String> {
@@ -99,7 +99,10 @@ pub fn start() {
     if LOGGERS.get().is_none() {
         return;
     }
-    let (tx, rx) = std::sync::mpsc::channel();
+    // Bounded, as the plain log's queue is: a handler that blocks (a
+    // socket handler whose peer stopped reading) costs dropped records, not
+    // memory.
+    let (tx, rx) = std::sync::mpsc::sync_channel(super::sink::QUEUE_LINES);
     let spawned = std::thread::Builder::new()
         .name("turbo-logging".into())
         .spawn(move || run(rx));
@@ -116,10 +119,19 @@ pub fn active() -> bool {
 }
 
 /// Hands `entry` to the logging thread; gives it back when there is none.
+/// An entry the thread has no room for is dropped and counted.
 pub fn send(entry: Entry) -> Result<(), Entry> {
-    match SINK.lock().ok().as_ref().and_then(|s| s.as_ref()) {
-        Some(tx) => tx.send(entry).map_err(|e| e.0),
-        None => Err(entry),
+    let tx = SINK.lock().ok().and_then(|s| s.clone());
+    let Some(tx) = tx else {
+        return Err(entry);
+    };
+    match tx.try_send(entry) {
+        Ok(()) => Ok(()),
+        Err(TrySendError::Full(_)) => {
+            super::sink::count_dropped();
+            Ok(())
+        }
+        Err(TrySendError::Disconnected(entry)) => Err(entry),
     }
 }
 
@@ -203,6 +215,6 @@ fn emit(py: Python<'_>, loggers: &Loggers, entry: Entry) {
         }
     };
     if let Err(e) = done {
-        eprintln!("turbo: logging through Python failed: {e}");
+        super::print_error(&format!("turbo: logging through Python failed: {e}"));
     }
 }

@@ -25,6 +25,14 @@ use workers::Worker;
 
 /// How long a worker gets between SIGABRT and SIGKILL after a timeout.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// A worker that dies while booting is replaced after this, doubled for each
+/// further failure in a row up to BOOT_BACKOFF_MAX, so a broken C extension
+/// or a dead log pipe never becomes a fork loop.
+const BOOT_BACKOFF_FIRST: Duration = Duration::from_millis(100);
+const BOOT_BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// After this many workers in a row died while booting, the supervisor
+/// stops, as Gunicorn halts on a worker's boot error.
+const BOOT_FAILURES_MAX: u32 = 8;
 
 struct Supervisor {
     config: Arc<Config>,
@@ -47,6 +55,10 @@ struct Supervisor {
     hooks: Hooks,
     /// Workers started so far.
     age: u64,
+    /// Workers in a row that died before they were ready.
+    boot_failures: u32,
+    /// No worker starts before this, after a boot failure.
+    respawn_at: Option<Instant>,
 }
 
 /// The process-wide settings, applied before anything else: umask, chdir,
@@ -57,7 +69,10 @@ fn prepare_process(config: &Config) {
     if let Some(dir) = &config.chdir
         && let Err(e) = std::env::set_current_dir(dir)
     {
-        eprintln!("turbo: error: cannot change to {}: {e}", dir.display());
+        crate::logging::print_error(&format!(
+            "turbo: error: cannot change to {}: {e}",
+            dir.display()
+        ));
         exit_now(1);
     }
     for (key, value) in &config.raw_env {
@@ -81,11 +96,11 @@ fn prepare_process(config: &Config) {
     if let Err(e) =
         crate::logging::open_error_log(config.error_logfile.as_deref(), config.capture_output)
     {
-        eprintln!("turbo: error: cannot open the error log: {e}");
+        crate::logging::print_error(&format!("turbo: error: cannot open the error log: {e}"));
         exit_now(1);
     }
     if let Err(e) = crate::logging::python::configure(config) {
-        eprintln!("turbo: error: {e}");
+        crate::logging::print_error(&format!("turbo: error: {e}"));
         exit_now(1);
     }
     if let Some((address, prefix, tags)) = &config.statsd
@@ -115,10 +130,10 @@ fn daemonize() {
         };
         match pid {
             -1 => {
-                eprintln!(
+                crate::logging::print_error(&format!(
                     "turbo: error: cannot fork: {}",
                     std::io::Error::last_os_error()
-                );
+                ));
                 exit_now(1);
             }
             0 if step == 0 => {
@@ -227,6 +242,8 @@ pub fn run(mut config: Config) -> ! {
         all_ready: false,
         hooks,
         age: 0,
+        boot_failures: 0,
+        respawn_at: None,
     };
     supervisor.run()
 }
@@ -240,7 +257,7 @@ fn preload(config: &Config) -> Arc<Loaded> {
     match Python::attach(|py| Loaded::load(py, &config.app, Isolation::Main, &config.pythonpath)) {
         Ok(loaded) => Arc::new(loaded),
         Err(LoadError::Failed(msg)) => {
-            eprintln!("{}", msg.trim_end());
+            crate::logging::print_error(&msg);
             log::error!("App failed to load: {}", config.app.module);
             exit_now(APP_LOAD_ERROR);
         }
@@ -286,11 +303,15 @@ impl Supervisor {
                 }),
         );
         // Recycling needs a closer look than timeouts do.
-        let tick = if self.config.max_requests > 0 || self.stopping.is_some() {
+        let mut tick = if self.config.max_requests > 0 || self.stopping.is_some() {
             100
         } else {
             500
         };
+        if let Some(at) = self.respawn_at {
+            let left = at.saturating_duration_since(Instant::now()).as_millis();
+            tick = tick.min(i32::try_from(left).unwrap_or(i32::MAX));
+        }
         // SAFETY: polls an array of valid pollfd structs of the given length.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, tick) };
     }
@@ -465,7 +486,9 @@ impl Supervisor {
                     && w.shards.contains(&shard)
             })
         };
+        let backing_off = self.respawn_at.is_some_and(|at| Instant::now() < at);
         match self.isolation {
+            _ if backing_off => {}
             Isolation::Subinterpreter => {
                 if (0..cores).any(|s| !serving(&self.workers, s, false)) {
                     self.spawn((0..cores).collect());
@@ -561,6 +584,8 @@ impl Supervisor {
             for line in w.read_reports() {
                 if line == "ready" {
                     w.ready = true;
+                    self.boot_failures = 0;
+                    self.respawn_at = None;
                 } else if line == "reload" {
                     // One swap at a time; a change during a swap waits for the
                     // next poll of the new worker.
@@ -644,6 +669,10 @@ impl Supervisor {
                 }
                 self.halt(code.unwrap_or(1), reason);
             }
+            if !w.ready {
+                self.boot_failed(pid);
+                continue;
+            }
             if !w.retiring {
                 log::info!("Replacing worker (pid:{pid}) for shard(s) {:?}", w.shards);
             }
@@ -691,6 +720,26 @@ impl Supervisor {
                 w.retiring = true;
             }
         }
+    }
+
+    /// A worker died before it was ready: the next one waits, longer each
+    /// time, and a long enough run of them stops the server.
+    fn boot_failed(&mut self, pid: libc::pid_t) {
+        self.boot_failures += 1;
+        let n = self.boot_failures;
+        // While older workers still serve (a reload), they keep serving.
+        if n >= BOOT_FAILURES_MAX && !self.workers.iter().any(|w| w.ready) {
+            log::error!("{n} workers in a row died while booting; stopping");
+            self.halt(WORKER_BOOT_ERROR, "Worker failed to boot.");
+        }
+        let delay = BOOT_BACKOFF_FIRST
+            .saturating_mul(1 << (n - 1).min(16))
+            .min(BOOT_BACKOFF_MAX);
+        log::warn!(
+            "Worker (pid:{pid}) died while booting ({n} in a row); the next starts in {} ms",
+            delay.as_millis()
+        );
+        self.respawn_at = Some(Instant::now() + delay);
     }
 
     fn halt(&self, code: i32, reason: &str) -> ! {

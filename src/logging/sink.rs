@@ -1,0 +1,130 @@
+//! Where log lines are written. A log must never become the outage: a pipe
+//! whose reader died (`turbo app:app | head -1`), a full disk, a collector that
+//! stopped reading. So a line that cannot be written is dropped and counted,
+//! never a panic; and in a worker one writer thread does the writing, so a
+//! shard only queues a line and never waits on a pipe. The queue is bounded:
+//! when the writer is stuck, further lines are dropped and counted too.
+//!
+//! The supervisor, which serves no request, writes synchronously: it has no
+//! writer thread, so a fork never inherits one half-way through a write.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Lines a stuck writer may fall behind by before lines are dropped.
+pub(super) const QUEUE_LINES: usize = 8192;
+
+/// Where a line goes.
+#[derive(Clone)]
+pub enum Target {
+    Stderr,
+    Stdout,
+    /// An access log file; the line keeps it open across a USR1 reopen.
+    File(Arc<File>),
+}
+
+enum Item {
+    Line(Target, Vec<u8>),
+    /// Everything queued before this has been written (or dropped).
+    Flushed(SyncSender<()>),
+}
+
+/// This process's writer thread, once a worker has started it.
+static QUEUE: Mutex<Option<SyncSender<Item>>> = Mutex::new(None);
+/// Lines dropped that the log has not yet reported.
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+pub(super) fn count_dropped() {
+    DROPPED.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Starts this process's writer thread (a worker, right after its fork).
+pub fn start() {
+    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+    let spawned = std::thread::Builder::new()
+        .name("turbo-log".into())
+        .spawn(move || writer(rx));
+    if spawned.is_ok()
+        && let Ok(mut queue) = QUEUE.lock()
+    {
+        *queue = Some(tx);
+    }
+}
+
+/// Writes one whole line (it ends with its newline) to `target`, or queues it
+/// for the writer thread where there is one. Never blocks on the target and
+/// never fails: a line that cannot go is counted in `dropped`.
+pub fn write(target: Target, line: Vec<u8>) {
+    let queue = QUEUE.lock().ok().and_then(|q| q.clone());
+    let Some(queue) = queue else {
+        return write_now(&target, &line);
+    };
+    match queue.try_send(Item::Line(target, line)) {
+        Ok(()) => {}
+        Err(TrySendError::Full(_)) => count_dropped(),
+        Err(TrySendError::Disconnected(Item::Line(target, line))) => write_now(&target, &line),
+        Err(TrySendError::Disconnected(Item::Flushed(_))) => {}
+    }
+}
+
+/// Waits, at most `limit`, until what was queued has been written: before
+/// the process exits.
+pub fn flush(limit: Duration) {
+    let queue = QUEUE.lock().ok().and_then(|q| q.clone());
+    if let Some(queue) = queue {
+        let (done_tx, done) = std::sync::mpsc::sync_channel(1);
+        if queue.try_send(Item::Flushed(done_tx)).is_ok() {
+            let _ = done.recv_timeout(limit);
+        }
+    }
+    report_dropped(&Target::Stderr);
+}
+
+fn writer(rx: Receiver<Item>) {
+    for item in rx {
+        match item {
+            Item::Line(target, line) => write_now(&target, &line),
+            Item::Flushed(done) => {
+                let _ = done.try_send(());
+            }
+        }
+    }
+}
+
+/// One write(2) per line keeps lines from different threads and processes
+/// whole. After a run of dropped lines, the first line that goes through is
+/// preceded by how many were lost.
+fn write_now(target: &Target, line: &[u8]) {
+    report_dropped(target);
+    if !write_to(target, line) {
+        count_dropped();
+    }
+}
+
+/// Says how many lines were lost, if any were since the last report.
+fn report_dropped(target: &Target) {
+    let lost = DROPPED.load(Ordering::Relaxed);
+    if lost == 0 {
+        return;
+    }
+    let notice = format!(
+        "[{}] [{}] [WARNING] {lost} log line(s) could not be written and were dropped\n",
+        super::timestamp(),
+        std::process::id()
+    );
+    if write_to(target, notice.as_bytes()) {
+        DROPPED.fetch_sub(lost, Ordering::Relaxed);
+    }
+}
+
+fn write_to(target: &Target, bytes: &[u8]) -> bool {
+    match target {
+        Target::Stderr => std::io::stderr().lock().write_all(bytes).is_ok(),
+        Target::Stdout => std::io::stdout().lock().write_all(bytes).is_ok(),
+        Target::File(file) => (&**file).write_all(bytes).is_ok(),
+    }
+}
