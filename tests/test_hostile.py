@@ -164,3 +164,71 @@ def test_a_log_pipe_nobody_reads_never_blocks_a_shard(turbo, tmp_path):
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_slow_upload_costs_only_its_connection(turbo, app):
+    # 70 KB at once, then a byte a second for longer than --timeout. The body
+    # is read through the ring (or, with --threads, on the app's own thread,
+    # whose busy clock each byte restarts): no other request waits for it, and
+    # the worker is not killed as stuck.
+    server = turbo(app, "--timeout", "2")
+    before = pid(server)
+    up = server.connect()
+    up.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    up.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 70005\r\n\r\n" + b"a" * 70000)
+    for _ in range(5):
+        up.sendall(b"a")
+        started = time.monotonic()
+        assert pid(server, timeout=2) == before
+        assert time.monotonic() - started < 1
+        time.sleep(1)  # the client's pace, not a synchronisation
+    from conftest import read_response
+
+    status, _, body, _ = read_response(up)
+    assert (status, body) == (200, b"70005")
+    up.close()
+    assert pid(server) == before
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_declared_body_over_the_limit_is_refused_before_the_app_runs(turbo, app):
+    server = turbo(app, "--limit-request-body", "1000")
+    with server.connect() as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1001\r\n\r\n")
+        data = recv_all(s)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    with server.connect() as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\nConnection: close\r\n\r\n" + b"a" * 1000)
+        data = recv_all(s)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n1000")
+
+
+def test_a_chunked_body_over_the_limit_is_refused(turbo):
+    # With one thread the body is read before the app runs, so it never sees
+    # it; 1000 bytes pass, the 1001st is refused.
+    server = turbo("hostile:wsgi", "--limit-request-body", "1000", "--threads", "1")
+    with server.connect() as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
+        s.sendall(b"3e8\r\n" + b"a" * 1000 + b"\r\n1\r\nb\r\n0\r\n\r\n")
+        data = recv_all(s)
+    assert data.startswith(b"HTTP/1.1 413 ")
+    with server.connect() as s:
+        s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n")
+        s.sendall(b"3e8\r\n" + b"a" * 1000 + b"\r\n0\r\n\r\n")
+        data = recv_all(s)
+    assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n1000")
+
+
+def test_a_large_upload_is_spooled_and_arrives_whole(turbo):
+    import os
+
+    payload = os.urandom(5 << 20)
+    server = turbo("echo:echo")
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+    for _ in range(2):
+        conn.request("POST", "/", body=payload)
+        resp = conn.getresponse()
+        assert resp.status == 200
+        assert resp.read() == payload
+    conn.close()

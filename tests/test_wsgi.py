@@ -128,13 +128,27 @@ def test_large_bodies_back_to_back_on_one_connection(turbo):
             assert headers.get("connection") != "close"
 
 
-def test_unread_large_body_closes_connection(turbo):
-    srv = turbo("echo:echo")
+def test_unread_large_body_closes_connection_with_threads(turbo):
+    # With --threads the body streams to the app; what it left unread cannot
+    # be skipped safely, so the connection closes.
+    srv = turbo("echo:echo", "--threads", "2")
     with srv.connect() as s:
         s.sendall(b"POST /?ignore HTTP/1.1\r\nHost: x\r\nContent-Length: 200000\r\n\r\n" + b"a" * 200000)
         data = recv_all(s)
     assert data.startswith(b"HTTP/1.1 200 OK")
     assert b"Connection: close" in data
+
+
+def test_unread_large_body_keeps_connection_with_one_thread(turbo):
+    # With one thread the body was read whole before the app ran (spooled to
+    # a file past 1 MiB), so the next request follows on the same connection.
+    srv = turbo("echo:echo", "--threads", "1")
+    with srv.connect() as s:
+        for size in (200000, 3 << 20):
+            s.sendall(b"POST /?ignore HTTP/1.1\r\nHost: x\r\nContent-Length: %d\r\n\r\n" % size + b"a" * size)
+            status, headers, body, _ = read_response(s, timeout=20)
+            assert (status, body) == (200, b"ignored")
+            assert headers.get("connection") != "close"
 
 
 def test_unread_small_body_keeps_connection(turbo):

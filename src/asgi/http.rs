@@ -557,6 +557,8 @@ pub struct Request<'a> {
     pub zerocopy: bool,
     /// pre_request and post_request, with the client as `req.peer_addr`.
     pub hooks: Option<(&'a RequestHooks, Option<&'a Py<PyAny>>)>,
+    /// `limit_request_body`: a chunked body cut off where it passes it.
+    pub body_limit: Option<u64>,
 }
 
 /// Runs one request through the app. `rbuf` holds the head and whatever
@@ -663,7 +665,7 @@ async fn exchange(
 ) -> Option<bool> {
     let head = req.head;
     let meta = req.meta;
-    let mut decoder = Decoder::new(head.body);
+    let mut decoder = Decoder::new(head.body).limited(req.body_limit);
     let scope = Python::attach(|py| {
         scope(py, asgi, rbuf, head, peers, false, req.https).map(Bound::unbind)
     });
@@ -790,7 +792,7 @@ async fn exchange(
         // Answer Expect: 100-continue when the app first asks for the body.
         if want_body && shared.borrow().expects_continue {
             shared.borrow_mut().expects_continue = false;
-            out.extend_from_slice(b"HTTP/1.1 100 Continue\r\n\r\n");
+            out.extend_from_slice(encode::CONTINUE);
             if !stream.write_out(out).await {
                 shared.borrow_mut().disconnected = true;
                 continue;

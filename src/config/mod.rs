@@ -15,6 +15,8 @@ use std::time::Duration;
 use clap::{Arg, ArgAction, ArgMatches, Command};
 use log::LevelFilter;
 
+use crate::http::parse::Limits;
+
 use settings::{Kind, SETTINGS};
 
 /// `--interface`.
@@ -69,14 +71,6 @@ pub enum LogConfig {
     Json(PathBuf),
     /// `logconfig_dict`, from the config file.
     Dict(std::sync::Arc<crate::python::Held<pyo3::types::PyDict>>),
-}
-
-/// Limits on a request head, after Gunicorn's semantics for 0.
-#[derive(Clone, Copy, Debug)]
-pub struct Limits {
-    pub request_line: usize,
-    pub fields: usize,
-    pub field_size: usize,
 }
 
 /// The validated configuration every part of the server reads.
@@ -754,6 +748,7 @@ impl Config {
         }
         let limit_request_field_size: usize =
             value(values, "limit_request_field_size", "an integer")?;
+        let limit_request_body: u64 = value(values, "limit_request_body", "a number of bytes")?;
         let interface = match values.one("worker_class") {
             None => choice(values, "interface")?,
             Some("sync" | "gthread") => InterfaceMode::Wsgi,
@@ -779,16 +774,19 @@ impl Config {
             keep_alive: Duration::from_secs(seconds("keepalive")?),
             header_timeout: Duration::from_secs(seconds("header_timeout")?.max(1)),
             send_timeout: Duration::from_secs(seconds("send_timeout")?.max(1)),
+            // Gunicorn's 0s: a request line of 8190, 32768 fields, no limit
+            // on one field, no limit on the body.
             limits: Limits {
                 request_line: match limit_request_line {
                     0 => 8190,
                     n => n,
                 },
-                fields: limit_request_fields,
-                field_size: match limit_request_field_size {
-                    0 => usize::MAX / 4,
+                fields: match limit_request_fields {
+                    0 => 32768,
                     n => n,
                 },
+                field_size: (limit_request_field_size > 0).then_some(limit_request_field_size),
+                body: (limit_request_body > 0).then_some(limit_request_body),
             },
             log_level: crate::logging::parse_level(values.one("loglevel").unwrap_or("info"))?,
             isolation: choice(values, "isolation")?,

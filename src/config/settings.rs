@@ -301,7 +301,7 @@ pub static SETTINGS: &[Setting] = &[
         Value,
         "100",
         "INT",
-        "The maximum number of header fields in a request (at most 32768).",
+        "The maximum number of header fields in a request (at most 32768; 0 means 32768).",
     ),
     setting(
         "limit_request_field_size",
@@ -310,7 +310,18 @@ pub static SETTINGS: &[Setting] = &[
         Value,
         "8190",
         "INT",
-        "The maximum size of one request header field in bytes (0 means unlimited).",
+        "The maximum size of one request header field in bytes (0 means no limit on \
+         one field; the whole head stays within the field count times 8190 bytes).",
+    ),
+    setting(
+        "limit_request_body",
+        "Security",
+        &["--limit-request-body"],
+        Value,
+        "0",
+        "BYTES",
+        "The largest request body in bytes; a larger one is answered 413 before the \
+         app runs (0 means unlimited).",
     ),
     setting(
         "chdir",

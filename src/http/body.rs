@@ -28,6 +28,8 @@ enum State {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Decoder {
     state: State,
+    /// Body bytes still allowed by `limit_request_body`; None: no limit.
+    allowed: Option<u64>,
 }
 
 /// One step of decoding: `consumed` bytes of input were used, and `data` (a range of
@@ -45,7 +47,18 @@ impl Decoder {
             BodyKind::Length(n) => State::Length(n),
             BodyKind::Chunked => State::ChunkSize,
         };
-        Decoder { state }
+        Decoder {
+            state,
+            allowed: None,
+        }
+    }
+
+    /// The same decoder, refusing (413) a body that grows past `limit` bytes.
+    pub fn limited(self, limit: Option<u64>) -> Self {
+        Decoder {
+            allowed: limit,
+            ..self
+        }
     }
 
     pub fn is_done(&self) -> bool {
@@ -144,6 +157,13 @@ impl Decoder {
         let mut pos = 0;
         loop {
             let step = self.step(&buf[pos..])?;
+            if let Some(allowed) = self.allowed.as_mut() {
+                let n = step.data.len() as u64;
+                if n > *allowed {
+                    return Err(HttpError::new(413, "request body too large"));
+                }
+                *allowed -= n;
+            }
             out.extend_from_slice(&buf[pos..][step.data]);
             pos += step.consumed;
             if step.consumed == 0 || self.is_done() || pos == buf.len() {
@@ -249,5 +269,20 @@ mod tests {
         }
         let long = vec![b'1'; MAX_CHUNK_LINE + 1];
         assert!(decode_all(BodyKind::Chunked, &long).is_err());
+    }
+
+    #[test]
+    fn a_limited_decoder_refuses_the_byte_past_the_limit() {
+        let mut out = Vec::new();
+        let mut d = Decoder::new(BodyKind::Chunked).limited(Some(4));
+        assert_eq!(d.decode_into(b"4\r\nabcd\r\n", &mut out), Ok(9));
+        assert_eq!(
+            d.decode_into(b"1\r\ne\r\n", &mut out).map_err(|e| e.status),
+            Err(413)
+        );
+        let mut d = Decoder::new(BodyKind::Length(4)).limited(Some(4));
+        out.clear();
+        assert_eq!(d.decode_into(b"abcd", &mut out), Ok(4));
+        assert!(d.is_done());
     }
 }

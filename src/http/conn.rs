@@ -3,7 +3,7 @@
 //! requests are answered in order, and their responses leave in one write.
 
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, IntoRawFd};
 use std::rc::Rc;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,10 +18,11 @@ use super::HttpError;
 use super::body::Decoder;
 use super::encode;
 use super::output::{Lent, zerocopy_for};
-use super::parse::{self, RequestHead};
+use super::parse::{BodyKind, HeadScan, RequestHead};
 use super::proxy;
 use super::proxy_protocol;
 use super::sendfile::FileSpan;
+use super::spool::{self, Spool};
 use super::stream::{Endpoints, HandshakeError, Stream};
 use super::tls;
 use crate::access_log::{self, Outcome};
@@ -36,8 +37,14 @@ use crate::wsgi::pool::Pool;
 use crate::wsgi::pool::{Job, Pieces};
 use crate::wsgi::response::{Progress, RequestMeta, Response, internal_error};
 
-/// Bodies up to this size are read before the app runs; larger ones stream.
-const SMALL_BODY: usize = 64 * 1024;
+/// With `--threads` above 1, bodies up to this size are read before the app
+/// runs; larger ones stream to the app's thread.
+const STREAM_AT: usize = 64 * 1024;
+/// A connection's read buffer, and the most it keeps between requests.
+const RBUF_SIZE: usize = 8192;
+const RBUF_KEEP: usize = 64 * 1024;
+/// Room made in the read buffer for each read of a body.
+const BODY_READ: usize = 64 * 1024;
 /// Pipelined responses are gathered up to this size before a write.
 const FLUSH_AT: usize = 64 * 1024;
 /// How long a closing connection keeps reading, so unread input does not turn the
@@ -46,7 +53,32 @@ const LINGER: Duration = Duration::from_secs(2);
 
 enum Body {
     InMemory(Vec<u8>),
+    /// A body over `spool::MEMORY_MAX`, whole, in an unlinked temporary file.
+    Spooled(std::fs::File),
+    /// A body the app reads from the socket itself (`--threads` above 1),
+    /// with the bytes decoded so far.
     Stream(SharedBody, Vec<u8>),
+}
+
+/// Takes a streamed body away from the app however the request ends, so a
+/// `wsgi.input` kept past its request reads nothing and holds no socket. A
+/// read in progress on a Python thread holds the lock; its stream goes when
+/// the input object does.
+struct Revoke(SharedBody);
+
+impl Drop for Revoke {
+    fn drop(&mut self) {
+        if let Ok(mut stream) = self.0.try_lock() {
+            stream.take();
+        }
+    }
+}
+
+/// A body that could not be spooled is the server's failure, not the
+/// client's.
+fn spool_failed(e: std::io::Error) -> HttpError {
+    log::error!("Cannot keep a request body: {e}");
+    HttpError::new(500, "the request body could not be kept")
 }
 
 /// What became of a request, for the access log and post_request.
@@ -111,7 +143,7 @@ pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>)
         hook_peer: None,
         shard: shard.clone(),
         stream,
-        rbuf: Vec::with_capacity(8192),
+        rbuf: Vec::with_capacity(RBUF_SIZE),
         out: Vec::with_capacity(8192),
         lent: Lent::default(),
         zerocopy: zerocopy_for(shard.config.send_zerocopy, &ends),
@@ -243,8 +275,9 @@ impl Conn {
             // A head: an idle connection waits at most keep-alive for its first
             // byte, and the whole head must arrive within the header timeout.
             let mut deadline: Option<Instant> = None;
+            let mut scan = HeadScan::default();
             loop {
-                match parse::parse(&self.rbuf, &cfg.limits, &mut head) {
+                match scan.parse(&self.rbuf, &cfg.limits, &mut head) {
                     Ok(Some(())) => break,
                     Ok(None) => {}
                     Err(err) => return self.refuse(err).await,
@@ -283,10 +316,19 @@ impl Conn {
                 },
                 false => self.tls,
             };
+            // A declared length over limit_request_body is refused before
+            // the app runs; a chunked body is cut where it passes the limit.
+            if let (Some(limit), BodyKind::Length(length)) = (cfg.limits.body, head.body)
+                && length > limit
+            {
+                return self
+                    .refuse(HttpError::new(413, "request body too large"))
+                    .await;
+            }
             let shard = self.shard.clone();
             let keep_alive = match (&shard.app, info) {
                 (App::Wsgi { wsgi, pool }, PeerInfo::Wsgi(info)) => {
-                    let body = match self.gather_body(&head).await {
+                    let body = match self.gather_body(&head, pool.is_some()).await {
                         Ok(body) => body,
                         Err(Some(err)) => return self.refuse(err).await,
                         Err(None) => return,
@@ -315,6 +357,7 @@ impl Conn {
                             .as_ref()
                             .filter(|_| !upgrade)
                             .map(|h| (h, self.hook_peer.as_ref())),
+                        body_limit: cfg.limits.body,
                     };
                     if upgrade {
                         let (stream, rbuf, out) = (&self.stream, &mut self.rbuf, &mut self.out);
@@ -344,6 +387,11 @@ impl Conn {
             }
             if self.pending() >= FLUSH_AT && !self.flush().await {
                 return;
+            }
+            // A large head or body grew the buffer: between requests an idle
+            // connection keeps only a small one.
+            if self.rbuf.capacity() > RBUF_KEEP && self.rbuf.len() <= RBUF_SIZE {
+                self.rbuf.shrink_to(RBUF_SIZE);
             }
         }
     }
@@ -417,48 +465,84 @@ impl Conn {
         }
     }
 
-    /// Small bodies are read now; large ones, and those the client holds back
-    /// until `100 Continue`, stream to the app as it reads.
-    async fn gather_body(&mut self, head: &RequestHead) -> Result<Body, Option<HttpError>> {
-        let mut decoder = Decoder::new(head.body);
-        let mut body = Vec::new();
-        let mut used = head.len;
+    /// Reads the request body before the app runs, through the ring, so a
+    /// slow upload never holds the shard's thread: in memory up to
+    /// `spool::MEMORY_MAX`, in a temporary file past it. With `--threads` above
+    /// 1 (`stream`), a large body, or one the client holds back until `100
+    /// Continue`, streams to the app instead, whose reads then wait on its
+    /// own Python thread. A body over `limit_request_body` is refused (413).
+    async fn gather_body(
+        &mut self,
+        head: &RequestHead,
+        stream: bool,
+    ) -> Result<Body, Option<HttpError>> {
         let cfg = self.shard.config.clone();
+        let mut decoder = Decoder::new(head.body).limited(cfg.limits.body);
+        let mut body = Vec::new();
+        let mut spool: Option<Spool> = None;
+        let mut continued = false;
         loop {
-            used += decoder
-                .decode_into(&self.rbuf[used..], &mut body)
+            // The head stays for the environ; decoded body bytes leave rbuf.
+            let used = decoder
+                .decode_into(&self.rbuf[head.len..], &mut body)
                 .map_err(Some)?;
+            self.rbuf.drain(head.len..head.len + used);
             if decoder.is_done() {
-                // Keep the head for the environ; drop the body bytes consumed.
-                self.rbuf.drain(head.len..used);
-                return Ok(Body::InMemory(body));
+                return match spool {
+                    None => Ok(Body::InMemory(body)),
+                    Some(mut spool) => spool
+                        .write(&body)
+                        .and_then(|()| spool.finish())
+                        .map(Body::Spooled)
+                        .map_err(|e| Some(spool_failed(e))),
+                };
             }
-            let buffered = body.len() + (self.rbuf.len() - used);
-            let waiting_for_continue =
-                head.expect_continue && body.is_empty() && used == self.rbuf.len();
-            let large = decoder
-                .remaining_length()
-                .is_some_and(|n| n as usize + body.len() > SMALL_BODY)
-                || buffered > SMALL_BODY;
-            if waiting_for_continue || large {
-                let pending = self.rbuf.split_off(used);
-                // Keep the head for the environ; the body bytes decoded so far
-                // travel in `body`.
-                self.rbuf.truncate(head.len);
-                let stream = BodyStream::new(
-                    self.stream.as_raw_fd(),
-                    match &self.stream {
-                        Stream::Tls(tls) => Some(tls.session.clone()),
-                        _ => None,
-                    },
-                    pending,
-                    decoder,
-                    waiting_for_continue,
-                    cfg.header_timeout,
-                );
-                return Ok(Body::Stream(Arc::new(Mutex::new(Some(stream))), body));
+            let nothing_yet = body.is_empty() && spool.is_none() && self.rbuf.len() == head.len;
+            let waiting_for_continue = head.expect_continue && nothing_yet && !continued;
+            if stream {
+                let large = decoder
+                    .remaining_length()
+                    .is_some_and(|n| n as usize + body.len() > STREAM_AT)
+                    || body.len() + (self.rbuf.len() - head.len) > STREAM_AT;
+                if waiting_for_continue || large {
+                    let pending = self.rbuf.split_off(head.len);
+                    let stream = BodyStream::new(
+                        self.stream.as_raw_fd(),
+                        match &self.stream {
+                            Stream::Tls(tls) => Some(tls.session.clone()),
+                            _ => None,
+                        },
+                        pending,
+                        decoder,
+                        waiting_for_continue,
+                        cfg.header_timeout,
+                    )
+                    .map_err(|e| Some(spool_failed(e)))?;
+                    return Ok(Body::Stream(Arc::new(Mutex::new(Some(stream))), body));
+                }
+            } else if waiting_for_continue {
+                // As Gunicorn: the client may send at once. Earlier pipelined
+                // responses go out first, so it never overtakes them.
+                self.out.extend_from_slice(encode::CONTINUE);
+                if !self.flush().await {
+                    return Err(None);
+                }
+                continued = true;
+            }
+            if body.len() > spool::MEMORY_MAX {
+                let spooled = match spool.as_mut() {
+                    Some(spool) => spool.write(&body),
+                    None => Spool::new().and_then(|mut s| {
+                        let written = s.write(&body);
+                        spool = Some(s);
+                        written
+                    }),
+                };
+                spooled.map_err(|e| Some(spool_failed(e)))?;
+                body.clear();
             }
             let until = Instant::now() + cfg.header_timeout;
+            self.rbuf.reserve(BODY_READ);
             match self.read(until, false).await {
                 Ok(()) => {}
                 Err(ReadError::TimedOut) => {
@@ -553,12 +637,15 @@ impl Conn {
         let date = shard.date.borrow_mut().get().to_vec();
         let shared = match &body {
             Body::Stream(shared, _) => Some(shared.clone()),
-            Body::InMemory(_) => None,
+            Body::InMemory(_) | Body::Spooled(_) => None,
         };
+        let _revoke = shared.clone().map(Revoke);
         let prepared = Python::attach(|py| {
             let input = match body {
                 Body::InMemory(data) if data.is_empty() => Ok(wsgi.empty_input.bind(py).clone()),
                 Body::InMemory(data) => wsgi.bytes_io.bind(py).call1((PyBytes::new(py, &data),)),
+                // Python's file object takes the descriptor over.
+                Body::Spooled(file) => wsgi.open.bind(py).call1((file.into_raw_fd(), "rb")),
                 Body::Stream(shared, initial) => {
                     input::stream_input(py, &wsgi.input_stream, shared, &initial)
                 }

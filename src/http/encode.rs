@@ -6,6 +6,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::{HttpError, reason};
 
+/// The interim response that lets a client send the body it held back.
+pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
+
 pub const SERVER: &[u8] = b"turbo";
 
 /// How a response body is delimited on the wire.

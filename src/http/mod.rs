@@ -10,6 +10,7 @@ pub mod parse;
 pub mod proxy;
 pub mod proxy_protocol;
 pub mod sendfile;
+pub mod spool;
 pub mod stream;
 pub mod tls;
 pub mod websocket;

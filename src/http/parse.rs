@@ -5,9 +5,91 @@ use std::mem::MaybeUninit;
 use std::ops::Range;
 
 use super::HttpError;
-use crate::config::Limits;
 
 const STACK_FIELDS: usize = 128;
+
+/// Limits on a request, with Gunicorn's meanings of 0 already resolved by
+/// the configuration that builds this.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// The longest request line.
+    pub request_line: usize,
+    /// The most header fields.
+    pub fields: usize,
+    /// The longest field (name and value); None: no limit on one field.
+    pub field_size: Option<usize>,
+    /// The largest body; None: no limit.
+    pub body: Option<u64>,
+}
+
+/// The field size a head is budgeted for when one field has no limit: the
+/// whole head stays bounded, as if its fields were of Gunicorn's default size.
+const UNLIMITED_FIELD_BUDGET: usize = 8190;
+
+impl Limits {
+    /// The longest head these limits allow, past which it is refused (431)
+    /// even before it ends.
+    fn max_head(&self) -> usize {
+        let field = self.field_size.unwrap_or(UNLIMITED_FIELD_BUDGET);
+        self.fields
+            .saturating_mul(field.saturating_add(2))
+            .saturating_add(self.request_line)
+            .saturating_add(4)
+    }
+}
+
+/// Finds a head's end across reads, so that a head that arrives in many
+/// small pieces costs time linear in its size: each byte is scanned once,
+/// and the parser runs only once an end of head may be there.
+#[derive(Default)]
+pub struct HeadScan {
+    /// Bytes already scanned for the end of the head.
+    scanned: usize,
+    /// The request line's end has been seen (and was within its limit).
+    line_seen: bool,
+}
+
+impl HeadScan {
+    /// Parses the head at the start of `buf` once it is complete; `Ok(None)`
+    /// means more bytes are needed. Call again with the same buffer grown;
+    /// after a head, start a new scan for the next one.
+    pub fn parse(
+        &mut self,
+        buf: &[u8],
+        limits: &Limits,
+        head: &mut RequestHead,
+    ) -> Result<Option<()>, HttpError> {
+        if !self.line_seen {
+            match buf[self.scanned.min(buf.len())..]
+                .iter()
+                .position(|&b| b == b'\n')
+            {
+                Some(i) if self.scanned + i > limits.request_line + 1 => {
+                    return Err(HttpError::new(414, "request line too long"));
+                }
+                Some(_) => self.line_seen = true,
+                None if buf.len() > limits.request_line + 1 => {
+                    return Err(HttpError::new(414, "request line too long"));
+                }
+                None => {}
+            }
+        }
+        // A head ends with an empty line: LF, then CRLF or LF. Look only
+        // where new bytes could complete one.
+        let from = self.scanned.saturating_sub(2).min(buf.len());
+        let ends = buf[from..]
+            .windows(2)
+            .any(|w| w[0] == b'\n' && (w[1] == b'\n' || w[1] == b'\r'));
+        self.scanned = buf.len();
+        if !ends {
+            if buf.len() > limits.max_head() {
+                return Err(HttpError::new(431, "request header fields too large"));
+            }
+            return Ok(None);
+        }
+        parse(buf, limits, head)
+    }
+}
 
 /// How the body of a request is delimited.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
@@ -89,13 +171,7 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<Opti
     let len = match status {
         httparse::Status::Complete(len) => len,
         httparse::Status::Partial => {
-            let max_head = limits.request_line
-                + 2
-                + limits
-                    .fields
-                    .saturating_mul(limits.field_size.saturating_add(2))
-                + 2;
-            if buf.len() > max_head {
+            if buf.len() > limits.max_head() {
                 return Err(HttpError::new(431, "request header fields too large"));
             }
             return Ok(None);
@@ -120,7 +196,10 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<Opti
     head.expect_continue = false;
 
     for h in req.headers.iter() {
-        if h.name.len() + h.value.len() > limits.field_size {
+        if limits
+            .field_size
+            .is_some_and(|max| h.name.len() + h.value.len() > max)
+        {
             return Err(HttpError::new(431, "request header field too large"));
         }
         // httparse lets some bytes through that RFC 9110 5.5 forbids in values.
@@ -238,7 +317,8 @@ mod tests {
     const LIMITS: Limits = Limits {
         request_line: 4094,
         fields: 100,
-        field_size: 8190,
+        field_size: Some(8190),
+        body: None,
     };
 
     fn parse_str(s: &str) -> Result<Option<RequestHead>, HttpError> {
@@ -380,5 +460,62 @@ mod tests {
             status_of(&format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n")),
             431
         );
+    }
+
+    #[test]
+    fn a_head_scan_fed_byte_by_byte_parses_it_once_complete() {
+        let raw = b"\r\nGET /x HTTP/1.1\r\nHost: x\r\nA: b\r\n\r\nrest";
+        let mut scan = HeadScan::default();
+        let mut head = RequestHead::default();
+        let end = raw.len() - 4;
+        for n in 1..end {
+            assert_eq!(scan.parse(&raw[..n], &LIMITS, &mut head), Ok(None), "{n}");
+        }
+        assert_eq!(scan.parse(&raw[..end], &LIMITS, &mut head), Ok(Some(())));
+        assert_eq!(head.len, end);
+        // Bare LF ends a head too.
+        let mut scan = HeadScan::default();
+        let bare = b"GET / HTTP/1.1\nHost: x\n\n";
+        assert_eq!(
+            scan.parse(&bare[..bare.len() - 1], &LIMITS, &mut head),
+            Ok(None)
+        );
+        assert_eq!(scan.parse(bare, &LIMITS, &mut head), Ok(Some(())));
+    }
+
+    #[test]
+    fn a_head_scan_refuses_early() {
+        let mut head = RequestHead::default();
+        let line = format!("GET /{}", "a".repeat(5000));
+        assert_eq!(
+            HeadScan::default()
+                .parse(line.as_bytes(), &LIMITS, &mut head)
+                .map_err(|e| e.status),
+            Err(414)
+        );
+        let fields = format!("GET / HTTP/1.1\r\n{}", "X: y\r\n".repeat(200_000));
+        assert_eq!(
+            HeadScan::default()
+                .parse(fields.as_bytes(), &LIMITS, &mut head)
+                .map_err(|e| e.status),
+            Err(431)
+        );
+        // No limit on one field still bounds the whole head.
+        let open = Limits {
+            field_size: None,
+            ..LIMITS
+        };
+        let huge = format!("GET / HTTP/1.1\r\nX: {}", "a".repeat(2 << 20));
+        assert_eq!(
+            HeadScan::default()
+                .parse(huge.as_bytes(), &open, &mut head)
+                .map_err(|e| e.status),
+            Err(431)
+        );
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX: {}\r\n\r\n",
+            "a".repeat(20_000)
+        );
+        assert_eq!(parse(big.as_bytes(), &open, &mut head), Ok(Some(())));
     }
 }

@@ -1,11 +1,18 @@
-//! wsgi.input for bodies that are not already in memory: the app's reads pull
-//! from the socket as it asks, so an upload of any size never sits in memory whole.
+//! wsgi.input for bodies that stream to the app (`--threads` above 1): the
+//! app's reads pull from the socket as it asks, so an upload of any size never
+//! sits in memory whole.
 //!
-//! The app reads synchronously, so these reads block the calling thread (with the
-//! GIL released) on `poll` + `recv`; the shard's ring has no operation on the
-//! socket meanwhile.
+//! The app reads synchronously, so these reads block the calling thread, one
+//! of the shard's Python threads, with the GIL released, on `poll` + `recv`;
+//! the shard's ring has no operation on the socket meanwhile, and the shard's
+//! own thread goes on serving. Each read that brings bytes restarts the
+//! thread's busy clock, so a slow upload never counts toward `--timeout`.
+//!
+//! The stream reads through its own duplicate of the socket's descriptor: an
+//! app that keeps `wsgi.input` and reads it after its connection closed reads
+//! that dead socket, never a descriptor the kernel has given to another client.
 
-use std::os::fd::RawFd;
+use std::os::fd::{AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,12 +22,13 @@ use pyo3::types::{PyBytes, PyCFunction, PyDict, PyTuple};
 
 use crate::http::body::Decoder;
 use crate::http::tls::{SharedSession, lock};
+use crate::scoreboard::Scoreboard;
 
 const READ_SIZE: usize = 64 * 1024;
 
 /// The state of a request body being read by the app.
 pub struct BodyStream {
-    fd: RawFd,
+    fd: OwnedFd,
     /// A TLS connection's session: what is read is decrypted through it.
     tls: Option<SharedSession>,
     /// Bytes read from the socket and not yet decoded. What is left here once the
@@ -29,6 +37,9 @@ pub struct BodyStream {
     pub decoder: Decoder,
     continue_needed: bool,
     timeout: Duration,
+    /// The scoreboard slot of the thread reading, whose busy clock restarts
+    /// with every read that brings bytes.
+    pub clock: Option<(Arc<Scoreboard>, usize)>,
 }
 
 /// The body shared between the connection and the app's `pull` function. The
@@ -43,29 +54,33 @@ impl BodyStream {
         decoder: Decoder,
         continue_needed: bool,
         timeout: Duration,
-    ) -> Self {
-        BodyStream {
+    ) -> std::io::Result<Self> {
+        // SAFETY: the connection's descriptor is open while it makes this.
+        let fd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned()?;
+        Ok(BodyStream {
             fd,
             tls,
             pending,
             decoder,
             continue_needed,
             timeout,
-        }
+            clock: None,
+        })
     }
 
     /// The next decoded body bytes; empty at the end of the body.
     fn pull(&mut self) -> Result<Vec<u8>, String> {
         if self.continue_needed {
             self.continue_needed = false;
-            let line = b"HTTP/1.1 100 Continue\r\n\r\n";
+            let line = crate::http::encode::CONTINUE;
+            let fd = self.fd.as_raw_fd();
             match &self.tls {
                 Some(tls) => {
                     let mut out = Vec::new();
                     lock(tls).encrypt(line, &mut out);
-                    send_all(self.fd, &out, self.timeout)?;
+                    send_all(fd, &out, self.timeout)?;
                 }
-                None => send_all(self.fd, line, self.timeout)?,
+                None => send_all(fd, line, self.timeout)?,
             }
         }
         let mut out = Vec::new();
@@ -85,12 +100,15 @@ impl BodyStream {
                     continue;
                 }
             }
-            let fd = self.fd;
+            let fd = self.fd.as_raw_fd();
             let timeout = self.timeout;
             let mut chunk = vec![0u8; READ_SIZE];
             let n = crate::python::without_gil(|| recv_blocking(fd, &mut chunk, timeout))?;
             if n == 0 {
                 return Err("client disconnected before the end of the body".into());
+            }
+            if let Some((board, slot)) = &self.clock {
+                board.mark_busy(*slot);
             }
             match &self.tls {
                 Some(tls) => {

@@ -60,6 +60,8 @@ pub struct Wsgi {
     pub start_response: Py<PyAny>,
     pub input_stream: Py<PyAny>,
     pub bytes_io: Py<PyAny>,
+    /// `io.open`, for a body spooled to a file.
+    pub open: Py<PyAny>,
     /// `wsgi.file_wrapper`, whose files may go out by sendfile.
     pub file_wrapper: Py<PyAny>,
     /// The app as loaded, which formats its errors.
@@ -162,6 +164,11 @@ impl Wsgi {
             bytes_io: py
                 .import("io")
                 .and_then(|io| io.getattr("BytesIO"))
+                .map_err(failed)?
+                .unbind(),
+            open: py
+                .import("io")
+                .and_then(|io| io.getattr("open"))
                 .map_err(failed)?
                 .unbind(),
             file_wrapper,

@@ -127,7 +127,7 @@ impl Pool {
 fn worker(
     py: Python<'_>,
     wsgi: &Wsgi,
-    board: &Scoreboard,
+    board: &Arc<Scoreboard>,
     slot: usize,
     tasks: &Mutex<Receiver<Task>>,
 ) {
@@ -141,12 +141,18 @@ fn worker(
     }
 }
 
-fn run(py: Python<'_>, wsgi: &Wsgi, board: &Scoreboard, slot: usize, task: Task) {
+fn run(py: Python<'_>, wsgi: &Wsgi, board: &Arc<Scoreboard>, slot: usize, task: Task) {
     let Task {
         job,
         pieces,
         buffers,
     } = task;
+    if let Some(body) = &job.body
+        && let Ok(mut stream) = body.lock()
+        && let Some(stream) = stream.as_mut()
+    {
+        stream.clock = Some((board.clone(), slot));
+    }
     let mut out = Vec::with_capacity(8192);
     let result = {
         let _busy = board.busy(slot);
