@@ -232,3 +232,39 @@ def test_a_large_upload_is_spooled_and_arrives_whole(turbo):
         assert resp.status == 200
         assert resp.read() == payload
     conn.close()
+
+
+def test_asgi_values_uvicorn_accepts_are_accepted(turbo):
+    server = turbo("asgi_values:app")
+    status, headers, body = fetch(server, "/lists")
+    assert (status, headers.get("x-list"), body) == (200, "yes", b"ok")
+    status, headers, body = fetch(server, "/bytes-like")
+    assert (status, headers.get("x-array"), body) == (200, "view", b"from a memoryview")
+    assert fetch(server, "/bytearray")[::2] == (200, b"from a bytearray")
+
+
+@pytest.mark.parametrize("path", ["/none-body", "/str-body", "/bad-pair", "/int-header", "/reenter"])
+def test_wrong_asgi_values_fail_their_request_only(turbo, path):
+    # Each raises a TypeError or RuntimeError in the app (a 500), on both
+    # shards: a wrong type must not go through a pyo3 cache that another
+    # interpreter filled, and a re-entered send() must not abort the worker.
+    server = turbo("asgi_values:app", "--cores", "2")
+    threads = set()
+    for _ in range(40):
+        assert fetch(server, path)[0] == 500
+        threads.add(fetch(server, "/thread")[2])
+        if len(threads) == 2:
+            break
+    assert len(threads) == 2, threads
+    assert fetch(server, "/lists")[0] == 200
+    assert "Traceback" in server.log
+
+
+def fetch(server, path):
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=5)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()

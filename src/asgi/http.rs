@@ -281,7 +281,7 @@ fn next_message<'py>(
 
 /// The `receive` callable.
 fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> {
-    let mut ex = shared.borrow_mut();
+    let mut ex = task::exclusive(shared)?;
     let fut = asgi.create_future.call0(py)?;
     match next_message(py, asgi, &mut ex)? {
         Some(message) => {
@@ -328,7 +328,7 @@ fn send(
     message: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let (message, kind) = task::message_type(py, asgi, message)?;
-    let mut ex = shared.borrow_mut();
+    let mut ex = task::exclusive(shared)?;
     if ex.disconnected {
         return Err(task::disconnected(py, asgi));
     }
@@ -350,16 +350,14 @@ fn send(
             let mut length = None;
             if let Some(headers) = message.get_item(asgi.keys.headers.bind(py))? {
                 for item in headers.try_iter()? {
-                    let item = item?;
-                    let (name, value): (Vec<u8>, Vec<u8>) = item.extract().map_err(|_| {
-                        pyo3::exceptions::PyTypeError::new_err(
-                            "headers must be [name, value] pairs of bytes",
-                        )
-                    })?;
-                    check_header(&name, &value)?;
+                    let (name, value) = task::header_pair(&item?)?;
+                    let (mut name_copy, mut value_copy) = (Vec::new(), Vec::new());
+                    let name = task::bytes_like(&name, &mut name_copy, "a header name")?;
+                    let value = task::bytes_like(&value, &mut value_copy, "a header value")?;
+                    check_header(name, value)?;
                     if ex.record_headers {
                         ex.recorded_headers
-                            .push((name.to_ascii_lowercase(), value.clone()));
+                            .push((name.to_ascii_lowercase(), value.to_vec()));
                     }
                     if name.eq_ignore_ascii_case(b"content-length") {
                         let v = crate::http::parse::trim(&value);
@@ -384,7 +382,7 @@ fn send(
                         // turbo frames the body itself.
                         continue;
                     }
-                    encode::header(&mut lines, &name, &value);
+                    encode::header(&mut lines, name, value);
                 }
             }
             ex.start = Some((status, lines, length));
@@ -409,7 +407,7 @@ fn send(
             let mut copy = Vec::new();
             let body: &[u8] = match &body_obj {
                 None => b"",
-                Some(b) => task::body_bytes(b, &mut copy)?,
+                Some(b) => task::bytes_like(b, &mut copy, "body")?,
             };
             if !ex.head_sent {
                 write_head(&mut ex, meta, date, (!more).then_some(body.len() as u64));

@@ -203,14 +203,63 @@ pub fn release(asgi: &Asgi, waiter: Option<Py<PyAny>>) {
     }
 }
 
-/// The bytes of a body the app sent: borrowed from a `bytes` object (the
-/// usual case, no copy), copied from a bytearray or memoryview.
-pub fn body_bytes<'a>(value: &'a Bound<'_, PyAny>, copy: &'a mut Vec<u8>) -> PyResult<&'a [u8]> {
+/// Bytes the app sent (a body, a header name or value): borrowed from a
+/// `bytes` object (the usual case, no copy), copied from a bytearray or a
+/// memoryview, as Uvicorn accepts; anything else is a TypeError that says
+/// `what` it was. Only builtin type checks are used: pyo3's sequence
+/// extraction caches a type across interpreters (docs/architecture.md).
+pub fn bytes_like<'a>(
+    value: &'a Bound<'_, PyAny>,
+    copy: &'a mut Vec<u8>,
+    what: &str,
+) -> PyResult<&'a [u8]> {
     if let Ok(bytes) = value.cast::<pyo3::types::PyBytes>() {
         return Ok(bytes.as_bytes());
     }
-    *copy = value
-        .extract()
-        .map_err(|_| pyo3::exceptions::PyTypeError::new_err("body must be bytes"))?;
-    Ok(copy)
+    if let Ok(array) = value.cast::<pyo3::types::PyByteArray>() {
+        *copy = array.to_vec();
+        return Ok(copy);
+    }
+    if value.cast::<pyo3::types::PyMemoryView>().is_ok() {
+        // SAFETY: PyBytes_FromObject takes a memoryview and returns a new
+        // reference or NULL with an exception set; both are handled here.
+        let bytes = unsafe {
+            Bound::from_owned_ptr_or_err(value.py(), pyo3::ffi::PyBytes_FromObject(value.as_ptr()))
+        }?;
+        *copy = bytes.cast::<pyo3::types::PyBytes>()?.as_bytes().to_vec();
+        return Ok(copy);
+    }
+    Err(pyo3::exceptions::PyTypeError::new_err(format!(
+        "{what} must be bytes, bytearray or memoryview"
+    )))
+}
+
+/// The connection's side of an exchange, for the app's `send` or `receive`.
+/// The app's code can run while one holds it (a headers iterator, a dict
+/// subclass), and a `send` or `receive` made from there is refused with a
+/// RuntimeError instead of a double borrow, which would abort the worker.
+pub fn exclusive<T>(cell: &std::cell::RefCell<T>) -> PyResult<std::cell::RefMut<'_, T>> {
+    cell.try_borrow_mut().map_err(|_| {
+        pyo3::exceptions::PyRuntimeError::new_err(
+            "send() or receive() called from inside another send()",
+        )
+    })
+}
+
+/// One of the app's header pairs: a tuple or a list of two items, as Uvicorn
+/// accepts (the ASGI spec's examples use both).
+pub fn header_pair<'py>(
+    item: &Bound<'py, PyAny>,
+) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyAny>)> {
+    let pair = match (
+        item.cast::<pyo3::types::PyTuple>(),
+        item.cast::<pyo3::types::PyList>(),
+    ) {
+        (Ok(t), _) if t.len() == 2 => Some((t.get_item(0)?, t.get_item(1)?)),
+        (_, Ok(l)) if l.len() == 2 => Some((l.get_item(0)?, l.get_item(1)?)),
+        _ => None,
+    };
+    pair.ok_or_else(|| {
+        pyo3::exceptions::PyTypeError::new_err("headers must be [name, value] pairs of bytes")
+    })
 }

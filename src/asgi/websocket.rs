@@ -116,7 +116,7 @@ fn message<'py>(py: Python<'py>, asgi: &Asgi, msg: In) -> PyResult<Bound<'py, Py
 }
 
 fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> {
-    let mut s = shared.borrow_mut();
+    let mut s = task::exclusive(shared)?;
     let fut = asgi.create_future.call0(py)?;
     if let Some(msg) = s.incoming.pop_front() {
         s.wake();
@@ -157,13 +157,12 @@ fn answer_receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) {
 fn headers_from(message: &Bound<'_, PyDict>, out: &mut Vec<u8>) -> PyResult<()> {
     if let Some(headers) = message.get_item("headers")? {
         for item in headers.try_iter()? {
-            let (name, value): (Vec<u8>, Vec<u8>) = item?.extract().map_err(|_| {
-                pyo3::exceptions::PyTypeError::new_err(
-                    "headers must be [name, value] pairs of bytes",
-                )
-            })?;
-            check_header(&name, &value)?;
-            encode::header(out, &name, &value);
+            let (name, value) = task::header_pair(&item?)?;
+            let (mut name_copy, mut value_copy) = (Vec::new(), Vec::new());
+            let name = task::bytes_like(&name, &mut name_copy, "a header name")?;
+            let value = task::bytes_like(&value, &mut value_copy, "a header value")?;
+            check_header(name, value)?;
+            encode::header(out, name, value);
         }
     }
     Ok(())
@@ -183,7 +182,7 @@ fn send(
     message: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
     let (message, kind) = task::message_type(py, asgi, message)?;
-    let mut s = shared.borrow_mut();
+    let mut s = task::exclusive(shared)?;
     if s.disconnected {
         return Err(task::disconnected(py, asgi));
     }
@@ -228,7 +227,7 @@ fn send(
                     ws::frame(
                         &mut s.out,
                         ws::OP_BINARY,
-                        task::body_bytes(&bytes, &mut copy)?,
+                        task::bytes_like(&bytes, &mut copy, "bytes")?,
                     );
                 }
                 _ => {
@@ -272,8 +271,9 @@ fn send(
             s.phase = Phase::Denying;
         }
         ("websocket.http.response.body", Phase::Denying) => {
-            let body: Vec<u8> = match message.get_item("body")? {
-                Some(b) => b.extract()?,
+            let mut copy = Vec::new();
+            let body = match message.get_item("body")? {
+                Some(b) => task::bytes_like(&b, &mut copy, "body")?.to_vec(),
                 None => Vec::new(),
             };
             let more = match message.get_item("more_body")? {

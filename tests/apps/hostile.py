@@ -1,6 +1,6 @@
 """Apps for the hostile-client tests, in WSGI (`wsgi`) and ASGI (`asgi`) form.
 
-- `/pid`: the worker's pid and the serving thread's name, so a test can see
+- `/pid`: the worker's pid and the serving thread's id, so a test can see
   that the worker survived and which shard answered.
 - `/big?mb=N`: a fresh N MiB bytes object, which turbo lends to the kernel.
 - `/upload`: reads the whole body and answers its length.
@@ -14,7 +14,7 @@ from urllib.parse import parse_qs
 
 def _answer(path, query, body_length):
     if path == "/pid":
-        return f"{os.getpid()} {threading.current_thread().name}".encode()
+        return f"{os.getpid()} {threading.get_native_id()}".encode()
     if path == "/big":
         mb = int(parse_qs(query).get("mb", ["64"])[0])
         return b"x" * (mb << 20)
