@@ -12,6 +12,9 @@ struct Slot {
     /// Milliseconds on CLOCK_MONOTONIC when the current app call began; 0 when idle.
     busy_since: AtomicU64,
     requests: AtomicU64,
+    /// The `busy_since` of the app call the worker's watchdog interrupted
+    /// for running past `--timeout`; 0 for none.
+    interrupted: AtomicU64,
 }
 
 #[repr(C, align(64))]
@@ -117,6 +120,22 @@ impl Scoreboard {
     pub fn count_request(&self, slot: usize) {
         let requests = &self.slot(slot).requests;
         requests.store(requests.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+    }
+
+    /// App-call slots on the board.
+    pub fn slots(&self) -> usize {
+        self.slots
+    }
+
+    /// When the app call in `slot` began (`now_ms`), 0 when idle.
+    pub fn busy_since(&self, slot: usize) -> u64 {
+        self.slot(slot).busy_since.load(Ordering::Relaxed)
+    }
+
+    /// Records that the app call of `slot` that began at `since` is being
+    /// interrupted; false if it already was.
+    pub fn interrupt(&self, slot: usize, since: u64) -> bool {
+        self.slot(slot).interrupted.swap(since, Ordering::Relaxed) != since
     }
 
     /// The longest-running app call, in milliseconds, if any is running.

@@ -154,6 +154,10 @@ pub fn run(spec: Spec) -> ! {
             Err(e) => log::error!("Cannot watch the app's files (--reload): {e}"),
         }
     }
+    // One stuck request must not cost the other shards their connections.
+    if isolation == Isolation::Subinterpreter && !config.timeout.is_zero() {
+        python::watchdog::start(board.clone(), config.timeout);
+    }
     // As Gunicorn: post_worker_init, then serving.
     hooks.call("post_worker_init", &[]);
     for go in gos {

@@ -268,3 +268,27 @@ def fetch(server, path):
         return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
     finally:
         conn.close()
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_request_stuck_in_python_costs_one_request_not_the_worker(turbo, app):
+    # `while True: pass` past --timeout: the watchdog raises TimeoutError in
+    # the stuck thread, the request gets a 500, and the worker (every shard's
+    # connections) lives on.
+    server = turbo(app, "--timeout", "1", "--cores", "2")
+    if "(main interpreter)" in server.log:
+        pytest.skip("no sub-interpreters on this Python: the worker is the shard")
+    before = pid(server)
+    kept = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    kept.request("GET", "/pid")
+    assert kept.getresponse().read()
+    started = time.monotonic()
+    status, _ = get(server, "/spin", timeout=15)
+    assert status == 500
+    assert time.monotonic() - started < 4
+    server.wait_for("ran past --timeout")
+    assert "TimeoutError" in server.log
+    assert pid(server) == before
+    kept.request("GET", "/pid")
+    assert int(kept.getresponse().read().split()[0]) == before
+    kept.close()

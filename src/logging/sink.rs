@@ -1,9 +1,11 @@
 //! Where log lines are written. A log must never become the outage: a pipe
 //! whose reader died (`turbo app:app | head -1`), a full disk, a collector that
 //! stopped reading. So a line that cannot be written is dropped and counted,
-//! never a panic; and in a worker one writer thread does the writing, so a
-//! shard only queues a line and never waits on a pipe. The queue is bounded:
-//! when the writer is stuck, further lines are dropped and counted too.
+//! never a panic; and a shard never waits on a pipe. In a worker, a line is
+//! written at once only where that cannot block (nothing queued ahead of it,
+//! and the target has room for one atomic write); otherwise it goes to one
+//! writer thread through a bounded queue. When the writer is stuck, further
+//! lines are dropped and counted too.
 //!
 //! The supervisor, which serves no request, writes synchronously: it has no
 //! writer thread, so a fork never inherits one half-way through a write.
@@ -35,6 +37,8 @@ enum Item {
 
 /// This process's writer thread, once a worker has started it.
 static QUEUE: Mutex<Option<SyncSender<Item>>> = Mutex::new(None);
+/// Lines queued for the writer thread and not yet written.
+static QUEUED: AtomicU64 = AtomicU64::new(0);
 /// Lines dropped that the log has not yet reported.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -63,10 +67,20 @@ pub fn write(target: Target, line: Vec<u8>) {
     let Some(queue) = queue else {
         return write_now(&target, &line);
     };
+    if QUEUED.load(Ordering::Acquire) == 0 && writable_now(&target, line.len()) {
+        return write_now(&target, &line);
+    }
+    QUEUED.fetch_add(1, Ordering::AcqRel);
     match queue.try_send(Item::Line(target, line)) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => count_dropped(),
-        Err(TrySendError::Disconnected(Item::Line(target, line))) => write_now(&target, &line),
+        Err(TrySendError::Full(_)) => {
+            QUEUED.fetch_sub(1, Ordering::AcqRel);
+            count_dropped();
+        }
+        Err(TrySendError::Disconnected(Item::Line(target, line))) => {
+            QUEUED.fetch_sub(1, Ordering::AcqRel);
+            write_now(&target, &line);
+        }
         Err(TrySendError::Disconnected(Item::Flushed(_))) => {}
     }
 }
@@ -87,7 +101,10 @@ pub fn flush(limit: Duration) {
 fn writer(rx: Receiver<Item>) {
     for item in rx {
         match item {
-            Item::Line(target, line) => write_now(&target, &line),
+            Item::Line(target, line) => {
+                write_now(&target, &line);
+                QUEUED.fetch_sub(1, Ordering::AcqRel);
+            }
             Item::Flushed(done) => {
                 let _ = done.try_send(());
             }
@@ -119,6 +136,28 @@ fn report_dropped(target: &Target) {
     if write_to(target, notice.as_bytes()) {
         DROPPED.fetch_sub(lost, Ordering::Relaxed);
     }
+}
+
+/// Whether one write of `len` bytes to `target` completes without waiting:
+/// a pipe with room for it (an atomic write of at most PIPE_BUF), or a
+/// regular file, which poll reports always ready.
+fn writable_now(target: &Target, len: usize) -> bool {
+    if len > libc::PIPE_BUF {
+        return false;
+    }
+    let fd = match target {
+        Target::Stderr => libc::STDERR_FILENO,
+        Target::Stdout => libc::STDOUT_FILENO,
+        Target::File(file) => std::os::fd::AsRawFd::as_raw_fd(&**file),
+    };
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: polls one valid pollfd without waiting.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    ready == 1 && pfd.revents & libc::POLLOUT != 0
 }
 
 fn write_to(target: &Target, bytes: &[u8]) -> bool {

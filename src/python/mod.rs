@@ -8,6 +8,7 @@
 
 pub mod app;
 pub mod lent;
+pub mod watchdog;
 
 use std::ffi::CString;
 use std::path::{Path, PathBuf};
@@ -201,13 +202,19 @@ pub struct InterpreterRef(*mut ffi::PyInterpreterState);
 // state; the pointer is only given to PyThreadState_New.
 unsafe impl Send for InterpreterRef {}
 
+impl InterpreterRef {
+    fn as_ptr(self) -> *mut ffi::PyInterpreterState {
+        self.0
+    }
+}
+
 /// Attaches the calling thread, which has no thread state, to `interp` with a new
 /// thread state, and takes that interpreter's GIL.
 pub fn attach_thread(interp: InterpreterRef) {
     // SAFETY: the interpreter outlives the process's threads (it is never ended
     // while shards run); the new thread state is bound to this thread.
     unsafe {
-        let tstate = ffi::PyThreadState_New(interp.0);
+        let tstate = ffi::PyThreadState_New(interp.as_ptr());
         ffi::PyEval_RestoreThread(tstate);
     }
 }
@@ -239,6 +246,7 @@ pub fn error_text(py: pyo3::Python<'_>, err: &pyo3::PyErr) -> String {
 /// (a lent body) go then. Those references are released here, once the thread
 /// state is back (docs/architecture.md, "Python references").
 pub fn without_gil<T>(f: impl FnOnce() -> T) -> T {
+    watchdog::discard_pending();
     let outer = DETACHED.replace(true);
     // SAFETY: the caller holds the GIL (it runs inside the shard's attachment), and
     // the closure does not use Python; Held drops inside it are deferred.

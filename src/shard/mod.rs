@@ -146,6 +146,11 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             InterfaceMode::Asgi => true,
             InterfaceMode::Wsgi => false,
         };
+        // This thread runs the app calls, unless a WSGI app has Python
+        // threads for them (--threads), which register themselves.
+        if asgi || config.threads == 1 {
+            python::watchdog::register(board.slot_index(local, 0));
+        }
         let app = if asgi {
             rt.enter(|| Asgi::new(py, &config, loaded).map(|a| App::Asgi(Box::new(a))))
         } else {

@@ -25,6 +25,10 @@ use workers::Worker;
 
 /// How long a worker gets between SIGABRT and SIGKILL after a timeout.
 const ABORT_GRACE: Duration = Duration::from_secs(2);
+/// In sub-interpreter mode a request past `--timeout` first gets a
+/// TimeoutError raised in it by the worker's watchdog; the worker is killed
+/// only if the request has not unwound this much later (python::watchdog).
+const UNWIND_GRACE: Duration = Duration::from_secs(3);
 /// A worker that dies while booting is replaced after this, doubled for each
 /// further failure in a row up to BOOT_BACKOFF_MAX, so a broken C extension
 /// or a dead log pipe never becomes a fork loop.
@@ -682,7 +686,12 @@ impl Supervisor {
     /// Enforces --timeout, --max-requests and --graceful-timeout.
     fn check_workers(&mut self) {
         let now = Instant::now();
-        let timeout = self.config.timeout;
+        let timeout = match self.isolation {
+            Isolation::Subinterpreter if !self.config.timeout.is_zero() => {
+                self.config.timeout + UNWIND_GRACE
+            }
+            _ => self.config.timeout,
+        };
         for w in self.workers.iter_mut() {
             if let Some(aborted) = w.aborted_at {
                 if now.duration_since(aborted) > ABORT_GRACE {

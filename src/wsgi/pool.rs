@@ -104,6 +104,7 @@ impl Pool {
                 .name(format!("turbo-shard-{shard}-py{n}"))
                 .spawn(move || {
                     python::attach_thread(interp);
+                    python::watchdog::register(slot);
                     Python::attach(|py| worker(py, &wsgi, &board, slot, &rx));
                 })?;
         }
