@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from conftest import recv_all
+from conftest import read_response, recv_all
 
 APPS = ["hostile:wsgi", "hostile:asgi"]
 
@@ -30,6 +30,12 @@ def pid(server, timeout=5):
     status, body = get(server, "/pid", timeout)
     assert status == 200
     return int(body.split()[0])
+
+
+def rss_kib(process):
+    """The resident memory of a process, in KiB."""
+    with open(f"/proc/{process}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
 
 
 def drain(sock, limit=20):
@@ -183,7 +189,6 @@ def test_a_slow_upload_costs_only_its_connection(turbo, app):
         assert pid(server, timeout=2) == before
         assert time.monotonic() - started < 1
         time.sleep(1)  # the client's pace, not a synchronisation
-    from conftest import read_response
 
     status, _, body, _ = read_response(up)
     assert (status, body) == (200, b"70005")
@@ -292,3 +297,157 @@ def test_a_request_stuck_in_python_costs_one_request_not_the_worker(turbo, app):
     kept.request("GET", "/pid")
     assert int(kept.getresponse().read().split()[0]) == before
     kept.close()
+
+
+def test_worker_connections_caps_a_shard_and_leaves_the_rest_in_the_backlog(turbo):
+    server = turbo("hostile:wsgi", "--worker-connections", "10", "--keep-alive", "30")
+    held = []
+    for _ in range(10):
+        s = server.connect()
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == 200
+        held.append(s)
+    server.wait_for("10 connections \\(worker_connections\\)")
+    waiting = server.connect()
+    waiting.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+    waiting.settimeout(1)
+    with pytest.raises(socket.timeout):
+        waiting.recv(1)
+    # One held connection ends: the waiting one is accepted and answered,
+    # never reset.
+    held.pop().close()
+    assert read_response(waiting, timeout=10)[0] == 200
+    for s in held + [waiting]:
+        s.close()
+
+
+def test_a_slowloris_crowd_is_closed_at_the_header_timeout(turbo):
+    # 2000 connections each send part of a head and then one byte now and
+    # then; a normal client is answered at once throughout, and the crowd is
+    # closed (408) once the header timeout passes.
+    server = turbo("hostile:wsgi", "--header-timeout", "3", "--worker-connections", "5000")
+    before = pid(server)
+    crowd = []
+    for _ in range(2000):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n")
+        crowd.append(s)
+    started = time.monotonic()
+    for s in crowd[::50]:
+        s.sendall(b"X")
+        t = time.monotonic()
+        assert pid(server, timeout=2) == before
+        assert time.monotonic() - t < 1
+    closed = 0
+    deadline = time.monotonic() + 20
+    for s in crowd:
+        s.settimeout(max(0.1, deadline - time.monotonic()))
+        try:
+            data = s.recv(4096)
+        except (socket.timeout, ConnectionResetError):
+            data = None
+        if data is not None and (data == b"" or data.startswith(b"HTTP/1.1 408")):
+            closed += 1
+        s.close()
+    assert closed == 2000
+    assert time.monotonic() - started >= 2
+    assert pid(server) == before
+
+
+def test_thousands_of_idle_keep_alive_connections_cost_nobody_else(turbo):
+    server = turbo("hostile:wsgi", "--keep-alive", "60", "--worker-connections", "6000")
+    before = pid(server)
+    idle = []
+    for _ in range(5000):
+        s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        idle.append(s)
+    for s in idle:
+        assert read_response(s)[0] == 200
+    t = time.monotonic()
+    assert pid(server, timeout=2) == before
+    assert time.monotonic() - t < 1
+    # Each idle connection still serves its next request.
+    for s in idle[::100]:
+        s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == 200
+    for s in idle:
+        s.close()
+    assert pid(server) == before
+
+
+def test_a_pipelining_client_that_does_not_read_gets_backpressure(turbo):
+    import threading
+
+    server = turbo("hostile:wsgi")
+    before = pid(server)
+    # 30000 requests of 1 KB for 2 KB each: more than loopback's socket
+    # buffers hold either way.
+    n = 30000
+    flood = server.connect(timeout=30)
+    request = b"GET /pad?2000 HTTP/1.1\r\nHost: x\r\nX-Pad: " + b"p" * 1000 + b"\r\n\r\n"
+    sent = threading.Event()
+
+    def send_all():
+        flood.sendall(request * n)
+        sent.set()
+
+    sender = threading.Thread(target=send_all, daemon=True)
+    sender.start()
+    # While the flood goes unread, the server stops reading it (its socket
+    # buffers fill): the send cannot finish, and others are served.
+    rss_before = rss_kib(before)
+    assert not sent.wait(2)
+    for _ in range(5):
+        assert pid(server, timeout=2) == before
+    # 32 MB of requests and 60 MB of responses: the server holds few of them.
+    assert rss_kib(before) - rss_before < 32 * 1024
+    # Once the client reads, every request is answered.
+    answered = 0
+    while answered < n:
+        status, _, _, _ = read_response(flood, timeout=30)
+        assert status == 200
+        answered += 1
+    assert sent.wait(30)
+    flood.close()
+    assert pid(server) == before
+
+
+def test_a_large_head_dribbled_in_small_pieces_is_served(turbo):
+    # 700 KB of header fields, 100 bytes at a time: the head scan looks at
+    # each byte once, so the shard stays responsive and the request is served.
+    server = turbo("hostile:wsgi", "--header-timeout", "60")
+    before = pid(server)
+    fields = b"".join(b"X-F%d: %s\r\n" % (i, b"v" * 7800) for i in range(90))
+    head = b"GET /pid HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+    assert len(head) > 700_000
+    s = server.connect(timeout=30)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    for i in range(0, len(head), 100):
+        s.sendall(head[i : i + 100])
+        if i % 100_000 == 0:
+            assert pid(server, timeout=2) == before
+    status, _, body, _ = read_response(s, timeout=30)
+    assert status == 200 and int(body.split()[0]) == before
+    s.close()
+
+
+@pytest.mark.parametrize(
+    "flag, request_",
+    [
+        ("--limit-request-line", b"GET /" + b"a" * 8000 + b" HTTP/1.1\r\nHost: x\r\n\r\n"),
+        ("--limit-request-fields", b"GET / HTTP/1.1\r\nHost: x\r\n" + b"".join(b"X-%d: v\r\n" % i for i in range(500)) + b"\r\n"),
+        ("--limit-request-field_size", b"GET / HTTP/1.1\r\nHost: x\r\nX: " + b"a" * 20000 + b"\r\n\r\n"),
+    ],
+)
+def test_gunicorns_zero_limits(turbo, flag, request_):
+    # 0 is Gunicorn's: a request line of 8190, 32768 fields, no limit on one
+    # field. Each of these requests is over the default.
+    server = turbo("hostile:wsgi", flag, "0")
+    with server.connect() as s:
+        s.sendall(request_)
+        assert read_response(s)[0] == 200
+    default = turbo("hostile:wsgi")
+    with default.connect() as s:
+        s.sendall(request_)
+        assert read_response(s)[0] in (414, 431)

@@ -40,13 +40,12 @@ const HOOKS: &[&str] = &[
 
 /// Gunicorn settings that turbo deliberately ignores: its design has no
 /// place for them.
-const IGNORED: &[&str] = &["worker_connections", "worker_tmp_dir"];
+const IGNORED: &[&str] = &["worker_tmp_dir"];
 
 /// Gunicorn settings turbo does not implement yet.
 const NOT_YET: &[&str] = &[
     "spew",
     "initgroups",
-    "tmp_upload_dir",
     "disable_redirect_access_to_syslog",
     "logger_class",
     "syslog_addr",

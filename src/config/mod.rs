@@ -86,6 +86,10 @@ pub struct Config {
     pub backlog: u32,
     pub keep_alive: Duration,
     pub header_timeout: Duration,
+    /// The most connections a shard holds (`worker_connections`).
+    pub worker_connections: usize,
+    /// Where large request bodies are spooled (`tmp_upload_dir`).
+    pub tmp_upload_dir: Option<PathBuf>,
     /// How long a client may take no response bytes (`send_timeout`).
     pub send_timeout: Duration,
     pub limits: Limits,
@@ -774,6 +778,8 @@ impl Config {
             keep_alive: Duration::from_secs(seconds("keepalive")?),
             header_timeout: Duration::from_secs(seconds("header_timeout")?.max(1)),
             send_timeout: Duration::from_secs(seconds("send_timeout")?.max(1)),
+            worker_connections: value::<usize>(values, "worker_connections", "an integer")?.max(1),
+            tmp_upload_dir: values.one("tmp_upload_dir").map(PathBuf::from),
             // Gunicorn's 0s: a request line of 8190, 32768 fields, no limit
             // on one field, no limit on the body.
             limits: Limits {

@@ -127,6 +127,26 @@ pub static SETTINGS: &[Setting] = &[
         "The maximum number of pending connections per listening socket.",
     ),
     setting(
+        "worker_connections",
+        "Worker Processes",
+        &["--worker-connections"],
+        Value,
+        "1000",
+        "INT",
+        "The most connections one shard holds at once. Past it the shard stops \
+         accepting, and new connections wait in the listening socket's backlog.",
+    ),
+    setting(
+        "tmp_upload_dir",
+        "Server Mechanics",
+        &["--tmp-upload-dir"],
+        Value,
+        "",
+        "DIR",
+        "Where request bodies over 1 MiB are spooled while they arrive (an unlinked \
+         file), when the app has one thread per shard; $TMPDIR or /tmp by default.",
+    ),
+    setting(
         "workers",
         "Worker Processes",
         &["-w", "--workers", "--cores"],

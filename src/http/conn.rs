@@ -532,7 +532,7 @@ impl Conn {
             if body.len() > spool::MEMORY_MAX {
                 let spooled = match spool.as_mut() {
                     Some(spool) => spool.write(&body),
-                    None => Spool::new().and_then(|mut s| {
+                    None => Spool::new(cfg.tmp_upload_dir.as_deref()).and_then(|mut s| {
                         let written = s.write(&body);
                         spool = Some(s);
                         written

@@ -11,13 +11,13 @@ use std::os::fd::FromRawFd;
 /// Bodies are held in memory up to this size; past it they are spooled.
 pub const MEMORY_MAX: usize = 1 << 20;
 
-/// A body being written to an unlinked temporary file in `$TMPDIR` (or
-/// `/tmp`): it leaves no file behind, whatever becomes of the process.
+/// A body being written to an unlinked temporary file in `dir`, or `$TMPDIR`
+/// (or `/tmp`): it leaves no file behind, whatever becomes of the process.
 pub struct Spool(File);
 
 impl Spool {
-    pub fn new() -> std::io::Result<Spool> {
-        let dir = std::env::temp_dir();
+    pub fn new(dir: Option<&std::path::Path>) -> std::io::Result<Spool> {
+        let dir = dir.map_or_else(std::env::temp_dir, std::path::Path::to_path_buf);
         let path = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
             .map_err(std::io::Error::other)?;
         // SAFETY: open(2) with a valid path; the descriptor is owned below.

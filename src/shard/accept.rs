@@ -68,11 +68,28 @@ impl Drop for Admitted {
 /// reload the old and new workers share this socket, and an accept cancelled
 /// at the drain could swallow a connection.
 pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
+    let cap = shard.config.worker_connections;
+    // Said once each time the shard fills up, not per connection after.
+    let mut full_said = false;
     loop {
         accept_queued(&shard, &listener).await;
         if shard.drain.is_draining() {
             break;
         }
+        if shard.drain.live() >= cap {
+            // Full: new connections wait in the kernel's backlog, neither
+            // accepted nor reset, until one of ours ends.
+            if !full_said {
+                log::warn!(
+                    "Shard {}: {cap} connections (worker_connections); new ones wait in the backlog",
+                    shard.id
+                );
+                full_said = true;
+            }
+            shard.drain.room_below(cap).await;
+            continue;
+        }
+        full_said &= shard.drain.live() > cap - cap / 10;
         let ready = compio::runtime::submit(PollOnce::new(listener.clone(), Interest::Readable));
         let drain = shard.drain.started();
         let ready = std::pin::pin!(ready);
@@ -91,7 +108,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
 }
 
 async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
-    loop {
+    while shard.drain.live() < shard.config.worker_connections {
         match listener.socket.accept() {
             Ok((socket, addr)) => {
                 let peer = addr.as_socket();

@@ -17,6 +17,8 @@ pub struct Drain {
     free: RefCell<Vec<usize>>,
     /// The shard waiting for its last connection.
     last: RefCell<Option<Waker>>,
+    /// Accept loops waiting for a connection to end (`worker_connections`).
+    room: RefCell<Vec<Waker>>,
 }
 
 impl Drain {
@@ -26,6 +28,9 @@ impl Drain {
 
     pub fn start(&self) {
         self.draining.set(true);
+        for waker in self.room.borrow_mut().drain(..) {
+            waker.wake();
+        }
         for waker in self
             .waiters
             .borrow_mut()
@@ -57,6 +62,28 @@ impl Drain {
         if self.live.get() == 0 {
             self.wake_last();
         }
+        for waker in self.room.borrow_mut().drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// Connections live now.
+    pub fn live(&self) -> usize {
+        self.live.get()
+    }
+
+    /// Resolves once fewer than `cap` connections are live, or the drain
+    /// starts.
+    pub async fn room_below(&self, cap: usize) {
+        std::future::poll_fn(|cx| {
+            if self.live.get() < cap || self.draining.get() {
+                Poll::Ready(())
+            } else {
+                self.room.borrow_mut().push(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
     }
 
     /// Resolves once the drain has started and no connection is left.

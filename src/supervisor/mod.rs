@@ -160,6 +160,27 @@ fn daemonize() {
     }
 }
 
+/// Raises the soft limit on open files to the hard one, as servers that hold
+/// many connections do: workers inherit it. Says what it got.
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit read and write only `limit`.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        let soft = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if soft != limit.rlim_max && libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+            limit.rlim_cur = soft;
+        }
+    }
+    log::info!("Open files limit: {}", limit.rlim_cur);
+}
+
 pub fn run(mut config: Config) -> ! {
     // First, while this is the only thread: it takes the sockets (and their
     // variables) that systemd or a previous supervisor passed on.
@@ -177,6 +198,7 @@ pub fn run(mut config: Config) -> ! {
         }
     };
     log::info!("Starting turbo {}", env!("CARGO_PKG_VERSION"));
+    raise_open_files();
     for warning in &config.warnings {
         log::warn!("{warning}");
     }

@@ -3,6 +3,7 @@
 - `/pid`: the worker's pid and the serving thread's id, so a test can see
   that the worker survived and which shard answered.
 - `/big?mb=N`: a fresh N MiB bytes object, which turbo lends to the kernel.
+- `/pad?N`: N bytes.
 - `/upload`: reads the whole body and answers its length.
 - `/spin`: `while True: pass`, a request stuck in Python bytecode.
 """
@@ -18,6 +19,8 @@ def _answer(path, query, body_length):
     if path == "/big":
         mb = int(parse_qs(query).get("mb", ["64"])[0])
         return b"x" * (mb << 20)
+    if path == "/pad":
+        return b"p" * int(query or 0)
     if path == "/upload":
         return str(body_length).encode()
     if path == "/spin":
