@@ -209,3 +209,36 @@ def test_many_connections_at_once(turbo):
         return await asyncio.gather(*(one(i) for i in range(200)))
 
     assert run(go()) == [f"message {i}" for i in range(200)]
+
+
+def worker_rss_kib(srv):
+    """The resident memory of the server's worker, in KiB."""
+    with open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children") as f:
+        worker = int(f.read().split()[0])
+    with open(f"/proc/{worker}/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+
+
+def test_messages_the_app_has_not_received_are_bounded_by_bytes(turbo):
+    # 100 messages of 1 MiB to an app that receives nothing for 3 s: turbo
+    # stops reading once about 1 MiB waits, so the client's sends wait in
+    # the socket, and every message still arrives once the app reads.
+    srv = turbo("ws_app:app")
+    before = worker_rss_kib(srv)
+
+    async def go():
+        async with connect(url(srv, "/late"), max_size=None, write_limit=1 << 20) as ws:
+            chunk = b"m" * (1 << 20)
+
+            async def flood():
+                for _ in range(100):
+                    await ws.send(chunk)
+
+            sender = asyncio.ensure_future(flood())
+            await asyncio.sleep(1.5)  # inside the app's 3 s of not reading
+            assert not sender.done()
+            assert worker_rss_kib(srv) - before < 40 * 1024
+            await sender
+            assert await ws.recv() == str(100 << 20)
+
+    run(go())

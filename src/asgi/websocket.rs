@@ -24,9 +24,11 @@ use crate::http::parse::RequestHead;
 use crate::http::reason;
 use crate::http::websocket::{self as ws, Incoming};
 
-/// Messages the client sent that the app has not received yet, beyond which
-/// reading stops until it catches up.
+/// Messages the client sent that the app has not received yet, and their
+/// bytes, beyond which reading stops until it catches up: a connection holds
+/// at most QUEUE_BYTES plus one message (`ws_max_size`) of them.
 const QUEUE_LIMIT: usize = 64;
+const QUEUE_BYTES: usize = 1 << 20;
 /// send() makes the app wait once this much output is queued.
 const HIGH_WATER: usize = 64 * 1024;
 /// How long a closing connection waits for the client's close frame.
@@ -54,6 +56,34 @@ enum In {
     Disconnect(u16, String),
 }
 
+impl In {
+    fn size(&self) -> usize {
+        match self {
+            In::Text(t) => t.len(),
+            In::Bytes(b) => b.len(),
+            In::Connect | In::Disconnect(..) => 0,
+        }
+    }
+}
+
+impl Session {
+    fn push(&mut self, msg: In) {
+        self.incoming_bytes += msg.size();
+        self.incoming.push_back(msg);
+    }
+
+    fn pop(&mut self) -> Option<In> {
+        let msg = self.incoming.pop_front()?;
+        self.incoming_bytes -= msg.size();
+        Some(msg)
+    }
+
+    /// Whether the app is far enough behind that reading waits.
+    fn backlogged(&self) -> bool {
+        self.incoming.len() >= QUEUE_LIMIT || self.incoming_bytes >= QUEUE_BYTES
+    }
+}
+
 #[derive(PartialEq, Eq, Clone, Copy, Default)]
 enum Phase {
     /// Waiting for the app to accept, close or deny.
@@ -70,6 +100,8 @@ enum Phase {
 struct Session {
     phase: Phase,
     incoming: VecDeque<In>,
+    /// The bytes of the messages in `incoming`.
+    incoming_bytes: usize,
     receive_waiter: Option<Py<PyAny>>,
     out: Vec<u8>,
     close_sent: bool,
@@ -118,7 +150,7 @@ fn message<'py>(py: Python<'py>, asgi: &Asgi, msg: In) -> PyResult<Bound<'py, Py
 fn receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) -> PyResult<Py<PyAny>> {
     let mut s = task::exclusive(shared)?;
     let fut = asgi.create_future.call0(py)?;
-    if let Some(msg) = s.incoming.pop_front() {
+    if let Some(msg) = s.pop() {
         s.wake();
         fut.call_method1(
             py,
@@ -145,7 +177,7 @@ fn answer_receive(py: Python<'_>, asgi: &Asgi, shared: &Shared) {
     let Some(waiter) = waiter.filter(|w| !task::is_done(py, asgi, w)) else {
         return;
     };
-    let Some(msg) = shared.borrow_mut().incoming.pop_front() else {
+    let Some(msg) = shared.borrow_mut().pop() else {
         return;
     };
     if let Ok(msg) = message(py, asgi, msg) {
@@ -348,7 +380,7 @@ pub async fn serve(
         link: link.clone(),
         ..Session::default()
     }));
-    shared.borrow_mut().incoming.push_back(In::Connect);
+    shared.borrow_mut().push(In::Connect);
     let hs = Handshake {
         accept_key: ws::accept_key(&key),
         offered,
@@ -388,9 +420,9 @@ pub async fn serve(
             }
         }
         task::release(asgi, flushed);
-        let (phase, close_sent, disconnected, queued) = {
+        let (phase, close_sent, disconnected, backlogged) = {
             let s = shared.borrow();
-            (s.phase, s.close_sent, s.disconnected, s.incoming.len())
+            (s.phase, s.close_sent, s.disconnected, s.backlogged())
         };
         if phase == Phase::Done || disconnected {
             return client_gone(asgi);
@@ -420,7 +452,7 @@ pub async fn serve(
             closing_since = Some(std::time::Instant::now());
         }
         // Once open, read frames, unless the app is far behind.
-        if phase == Phase::Open && reading.is_none() && queued < QUEUE_LIMIT {
+        if phase == Phase::Open && reading.is_none() && !backlogged {
             let mut buf = std::mem::take(&mut scratch);
             buf.clear();
             let mut reader = stream.clone();
@@ -494,8 +526,8 @@ pub async fn serve(
 fn take_in(shared: &Shared, msg: Incoming) -> Option<(u16, String)> {
     let mut s = shared.borrow_mut();
     match msg {
-        Incoming::Text(t) => s.incoming.push_back(In::Text(t)),
-        Incoming::Binary(b) => s.incoming.push_back(In::Bytes(b)),
+        Incoming::Text(t) => s.push(In::Text(t)),
+        Incoming::Binary(b) => s.push(In::Bytes(b)),
         Incoming::Ping(p) => ws::frame(&mut s.out, ws::OP_PONG, &p),
         Incoming::Pong => {}
         Incoming::Close(code, reason) => {
@@ -520,8 +552,7 @@ fn disconnect(asgi: &Asgi, shared: &Shared, code: u16, reason: &str) {
     {
         let mut s = shared.borrow_mut();
         s.disconnected = true;
-        s.incoming
-            .push_back(In::Disconnect(code, reason.to_string()));
+        s.push(In::Disconnect(code, reason.to_string()));
     }
     Python::attach(|py| answer_receive(py, asgi, shared));
 }

@@ -42,6 +42,15 @@ async def app(scope, receive, send):
     if path == "/close":
         await send({"type": "websocket.close", "code": 4001, "reason": "go away"})
         return
+    if path == "/late":
+        # Receives nothing for a while, then counts what came.
+        await asyncio.sleep(3)
+        total = 0
+        while total < 100 << 20:
+            message = await receive()
+            total += len(message.get("bytes") or b"")
+        await send({"type": "websocket.send", "text": str(total)})
+        return
     if path == "/patient":
         # receive() given up on twice before a message comes.
         for _ in range(2):
