@@ -10,7 +10,8 @@ the load generator is the bottleneck; PSS is summed over the same tree after the
 load. "bare" is a Rust hello server on compio with no Python, the floor.
 
 Modes: the apps (default), --memory (PSS of the Flask app at 1 and 2 workers),
---scaling (turbo's CPU-bound throughput on 1 and 2 shards).
+--scaling (turbo's CPU-bound throughput on 1 and 2 shards), --hostile (memory
+per idle connection and the CPU a dribbled head costs; bench/hostile.py).
 """
 
 import argparse
@@ -23,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 import harness
+import hostile
 import peers
 import report
 import suite
@@ -186,6 +188,8 @@ def main():
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--memory", action="store_true", help="PSS at 1 and 2 workers instead (Flask app)")
     mode.add_argument("--scaling", action="store_true", help="turbo on 1 and 2 shards instead (CPU-bound app)")
+    mode.add_argument("--hostile", action="store_true",
+                      help="memory per idle connection and a dribbled head's CPU instead (bench/hostile.py)")
     args = ap.parse_args()
     turbo = os.path.abspath(args.turbo)
     if not os.access(turbo, os.X_OK):
@@ -199,6 +203,8 @@ def main():
             memory(args, turbo, env)
         elif args.scaling:
             scaling(args, turbo, env)
+        elif args.hostile:
+            hostile.run(args, turbo, env)
         else:
             wants_bare = "bare" in args.servers.split(",") and any(a.bare for a in suite.select(args.apps))
             if wants_bare and not peers.BARE.exists():

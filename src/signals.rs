@@ -151,7 +151,7 @@ pub fn die_of(sig: i32) -> ! {
 }
 
 /// Leaves the process without finalising Python, which CPython 3.12 cannot do
-/// safely with live sub-interpreters (DESIGN.md).
+/// safely with live sub-interpreters (docs/architecture.md, "Facts").
 pub fn exit_now(code: i32) -> ! {
     use std::io::Write;
     crate::logging::python::flush();

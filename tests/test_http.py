@@ -254,3 +254,73 @@ def test_other_connections_unaffected_by_a_slow_client(turbo):
         conn.request("GET", "/")
         assert conn.getresponse().read() == b"Hello, World!"
     slow.close()
+
+
+def refused(srv, raw):
+    with srv.connect() as s:
+        s.sendall(raw)
+        return recv_all(s)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"GET * HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nContent-Length: 5\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\nHost: other\r\n\r\n",
+        b"GET / HTTP/1.1\nHost: x\r\n\r\n",
+        b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1\nx\r\n0\r\n\r\n",
+    ],
+    ids=["star-not-options", "empty-te", "trailer-length", "trailer-host", "bare-lf-head", "bare-lf-chunk"],
+)
+def test_rfc_9112_edge_cases_are_400(turbo, raw):
+    srv = turbo("echo:echo")
+    assert refused(srv, raw).startswith(b"HTTP/1.1 400 ")
+
+
+def test_options_star_and_double_slash_targets_reach_the_app(turbo):
+    srv = turbo("echo:environ_app")
+    with srv.connect() as s:
+        s.sendall(b"OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == 200
+        s.sendall(b"PURGE //a//b?c=1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, _, body, _ = read_response(s)
+    environ = json.loads(body)
+    assert (status, environ["REQUEST_METHOD"], environ["PATH_INFO"]) == (200, "PURGE", "//a//b")
+
+
+def test_a_1xx_final_status_is_an_error(turbo):
+    srv = turbo("echo:status")
+    with srv.connect() as s:
+        s.sendall(b"GET /?103 HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == 500
+    asgi = turbo("asgi_values:app")
+    with asgi.connect() as s:
+        s.sendall(b"GET /early HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert read_response(s)[0] == 500
+
+
+def test_a_websocket_upgrade_needs_get_and_connection_upgrade(turbo):
+    srv = turbo("ws_app:app")
+    key = b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+    for raw in (
+        b"POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" + key + b"Content-Length: 0\r\n\r\n",
+        b"GET / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n" + key + b"\r\n",
+    ):
+        with srv.connect() as s:
+            s.sendall(raw)
+            status, _, body, _ = read_response(s)
+        # An ordinary HTTP request, which the app answers as one.
+        assert (status, body) == (200, b"plain http")
+
+
+def test_a_pathsend_file_shorter_than_its_content_length_closes_the_connection(turbo, tmp_path):
+    path = tmp_path / "short"
+    path.write_bytes(b"x" * 1000)
+    srv = turbo("asgi_values:app")
+    with srv.connect() as s:
+        s.sendall(f"GET /short-file?{path},5000 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        got = recv_all(s)
+    assert got.endswith(b"x" * 1000) and b"content-length: 5000" in got.lower()
+    srv.wait_for("4000 bytes fewer than the Content-Length")

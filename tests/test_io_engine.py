@@ -10,7 +10,7 @@ import sys
 import httpx
 import pytest
 
-from conftest import BIN
+from conftest import BIN, IO_ENGINE
 
 # Installs a seccomp filter that fails io_uring_setup with EPERM, then runs
 # the rest of the command line.
@@ -85,3 +85,25 @@ def test_check_system_names_a_refused_io_uring():
     code, text = run_check((sys.executable, "-c", NO_IO_URING))
     assert code == 1
     assert "[WARN] io_uring: refused" in text, text
+
+
+@pytest.mark.skipif(IO_ENGINE == "epoll", reason="the epoll pass")
+def test_the_io_uring_passes_serve_on_io_uring(turbo):
+    # A host that refused io_uring would turn every other pass silently into
+    # an epoll run: the worker must hold io_uring rings, and serve.
+    import os
+
+    srv = turbo("hello:app", "--cores", "2")
+    assert "io_uring is not available" not in srv.log
+    assert srv.wait_for("Ready:").rstrip().endswith("io_uring")
+    assert httpx.get(srv.url(), timeout=10).status_code == 200
+    with open(f"/proc/{srv.proc.pid}/task/{srv.proc.pid}/children") as f:
+        worker = int(f.read().split()[0])
+    fds = os.listdir(f"/proc/{worker}/fd")
+    rings = 0
+    for fd in fds:
+        try:
+            rings += os.readlink(f"/proc/{worker}/fd/{fd}") == "anon_inode:[io_uring]"
+        except OSError:
+            pass
+    assert rings >= 2

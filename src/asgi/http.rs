@@ -343,7 +343,8 @@ fn send(
                 .get_item(asgi.keys.status.bind(py))?
                 .ok_or_else(|| pyo3::exceptions::PyKeyError::new_err("status"))?
                 .extract()?;
-            if !(100..=999).contains(&status) {
+            // A 1xx is interim: it cannot be the response (RFC 9110 15.2).
+            if !(200..=999).contains(&status) {
                 return Err(runtime_error(format!("invalid status {status}")));
             }
             let mut lines = Vec::new();
@@ -463,7 +464,18 @@ fn send(
                 )));
             }
             write_head(&mut ex, meta, date, Some(size.len()));
-            let length = ex.remaining.unwrap_or(0).min(size.len());
+            let declared = ex.remaining.unwrap_or(0);
+            let length = declared.min(size.len());
+            if declared > length && !meta.is_head {
+                // The client waits for bytes that will never come: the
+                // connection cannot carry another response.
+                log::error!(
+                    "http.response.pathsend: {} has {} bytes fewer than the Content-Length",
+                    path.display(),
+                    declared - length
+                );
+                ex.keep_alive = false;
+            }
             if !meta.is_head && length > 0 {
                 ex.file = Some(FileSpan::new(file, 0, length));
                 ex.sent += length;

@@ -35,11 +35,20 @@ const HIGH_WATER: usize = 64 * 1024;
 const CLOSE_WAIT: Duration = Duration::from_secs(5);
 
 /// Whether a request asks to open a WebSocket.
+/// A GET whose Upgrade names websocket and whose Connection says upgrade
+/// (RFC 6455 4.1); anything else is an ordinary HTTP request.
 pub fn is_upgrade(buf: &[u8], head: &RequestHead) -> bool {
-    head.headers.iter().any(|(n, v)| {
-        buf[n.clone()].eq_ignore_ascii_case(b"upgrade")
-            && crate::http::parse::trim(&buf[v.clone()]).eq_ignore_ascii_case(b"websocket")
-    })
+    let field = |name: &[u8], token: &[u8]| {
+        head.headers.iter().any(|(n, v)| {
+            buf[n.clone()].eq_ignore_ascii_case(name)
+                && buf[v.clone()]
+                    .split(|&b| b == b',')
+                    .any(|t| crate::http::parse::trim(t).eq_ignore_ascii_case(token))
+        })
+    };
+    &buf[head.method.clone()] == b"GET"
+        && field(b"upgrade", b"websocket")
+        && field(b"connection", b"upgrade")
 }
 
 fn header<'a>(buf: &'a [u8], head: &RequestHead, name: &[u8]) -> Option<&'a [u8]> {

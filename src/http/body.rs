@@ -140,6 +140,9 @@ impl Decoder {
                     if rest[..line].contains(&0) {
                         return Err(HttpError::bad_request("invalid character in trailer"));
                     }
+                    if line > 2 && !trailer_allowed(&rest[..line]) {
+                        return Err(HttpError::bad_request("a field that must not be a trailer"));
+                    }
                     pos += line;
                     self.state = if line == 2 {
                         State::Done
@@ -182,6 +185,45 @@ fn line(buf: &[u8], max: usize) -> Result<Option<usize>, HttpError> {
         None if buf.len() >= max => Err(HttpError::bad_request("chunk line too long")),
         None => Ok(None),
     }
+}
+
+/// Fields a trailer section must not carry (RFC 9110 6.5.1): framing,
+/// routing, request modifiers, authentication and content metadata. A
+/// recipient that merged them into the head would be fooled.
+const NOT_TRAILERS: &[&[u8]] = &[
+    b"content-length",
+    b"transfer-encoding",
+    b"host",
+    b"trailer",
+    b"te",
+    b"expect",
+    b"range",
+    b"max-forwards",
+    b"cache-control",
+    b"pragma",
+    b"authorization",
+    b"proxy-authorization",
+    b"cookie",
+    b"content-encoding",
+    b"content-type",
+    b"content-range",
+    b"connection",
+    b"upgrade",
+    b"if-match",
+    b"if-none-match",
+    b"if-modified-since",
+    b"if-unmodified-since",
+    b"if-range",
+];
+
+/// Whether a trailer line (with its CRLF) names a field allowed there. A
+/// line without a colon is malformed and refused too.
+fn trailer_allowed(line: &[u8]) -> bool {
+    let Some(colon) = line.iter().position(|&b| b == b':') else {
+        return false;
+    };
+    let name = &line[..colon];
+    !name.is_empty() && !NOT_TRAILERS.iter().any(|n| name.eq_ignore_ascii_case(n))
 }
 
 /// `1*HEXDIG [ BWS ";" chunk-ext ]`, without the CRLF.
@@ -235,6 +277,22 @@ mod tests {
         assert_eq!(out, b"hello world");
         assert_eq!(&body[used..], b"NEXT");
         assert!(done);
+    }
+
+    #[test]
+    fn trailers_that_must_not_be_trailers_are_refused() {
+        for field in [
+            "Content-Length: 5",
+            "transfer-encoding: chunked",
+            "Host: evil",
+            "no colon",
+        ] {
+            let body = format!("1\r\nx\r\n0\r\n{field}\r\n\r\n");
+            let err = decode_all(BodyKind::Chunked, body.as_bytes()).unwrap_err();
+            assert_eq!(err.status, 400, "{field}");
+        }
+        let body = b"1\r\nx\r\n0\r\nX-Checksum: 1\r\nServer-Timing: a\r\n\r\n";
+        assert!(decode_all(BodyKind::Chunked, body).unwrap().2);
     }
 
     #[test]

@@ -505,6 +505,11 @@ impl Conn {
                     .is_some_and(|n| n as usize + body.len() > STREAM_AT)
                     || body.len() + (self.rbuf.len() - head.len) > STREAM_AT;
                 if waiting_for_continue || large {
+                    // The app's thread sends 100 Continue on its first read,
+                    // straight to the socket: what is owed before it goes first.
+                    if waiting_for_continue && self.pending() > 0 && !self.flush().await {
+                        return Err(None);
+                    }
                     let pending = self.rbuf.split_off(head.len);
                     let stream = BodyStream::new(
                         self.stream.as_raw_fd(),

@@ -5,6 +5,8 @@
 pub mod body;
 pub mod conn;
 pub mod encode;
+#[cfg(test)]
+mod fuzz;
 pub mod output;
 pub mod parse;
 pub mod proxy;

@@ -178,6 +178,16 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<Opti
         }
     };
 
+    // A bare LF ends a line for httparse; it is refused here as in chunked
+    // bodies (`body`), since lenient line endings are a smuggling vector.
+    let mut from = 0;
+    while let Some(i) = buf[from..len].iter().position(|&b| b == b'\n') {
+        let at = from + i;
+        if at == 0 || buf[at - 1] != b'\r' {
+            return Err(HttpError::bad_request("bare LF in request head"));
+        }
+        from = at + 1;
+    }
     head.headers.clear();
     head.len = len;
     head.minor = req.version.unwrap_or(1);
@@ -186,6 +196,10 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<Opti
     };
     head.method = range_of(buf, method.as_bytes());
     head.target = range_of(buf, target.as_bytes());
+    // The asterisk-form is for OPTIONS alone (RFC 9112 3.2.4).
+    if target == "*" && method != "OPTIONS" {
+        return Err(HttpError::bad_request("'*' is a target for OPTIONS only"));
+    }
 
     let mut length: Option<u64> = None;
     let mut transfer_encoding = false;
@@ -218,6 +232,13 @@ pub fn parse(buf: &[u8], limits: &Limits, head: &mut RequestHead) -> Result<Opti
             }
             length = Some(n);
         } else if name.eq_ignore_ascii_case(b"transfer-encoding") {
+            if h.value
+                .split(|&b| b == b',')
+                .map(trim)
+                .all(<[u8]>::is_empty)
+            {
+                return Err(HttpError::bad_request("empty Transfer-Encoding"));
+            }
             for coding in h.value.split(|&b| b == b',').map(trim) {
                 if coding.is_empty() {
                     continue;
@@ -473,14 +494,17 @@ mod tests {
         }
         assert_eq!(scan.parse(&raw[..end], &LIMITS, &mut head), Ok(Some(())));
         assert_eq!(head.len, end);
-        // Bare LF ends a head too.
+        // A bare LF ends the scan, and the parser refuses it.
         let mut scan = HeadScan::default();
         let bare = b"GET / HTTP/1.1\nHost: x\n\n";
         assert_eq!(
             scan.parse(&bare[..bare.len() - 1], &LIMITS, &mut head),
             Ok(None)
         );
-        assert_eq!(scan.parse(bare, &LIMITS, &mut head), Ok(Some(())));
+        assert_eq!(
+            scan.parse(bare, &LIMITS, &mut head).map_err(|e| e.status),
+            Err(400)
+        );
     }
 
     #[test]
@@ -517,5 +541,29 @@ mod tests {
             "a".repeat(20_000)
         );
         assert_eq!(parse(big.as_bytes(), &open, &mut head), Ok(Some(())));
+    }
+
+    #[test]
+    fn edge_cases_of_rfc_9112() {
+        assert_eq!(status_of("GET * HTTP/1.1\r\nHost: x\r\n\r\n"), 400);
+        assert!(
+            parse_str("OPTIONS * HTTP/1.1\r\nHost: x\r\n\r\n")
+                .unwrap()
+                .is_some()
+        );
+        assert_eq!(
+            status_of("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: \r\n\r\n"),
+            400
+        );
+        assert_eq!(
+            status_of("POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: ,\r\n\r\n"),
+            400
+        );
+        assert_eq!(status_of("GET / HTTP/1.1\nHost: x\r\n\r\n"), 400);
+        // Any token is a method; a target starting with // is origin-form.
+        let raw = "PURGE //a//b?c HTTP/1.1\r\nHost: x\r\n\r\n";
+        let head = parse_str(raw).unwrap().unwrap();
+        assert_eq!(&raw[head.method.clone()], "PURGE");
+        assert_eq!(&raw[head.target.clone()], "//a//b?c");
     }
 }

@@ -4,7 +4,7 @@
 //!
 //! pyo3 keeps some process-wide caches that break across interpreters, so this
 //! module and the bridges use only per-interpreter objects: no `intern!`, no
-//! `#[pyclass]`, no once-cells (see DESIGN.md).
+//! `#[pyclass]`, no once-cells (docs/architecture.md, "Python references").
 
 pub mod app;
 pub mod lent;
@@ -128,7 +128,7 @@ unsafe fn set_config_path(
 
 /// CPython 3.12.1 double-frees when a second interpreter first imports these
 /// single-phase extension modules; importing them in the main interpreter first
-/// avoids it (measured, see DESIGN.md).
+/// avoids it (docs/architecture.md, "Facts").
 unsafe fn preimport_for_312() {
     for name in [
         c"_datetime",

@@ -16,7 +16,7 @@ use crate::config::IoEngine;
 /// The runtime for one shard's thread. With io_uring, a ring that one thread
 /// alone submits to: COOP_TASKRUN, TASKRUN_FLAG, SINGLE_ISSUER and
 /// DEFER_TASKRUN together cut the CPU per request by about a third on this
-/// kernel (DESIGN.md).
+/// kernel (docs/architecture.md, "Facts").
 pub fn build(engine: IoEngine) -> std::io::Result<Runtime> {
     let mut proactor = ProactorBuilder::new();
     proactor

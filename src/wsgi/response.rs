@@ -439,7 +439,8 @@ impl Response {
             .filter(|d| d.iter().all(u8::is_ascii_digit))
             .filter(|_| status_bytes.len() == 3 || status_bytes[3] == b' ')
             .map(|d| d.iter().fold(0u16, |n, &b| n * 10 + u16::from(b - b'0')))
-            .filter(|c| (100..=999).contains(c))
+            // A 1xx is interim: it cannot be the response (RFC 9110 15.2).
+            .filter(|c| (200..=999).contains(c))
             .ok_or_else(|| {
                 Failure::Bad(format!(
                     "invalid status {:?}",

@@ -35,6 +35,18 @@ async def app(scope, receive, send):
             send({"type": "http.response.start", "status": 200, "headers": []})
 
         headers = headers_that_send()
+    elif path == "/early":
+        # A 1xx cannot be the final status.
+        await send({"type": "http.response.start", "status": 103, "headers": []})
+        return
+    elif path == "/short-file":
+        # pathsend of a file shorter than the Content-Length it declares.
+        name, length = scope["query_string"].decode().rsplit(",", 1)
+        await send(
+            {"type": "http.response.start", "status": 200, "headers": [(b"content-length", length.encode())]}
+        )
+        await send({"type": "http.response.pathsend", "path": name})
+        return
     elif path == "/thread":
         body = str(threading.get_native_id()).encode()
     await send({"type": "http.response.start", "status": 200, "headers": headers})
