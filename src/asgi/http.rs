@@ -361,11 +361,11 @@ fn send(
                             .push((name.to_ascii_lowercase(), value.to_vec()));
                     }
                     if name.eq_ignore_ascii_case(b"content-length") {
-                        let v = crate::http::parse::trim(&value);
+                        let v = crate::http::parse::trim(value);
                         length = Some(parse_length(v).ok_or_else(|| {
                             runtime_error(format!(
                                 "invalid Content-Length {:?}",
-                                String::from_utf8_lossy(&value)
+                                String::from_utf8_lossy(value)
                             ))
                         })?);
                         continue;
