@@ -235,6 +235,8 @@ def test_requests_wait_for_lifespan_startup(turbo):
     with socket.create_connection(("127.0.0.1", srv.port), timeout=30) as s:
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert read_response(s, timeout=30)[2] == b"after startup"
+    # The log reaches the test through a reader thread: wait for the line.
+    srv.wait_for("handled a request")
     log = srv.log
     assert log.index("startup finished") < log.index("handled a request")
 

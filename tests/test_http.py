@@ -165,8 +165,9 @@ def test_request_split_into_tiny_writes(turbo):
     assert (status, body) == (200, b"abcde")
 
 
-def test_expect_100_continue_sent_when_app_reads(turbo):
-    srv = turbo("echo:echo")
+def post_after_100_continue(srv):
+    """Sends a head with `Expect: 100-continue`, waits for the interim
+    response, then sends the body; the final response."""
     with srv.connect() as s:
         s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
         s.settimeout(10)
@@ -175,24 +176,18 @@ def test_expect_100_continue_sent_when_app_reads(turbo):
             interim += s.recv(1)
         assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
         s.sendall(b"hello")
-        status, _, body, _ = read_response(s)
+        return read_response(s)
+
+
+def test_expect_100_continue_sent_when_app_reads(turbo):
+    status, _, body, _ = post_after_100_continue(turbo("echo:echo"))
     assert (status, body) == (200, b"hello")
 
 
 def test_with_one_thread_100_continue_comes_before_the_app_runs(turbo):
     # The body is read through the ring before the app runs (a slow upload
     # must not hold the shard), so, as Gunicorn does, turbo asks for it at once.
-    srv = turbo("hello:app", "--threads", "1")
-    with srv.connect() as s:
-        s.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n")
-        s.settimeout(10)
-        interim = b""
-        while b"\r\n\r\n" not in interim:
-            interim += s.recv(1)
-        assert interim == b"HTTP/1.1 100 Continue\r\n\r\n"
-        s.sendall(b"hello")
-        status, _, _, _ = read_response(s)
-    assert status == 200
+    assert post_after_100_continue(turbo("hello:app", "--threads", "1"))[0] == 200
 
 
 def test_with_threads_no_100_continue_when_app_ignores_body(turbo):
