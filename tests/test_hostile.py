@@ -361,9 +361,8 @@ def test_thousands_of_idle_keep_alive_connections_cost_nobody_else(turbo):
     for _ in range(5000):
         s = socket.create_connection(("127.0.0.1", server.port), timeout=10)
         s.sendall(b"GET /pid HTTP/1.1\r\nHost: x\r\n\r\n")
-        idle.append(s)
-    for s in idle:
         assert read_response(s)[0] == 200
+        idle.append(s)
     t = time.monotonic()
     assert pid(server, timeout=2) == before
     assert time.monotonic() - t < 1
