@@ -319,3 +319,30 @@ def test_a_pathsend_file_shorter_than_its_content_length_closes_the_connection(t
         got = recv_all(s)
     assert got.endswith(b"x" * 1000) and b"content-length: 5000" in got.lower()
     srv.wait_for("4000 bytes fewer than the Content-Length")
+
+
+@pytest.mark.parametrize("threads", ["1", "2"])
+def test_100_continue_never_overtakes_an_earlier_response(turbo, threads):
+    # A GET and a POST that waits for 100 Continue, pipelined: the GET's
+    # response goes out first, whoever sends the interim response.
+    srv = turbo("echo:echo", "--threads", threads)
+    with srv.connect() as s:
+        s.sendall(
+            b"GET /?first HTTP/1.1\r\nHost: x\r\n\r\n"
+            b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n"
+        )
+        s.settimeout(10)
+        got = b""
+        while b"100 Continue\r\n\r\n" not in got:
+            data = s.recv(65536)
+            assert data, got
+            got += data
+        assert got.startswith(b"HTTP/1.1 200 ")
+        assert got.index(b"HTTP/1.1 100 Continue") > got.index(b"\r\n\r\n")
+        s.sendall(b"hello")
+        rest = got[got.index(b"100 Continue\r\n\r\n") + len(b"100 Continue\r\n\r\n"):]
+        while b"hello" not in rest:
+            data = s.recv(65536)
+            assert data, rest
+            rest += data
+        assert rest.startswith(b"HTTP/1.1 200 ")
