@@ -144,7 +144,9 @@ pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>)
         shard: shard.clone(),
         stream,
         rbuf: Vec::with_capacity(RBUF_SIZE),
-        out: Vec::with_capacity(8192),
+        // Grown by the first response to the size responses need: an idle
+        // connection should not hold a write buffer it has never used.
+        out: Vec::new(),
         lent: Lent::default(),
         zerocopy: zerocopy_for(shard.config.send_zerocopy, &ends),
     };
