@@ -2,7 +2,7 @@
 //! same format string gives the same line, byte for byte. Parsed once; each
 //! request fills an `Entry` and gets one line, written with one write(2).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
@@ -331,7 +331,8 @@ pub struct AccessLog {
     /// Records go to Python's logging.
     python: bool,
     path: Option<std::path::PathBuf>,
-    file: Mutex<Option<Arc<std::fs::File>>>,
+    /// The open log file as the sink writes to it; None: standard output.
+    file: Mutex<Option<Target>>,
     statsd: Option<&'static crate::statsd::Statsd>,
 }
 
@@ -372,7 +373,7 @@ impl AccessLog {
                 .append(true)
                 .open(path)?;
             if let Ok(mut slot) = self.file.lock() {
-                *slot = Some(Arc::new(file));
+                *slot = Some(Target::for_file(file));
             }
             return Ok(true);
         }
@@ -412,10 +413,12 @@ impl AccessLog {
         }
         let mut line = self.format.line(entry);
         line.push('\n');
-        let target = match self.file.lock().ok().and_then(|f| f.clone()) {
-            Some(file) => Target::File(file),
-            None => Target::Stdout,
-        };
+        let target = self
+            .file
+            .lock()
+            .ok()
+            .and_then(|f| f.clone())
+            .unwrap_or(Target::Stdout);
         crate::logging::sink::write(target, line.into_bytes());
     }
 }

@@ -25,8 +25,23 @@ pub(super) const QUEUE_LINES: usize = 8192;
 pub enum Target {
     Stderr,
     Stdout,
-    /// An access log file; the line keeps it open across a USR1 reopen.
+    /// An access log that is a regular file, where a write never waits; the
+    /// line keeps it open across a USR1 reopen.
+    Regular(Arc<File>),
+    /// Any other access log target (a FIFO, a character device).
     File(Arc<File>),
+}
+
+impl Target {
+    /// The target for an opened access log file, told apart once here so
+    /// that a regular file's lines need no poll.
+    pub fn for_file(file: File) -> Target {
+        if file.metadata().is_ok_and(|m| m.is_file()) {
+            Target::Regular(Arc::new(file))
+        } else {
+            Target::File(Arc::new(file))
+        }
+    }
 }
 
 enum Item {
@@ -139,13 +154,12 @@ fn report_dropped(target: &Target) {
 }
 
 /// Whether one write of `len` bytes to `target` completes without waiting:
-/// a pipe with room for it (an atomic write of at most PIPE_BUF), or a
-/// regular file, which poll reports always ready.
+/// a regular file, or a pipe with room for it (an atomic write of at most
+/// PIPE_BUF), which poll says.
 fn writable_now(target: &Target, len: usize) -> bool {
-    if len > libc::PIPE_BUF {
-        return false;
-    }
     let fd = match target {
+        Target::Regular(_) => return true,
+        _ if len > libc::PIPE_BUF => return false,
         Target::Stderr => libc::STDERR_FILENO,
         Target::Stdout => libc::STDOUT_FILENO,
         Target::File(file) => std::os::fd::AsRawFd::as_raw_fd(&**file),
@@ -164,6 +178,6 @@ fn write_to(target: &Target, bytes: &[u8]) -> bool {
     match target {
         Target::Stderr => std::io::stderr().lock().write_all(bytes).is_ok(),
         Target::Stdout => std::io::stdout().lock().write_all(bytes).is_ok(),
-        Target::File(file) => (&**file).write_all(bytes).is_ok(),
+        Target::Regular(file) | Target::File(file) => (&**file).write_all(bytes).is_ok(),
     }
 }

@@ -157,20 +157,13 @@ impl Wsgi {
                 .map(|m| (m.as_bytes(), key(py, m)))
                 .collect(),
         };
+        let io = py.import("io").map_err(failed)?;
         Ok(Wsgi {
             app,
             start_response: attr("StartResponse")?,
             input_stream: attr("Input")?,
-            bytes_io: py
-                .import("io")
-                .and_then(|io| io.getattr("BytesIO"))
-                .map_err(failed)?
-                .unbind(),
-            open: py
-                .import("io")
-                .and_then(|io| io.getattr("open"))
-                .map_err(failed)?
-                .unbind(),
+            bytes_io: io.getattr("BytesIO").map_err(failed)?.unbind(),
+            open: io.getattr("open").map_err(failed)?.unbind(),
             file_wrapper,
             loaded: loaded.clone(),
             template: template.unbind(),
