@@ -318,7 +318,7 @@ def test_a_pathsend_file_shorter_than_its_content_length_closes_the_connection(t
         s.sendall(f"GET /short-file?{path},5000 HTTP/1.1\r\nHost: x\r\n\r\n".encode())
         got = recv_all(s)
     assert got.endswith(b"x" * 1000) and b"content-length: 5000" in got.lower()
-    srv.wait_for("4000 bytes fewer than the Content-Length")
+    srv.wait_for("4000 bytes fewer than its Content-Length")
 
 
 @pytest.mark.parametrize("threads", ["1", "2"])

@@ -27,13 +27,14 @@ use super::task::{self, Link};
 use crate::access_log::{self, AccessLog, Outcome};
 use crate::hooks::RequestHooks;
 use crate::http::body::Decoder;
-use crate::http::encode::{self, Framing};
-use crate::http::output::{Lent, append_body};
+use crate::http::encode;
+use crate::http::output::{Framer, Lent, Meta};
 use crate::http::parse::RequestHead;
 use crate::http::sendfile::FileSpan;
 use crate::http::stream::{Endpoints, Peek, Stream};
 use crate::http::tls::{Facts, Tls};
 use crate::http::{HttpError, reason};
+use crate::python::lent::LentBytes;
 use crate::wsgi::environ::{percent_decode, split_target};
 
 /// send() makes the app wait once this much output is queued.
@@ -108,14 +109,6 @@ impl Peers {
     }
 }
 
-/// What the connection needs to frame the response.
-#[derive(Clone, Copy)]
-pub struct Meta {
-    pub minor: u8,
-    pub is_head: bool,
-    pub keep_alive: bool,
-}
-
 #[derive(Default)]
 struct Exchange {
     /// Decoded request body not yet handed to the app.
@@ -132,11 +125,9 @@ struct Exchange {
 
     /// Status and encoded header lines from `http.response.start`.
     start: Option<(u16, Vec<u8>, Option<u64>)>,
-    head_sent: bool,
-    framing: Option<Framing>,
-    remaining: Option<u64>,
+    /// The response's framing, from the head on.
+    framer: Framer,
     complete: bool,
-    keep_alive: bool,
     out: Vec<u8>,
     /// The future a `send()` awaits while output drains.
     flush_waiter: Option<Py<PyAny>>,
@@ -150,10 +141,8 @@ struct Exchange {
     keep_scope: bool,
     scope: Option<Py<PyAny>>,
 
-    /// For the access log: the status, body bytes and (if the format wants
-    /// them) the headers that went out.
-    status: u16,
-    sent: u64,
+    /// For the access log: the headers that went out, if its format
+    /// wants them.
     record_headers: bool,
     recorded_headers: Vec<(Vec<u8>, Vec<u8>)>,
 }
@@ -323,7 +312,6 @@ fn send(
     py: Python<'_>,
     asgi: &Asgi,
     shared: &Shared,
-    meta: Meta,
     date: &[u8],
     message: &Bound<'_, PyAny>,
 ) -> PyResult<Py<PyAny>> {
@@ -375,7 +363,7 @@ fn send(
                             .split(|&b| b == b',')
                             .any(|t| crate::http::parse::trim(t).eq_ignore_ascii_case(b"close"))
                         {
-                            ex.keep_alive = false;
+                            ex.framer.keep_alive = false;
                         }
                         continue;
                     }
@@ -410,32 +398,18 @@ fn send(
                 None => b"",
                 Some(b) => task::bytes_like(b, &mut copy, "body")?,
             };
-            if !ex.head_sent {
-                write_head(&mut ex, meta, date, (!more).then_some(body.len() as u64));
+            if !ex.framer.head_sent() {
+                write_head(&mut ex, date, (!more).then_some(body.len() as u64));
             }
-            if !meta.is_head {
-                let lend = body_obj.as_ref().and_then(|b| b.cast::<PyBytes>().ok());
-                if let Some(framing) = ex.framing {
-                    let ex = &mut *ex;
-                    ex.sent += append_body(
-                        &mut ex.out,
-                        &mut ex.lent,
-                        framing,
-                        &mut ex.remaining,
-                        body,
-                        lend,
-                    );
-                }
-            }
+            let lend = body_obj
+                .as_ref()
+                .and_then(|b| b.cast::<PyBytes>().ok())
+                .map(|b| move |len| LentBytes::new(b, len));
+            let ex = &mut *ex;
+            ex.framer.body(&mut ex.out, &mut ex.lent, body, lend);
             if !more {
                 ex.complete = true;
-                if ex.framing == Some(Framing::Chunked) && !meta.is_head {
-                    ex.out.extend_from_slice(encode::LAST_CHUNK);
-                }
-                if let Some(left) = ex.remaining.filter(|&l| l > 0 && !meta.is_head) {
-                    log::error!("The application sent {left} bytes fewer than its Content-Length");
-                    ex.keep_alive = false;
-                }
+                ex.framer.end(&mut ex.out);
             }
             ex.wake();
             if ex.out.len() + ex.lent.len() > HIGH_WATER {
@@ -446,7 +420,7 @@ fn send(
             Ok(asgi.done.clone_ref(py))
         }
         "http.response.pathsend" => {
-            if ex.start.is_none() || ex.head_sent {
+            if ex.start.is_none() || ex.framer.head_sent() {
                 return Err(runtime_error(
                     "Unexpected ASGI message 'http.response.pathsend' sent, outside a response's start".into(),
                 ));
@@ -463,24 +437,10 @@ fn send(
                     path.display()
                 )));
             }
-            write_head(&mut ex, meta, date, Some(size.len()));
-            let declared = ex.remaining.unwrap_or(0);
-            let length = declared.min(size.len());
-            if declared > length && !meta.is_head {
-                // The client waits for bytes that will never come: the
-                // connection cannot carry another response.
-                log::error!(
-                    "http.response.pathsend: {} has {} bytes fewer than the Content-Length",
-                    path.display(),
-                    declared - length
-                );
-                ex.keep_alive = false;
-            }
-            if !meta.is_head && length > 0 {
-                ex.file = Some(FileSpan::new(file, 0, length));
-                ex.sent += length;
-            }
-            ex.remaining = Some(0);
+            write_head(&mut ex, date, Some(size.len()));
+            let ex = &mut *ex;
+            ex.file = ex.framer.file(FileSpan::new(file, 0, size.len()));
+            ex.framer.end(&mut ex.out);
             ex.complete = true;
             ex.wake();
             Ok(asgi.done.clone_ref(py))
@@ -493,37 +453,17 @@ fn send(
 
 /// Encodes the head from `http.response.start`. `known` is the body's length
 /// when the app's first body message is also its last (or a file's size).
-fn write_head(ex: &mut Exchange, meta: Meta, date: &[u8], known: Option<u64>) {
+fn write_head(ex: &mut Exchange, date: &[u8], known: Option<u64>) {
     let (status, lines, length) = ex.start.take().unwrap_or_default();
-    ex.status = status;
-    let length = length.or(known);
-    let framing = Framing::choose(meta.minor, length, encode::status_has_no_body(status));
-    if framing == Framing::Close {
-        ex.keep_alive = false;
-    }
-    let mut out = std::mem::take(&mut ex.out);
     let mut code = itoa::Buffer::new();
     let mut status_text = code.format(status).as_bytes().to_vec();
     status_text.push(b' ');
     status_text.extend_from_slice(reason(status).as_bytes());
-    encode::status_line(&mut out, meta.minor, &status_text);
-    out.extend_from_slice(&lines);
-    encode::finish_head(
-        &mut out,
-        framing,
-        ex.keep_alive,
-        meta.minor,
-        Some(date),
-        true,
-    );
-    ex.out = out;
+    encode::status_line(&mut ex.out, ex.framer.meta().minor, &status_text);
+    ex.out.extend_from_slice(&lines);
+    ex.framer
+        .finish_head(&mut ex.out, status, length.or(known), Some(date), true);
     ex.start = Some((status, Vec::new(), length));
-    ex.framing = Some(framing);
-    ex.remaining = match framing {
-        Framing::Length(n) => Some(n),
-        _ => None,
-    };
-    ex.head_sent = true;
 }
 
 fn parse_length(v: &[u8]) -> Option<u64> {
@@ -610,7 +550,7 @@ pub async fn respond(
     let link = Rc::new(Link::default());
     let post = hooked.as_ref().is_some_and(|(h, _)| h.post);
     let shared: Shared = Rc::new(RefCell::new(Exchange {
-        keep_alive: req.meta.keep_alive,
+        framer: Framer::new(req.meta),
         record_headers: req
             .access_log
             .is_some_and(|l| l.format.wants_response_headers)
@@ -645,8 +585,8 @@ pub async fn respond(
     let (outcome, scope) = {
         let mut ex = shared.borrow_mut();
         let outcome = Outcome {
-            status: ex.status,
-            sent: ex.head_sent.then_some(ex.sent),
+            status: ex.framer.status,
+            sent: ex.framer.head_sent().then_some(ex.framer.sent),
             headers: std::mem::take(&mut ex.recorded_headers),
         };
         (outcome, ex.scope.take())
@@ -674,7 +614,6 @@ async fn exchange(
     link: &Rc<Link>,
 ) -> Option<bool> {
     let head = req.head;
-    let meta = req.meta;
     let mut decoder = Decoder::new(head.body).limited(req.body_limit);
     let scope = Python::attach(|py| {
         scope(py, asgi, rbuf, head, peers, false, req.https).map(Bound::unbind)
@@ -718,7 +657,7 @@ async fn exchange(
             scope.into_bound(py),
             link,
             move |py, asgi| receive(py, asgi, &for_receive),
-            move |py, asgi, message| send(py, asgi, &for_send, meta, &date, message),
+            move |py, asgi, message| send(py, asgi, &for_send, &date, message),
         )
     });
     if started.is_err() {
@@ -769,8 +708,8 @@ async fn exchange(
             let ex = shared.borrow();
             (
                 ex.complete,
-                ex.head_sent,
-                ex.keep_alive,
+                ex.framer.head_sent(),
+                ex.framer.keep_alive,
                 ex.receive_waiter.is_some(),
                 ex.request_complete,
                 ex.disconnected,

@@ -61,6 +61,16 @@ pub enum SendZerocopy {
     Never,
 }
 
+impl From<SendZerocopy> for crate::http::output::Zerocopy {
+    fn from(when: SendZerocopy) -> Self {
+        match when {
+            SendZerocopy::Auto => Self::Auto,
+            SendZerocopy::Always => Self::Always,
+            SendZerocopy::Never => Self::Never,
+        }
+    }
+}
+
 /// A logging configuration for Python's logging, which then carries turbo's
 /// log lines and access records.
 #[derive(Clone, Debug)]

@@ -148,7 +148,7 @@ pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>)
         // connection should not hold a write buffer it has never used.
         out: Vec::new(),
         lent: Lent::default(),
-        zerocopy: zerocopy_for(shard.config.send_zerocopy, &ends),
+        zerocopy: zerocopy_for(shard.config.send_zerocopy.into(), &ends),
     };
     let mut proxied = None;
     if shard.config.proxy_protocol != proxy_protocol::Mode::Off {
@@ -343,7 +343,7 @@ impl Conn {
                     let upgrade = head.minor == 1 && asgi_ws::is_upgrade(&self.rbuf, &head);
                     let req = asgi_http::Request {
                         head: &head,
-                        meta: asgi_http::Meta {
+                        meta: super::output::Meta {
                             minor: head.minor,
                             is_head: head.is_head(&self.rbuf),
                             keep_alive: head.keep_alive && !board.stopping(),
@@ -628,10 +628,12 @@ impl Conn {
         let shard = self.shard.clone();
         let outcome = &mut done.outcome;
         let meta = RequestMeta {
-            minor: head.minor,
-            is_head: head.is_head(&self.rbuf),
-            // A draining shard says Connection: close on its last responses.
-            keep_alive: head.keep_alive && !shard.board.stopping(),
+            http: super::output::Meta {
+                minor: head.minor,
+                is_head: head.is_head(&self.rbuf),
+                // A draining shard says Connection: close on its last responses.
+                keep_alive: head.keep_alive && !shard.board.stopping(),
+            },
             record_headers: shard
                 .access_log
                 .as_ref()
@@ -748,7 +750,7 @@ impl Conn {
         let mut alive = true;
         loop {
             if shard.board.stopping() {
-                response.keep_alive = false;
+                response.close_connection();
             }
             let progress = Python::attach(|py| {
                 let _busy = shard.board.busy(slot);
@@ -775,7 +777,7 @@ impl Conn {
                 }
             }
         }
-        let keep_alive = response.keep_alive;
+        let keep_alive = response.keep_alive();
         *outcome = response.outcome();
         Python::attach(|py| response.close(py, wsgi));
         alive.then_some(keep_alive)

@@ -12,7 +12,7 @@ pub const CONTINUE: &[u8] = b"HTTP/1.1 100 Continue\r\n\r\n";
 pub const SERVER: &[u8] = b"turbo";
 
 /// How a response body is delimited on the wire.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Framing {
     /// The length is known up front.
     Length(u64),
@@ -21,6 +21,7 @@ pub enum Framing {
     /// HTTP/1.0 with no length: the body ends when the connection closes.
     Close,
     /// HEAD, 1xx, 204 and 304: no body, whatever the headers say.
+    #[default]
     None,
 }
 

@@ -10,21 +10,27 @@ use compio::buf::{IoBuf, IoVectoredBuf};
 use compio::io::AsyncWriteZerocopy;
 use compio::net::TcpStream;
 
-use pyo3::prelude::*;
-use pyo3::types::PyBytes;
-
 use super::encode::{self, Framing};
+use super::sendfile::FileSpan;
 use super::stream::{Endpoints, Stream, progress, stalled, write_stall};
-use crate::config::SendZerocopy;
-use crate::python::lent::{LEND_MIN, LentBytes};
+
+/// Body chunks shorter than this are copied: for them a reference and an
+/// iovec cost more than the copy saves.
+pub const LEND_MIN: usize = 16 * 1024;
+
+/// Memory a bridge lends for one write: the buffer stays valid and unchanged
+/// for as long as the loan lives, and dropping the loan gives it back.
+pub trait Loan: Send {
+    fn bytes(&self) -> &[u8];
+}
 
 /// Lent buffers, each going out after the first `at` bytes of the buffer
 /// they belong to.
 #[derive(Default)]
-pub struct Lent(Vec<(usize, LentBytes)>);
+pub struct Lent(Vec<(usize, Box<dyn Loan>)>);
 
 impl Lent {
-    pub fn push(&mut self, at: usize, buf: LentBytes) {
+    pub fn push(&mut self, at: usize, buf: Box<dyn Loan>) {
         self.0.push((at, buf));
     }
 
@@ -34,7 +40,7 @@ impl Lent {
 
     /// The bytes lent.
     pub fn len(&self) -> usize {
-        self.0.iter().map(|(_, b)| b.buf_len()).sum()
+        self.0.iter().map(|(_, b)| b.bytes().len()).sum()
     }
 
     /// Takes `other`'s buffers, whose own bytes were appended to ours at `by`.
@@ -44,60 +50,170 @@ impl Lent {
     }
 }
 
-/// Appends a body chunk to `out` in the response's framing, WSGI's and
-/// ASGI's alike, and returns the body bytes it took. A Content-Length cuts
-/// what goes past it (`remaining` counts down). A large chunk that is a
-/// `bytes` object (`lend`) is lent instead of copied.
-pub fn append_body(
-    out: &mut Vec<u8>,
-    lent: &mut Lent,
+/// What the request says about how its response may be framed.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Meta {
+    pub minor: u8,
+    pub is_head: bool,
+    /// The connection may carry another request: the client allows it and
+    /// the server is not stopping.
+    pub keep_alive: bool,
+}
+
+/// One response's framing, the same for every bridge. It picks the framing
+/// when the head is finished, frames each body part, cuts what goes past a
+/// Content-Length, and notes a body that ends short of it: the client would
+/// wait for the missing bytes, so the connection then closes.
+#[derive(Debug, Default)]
+pub struct Framer {
+    meta: Meta,
     framing: Framing,
-    remaining: &mut Option<u64>,
-    body: &[u8],
-    lend: Option<&Bound<'_, PyBytes>>,
-) -> u64 {
-    let take = match framing {
-        Framing::None => return 0,
-        Framing::Length(_) => {
-            let left = remaining.unwrap_or(0);
-            let take = (body.len() as u64).min(left) as usize;
-            if take < body.len() {
-                log::error!(
-                    "The application sent more bytes than its Content-Length; the rest is dropped"
-                );
-            }
-            *remaining = Some(left - take as u64);
-            take
+    /// With a Content-Length: body bytes still owed.
+    remaining: Option<u64>,
+    /// The connection may carry another request after this response.
+    pub keep_alive: bool,
+    /// The status, once the head is written; 0 before.
+    pub status: u16,
+    /// Body bytes framed so far.
+    pub sent: u64,
+}
+
+impl Framer {
+    pub fn new(meta: Meta) -> Framer {
+        Framer {
+            meta,
+            framing: Framing::None,
+            remaining: None,
+            keep_alive: meta.keep_alive,
+            status: 0,
+            sent: 0,
         }
-        Framing::Chunked | Framing::Close => body.len(),
-    };
-    if take == 0 {
-        return 0;
     }
-    let chunked = framing == Framing::Chunked;
-    if chunked {
-        encode::chunk_size(out, take);
+
+    pub fn meta(&self) -> Meta {
+        self.meta
     }
-    match lend.filter(|_| take >= LEND_MIN) {
-        Some(bytes) => lent.push(out.len(), LentBytes::new(bytes, take)),
-        None => out.extend_from_slice(&body[..take]),
+
+    pub fn head_sent(&self) -> bool {
+        self.status != 0
     }
-    if chunked {
-        out.extend_from_slice(b"\r\n");
+
+    /// Ends a head whose status line and app headers are already in `out`:
+    /// picks the framing from the app's Content-Length (or a length known
+    /// from the body) and writes turbo's own headers. `date` and `server`
+    /// are None/false when the app sent its own.
+    pub fn finish_head(
+        &mut self,
+        out: &mut Vec<u8>,
+        status: u16,
+        length: Option<u64>,
+        date: Option<&[u8]>,
+        server: bool,
+    ) {
+        let minor = self.meta.minor;
+        self.framing = Framing::choose(minor, length, encode::status_has_no_body(status));
+        if self.framing == Framing::Close {
+            self.keep_alive = false;
+        }
+        self.remaining = match self.framing {
+            Framing::Length(n) => Some(n),
+            _ => None,
+        };
+        encode::finish_head(out, self.framing, self.keep_alive, minor, date, server);
+        self.status = status;
     }
-    take as u64
+
+    /// Whether body bytes go on the wire: not for HEAD, nor for a status
+    /// that has no body.
+    pub fn wants_body(&self) -> bool {
+        !self.meta.is_head && self.framing != Framing::None
+    }
+
+    /// Appends a body part to `out` in the response's framing. A Content-Length
+    /// cuts what goes past it. A large part that `lend` can lend goes out from
+    /// its own memory instead of a copy: `lend` gets the length to lend.
+    pub fn body<L: Loan + 'static>(
+        &mut self,
+        out: &mut Vec<u8>,
+        lent: &mut Lent,
+        body: &[u8],
+        lend: Option<impl FnOnce(usize) -> L>,
+    ) {
+        if !self.wants_body() {
+            return;
+        }
+        let take = match self.remaining {
+            Some(left) => {
+                let take = (body.len() as u64).min(left) as usize;
+                if take < body.len() {
+                    log::error!(
+                        "The application sent more bytes than its Content-Length; the rest is dropped"
+                    );
+                }
+                self.remaining = Some(left - take as u64);
+                take
+            }
+            None => body.len(),
+        };
+        if take == 0 {
+            return;
+        }
+        let chunked = self.framing == Framing::Chunked;
+        if chunked {
+            encode::chunk_size(out, take);
+        }
+        match lend.filter(|_| take >= LEND_MIN) {
+            Some(lend) => lent.push(out.len(), Box::new(lend(take))),
+            None => out.extend_from_slice(&body[..take]),
+        }
+        if chunked {
+            out.extend_from_slice(b"\r\n");
+        }
+        self.sent += take as u64;
+    }
+
+    /// A body that is a file, after a head whose length came from its size:
+    /// the span cut to the Content-Length, or None when nothing of it goes out.
+    pub fn file(&mut self, mut span: FileSpan) -> Option<FileSpan> {
+        if !self.wants_body() {
+            return None;
+        }
+        if let Some(left) = self.remaining {
+            span.truncate(left);
+            self.remaining = Some(left - span.len());
+        }
+        self.sent += span.len();
+        (span.len() > 0).then_some(span)
+    }
+
+    /// Ends the body: the last chunk, or, when a Content-Length was not met,
+    /// a connection that must close.
+    pub fn end(&mut self, out: &mut Vec<u8>) {
+        if !self.wants_body() {
+            return;
+        }
+        match (self.framing, self.remaining) {
+            (Framing::Chunked, _) => out.extend_from_slice(encode::LAST_CHUNK),
+            (_, Some(left)) if left > 0 => {
+                log::error!("The application sent {left} bytes fewer than its Content-Length");
+                self.keep_alive = false;
+            }
+            _ => {}
+        }
+        self.remaining = Some(0);
+    }
 }
 
 enum Part {
     Own(Vec<u8>),
-    Lent(LentBytes),
+    Lent(Box<dyn Loan>),
 }
 
 impl IoBuf for Part {
     fn as_init(&self) -> &[u8] {
         match self {
             Part::Own(v) => v,
-            Part::Lent(b) => b.as_init(),
+            Part::Lent(b) => b.bytes(),
         }
     }
 }
@@ -151,15 +267,24 @@ fn lent_len(parts: &[Part]) -> usize {
         .sum()
 }
 
+/// When large lent bodies go out by send_zc (`--send-zerocopy`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Zerocopy {
+    /// To clients that are not on loopback.
+    Auto,
+    Always,
+    Never,
+}
+
 /// Whether a connection's large bodies go out by send_zc: with `auto`, to a
 /// client over a real network. On loopback the kernel copies anyway, at the
 /// receiver, so send_zc there only adds its notification (measured: 11% more
 /// CPU for a 1 MiB body).
-pub fn zerocopy_for(when: SendZerocopy, ends: &Endpoints) -> bool {
+pub fn zerocopy_for(when: Zerocopy, ends: &Endpoints) -> bool {
     match when {
-        SendZerocopy::Never => false,
-        SendZerocopy::Always => true,
-        SendZerocopy::Auto => {
+        Zerocopy::Never => false,
+        Zerocopy::Always => true,
+        Zerocopy::Auto => {
             matches!(ends, Endpoints::Tcp { peer, .. } if !peer.ip().is_loopback())
         }
     }

@@ -6,15 +6,11 @@
 //! wait, with no thread state attached, and `Held` defers the release until
 //! the thread state is back.
 
-use compio::buf::IoBuf;
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
 use super::Held;
-
-/// Body chunks shorter than this are copied: for them a reference and an
-/// iovec cost more than the copy saves.
-pub const LEND_MIN: usize = 16 * 1024;
+use crate::http::output::Loan;
 
 pub struct LentBytes {
     _owner: Held<PyBytes>,
@@ -42,8 +38,8 @@ impl LentBytes {
     }
 }
 
-impl IoBuf for LentBytes {
-    fn as_init(&self) -> &[u8] {
+impl Loan for LentBytes {
+    fn bytes(&self) -> &[u8] {
         // SAFETY: ptr..ptr+len lies in a bytes object that `_owner` keeps alive
         // and that nothing mutates.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }

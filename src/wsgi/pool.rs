@@ -182,7 +182,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Arc<Scoreboard>, slot: usize, task: 
     let mut response = Response::new(result, job.start_response, job.body, job.meta);
     loop {
         if board.stopping() {
-            response.keep_alive = false;
+            response.close_connection();
         }
         let progress = {
             let _busy = board.busy(slot);
@@ -190,7 +190,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Arc<Scoreboard>, slot: usize, task: 
         };
         if progress != Progress::More {
             // close() runs before the shard hears the end, as it would inline.
-            let keep_alive = response.keep_alive;
+            let keep_alive = response.keep_alive();
             let outcome = response.outcome();
             let file = response.take_file();
             let lent = response.take_lent();
@@ -208,7 +208,7 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Arc<Scoreboard>, slot: usize, task: 
         let piece = Piece {
             bytes: std::mem::take(&mut out),
             progress,
-            keep_alive: response.keep_alive,
+            keep_alive: response.keep_alive(),
             outcome: Outcome::default(),
             file: None,
             lent: response.take_lent(),

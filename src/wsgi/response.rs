@@ -8,16 +8,15 @@ use pyo3::types::{PyBytes, PyIterator, PyList, PyString, PyTuple};
 use super::Wsgi;
 use super::input::SharedBody;
 use crate::access_log::Outcome;
-use crate::http::encode::{self, Framing};
-use crate::http::output::{Lent, append_body};
+use crate::http::encode;
+use crate::http::output::{Framer, Lent, Meta};
 use crate::http::sendfile::FileSpan;
+use crate::python::lent::LentBytes;
 
 /// What the connection needs to know about the request to frame the response.
 #[derive(Clone, Copy)]
 pub struct RequestMeta {
-    pub minor: u8,
-    pub is_head: bool,
-    pub keep_alive: bool,
+    pub http: Meta,
     /// Keep the response headers for the access log.
     pub record_headers: bool,
     /// A `wsgi.file_wrapper` over a regular file goes out by sendfile.
@@ -46,14 +45,7 @@ pub struct Response {
     /// connection cannot carry another request.
     body: Option<SharedBody>,
     meta: RequestMeta,
-    head_sent: bool,
-    framing: Framing,
-    /// With a Content-Length from the app: bytes it may still send.
-    remaining: Option<u64>,
-    pub keep_alive: bool,
-    pub status: u16,
-    /// Body bytes written so far.
-    sent: u64,
+    framer: Framer,
     recorded_headers: Vec<(Vec<u8>, Vec<u8>)>,
     /// The body as a file, to send after the head (see `take_file`).
     file: Option<FileSpan>,
@@ -135,12 +127,7 @@ impl Response {
             iter: None,
             body,
             meta,
-            head_sent: false,
-            framing: Framing::None,
-            remaining: None,
-            keep_alive: meta.keep_alive,
-            status: 0,
-            sent: 0,
+            framer: Framer::new(meta.http),
             recorded_headers: Vec::new(),
             file: None,
             lent: Lent::default(),
@@ -158,6 +145,17 @@ pub fn internal_error(out: &mut Vec<u8>, date: &[u8]) {
 }
 
 impl Response {
+    /// Whether the connection may carry another request after this response.
+    pub fn keep_alive(&self) -> bool {
+        self.framer.keep_alive
+    }
+
+    /// Says `Connection: close` if the head has yet to go out, and closes the
+    /// connection after the response either way.
+    pub fn close_connection(&mut self) {
+        self.framer.keep_alive = false;
+    }
+
     /// Produces the next piece of the response into `out`.
     pub fn advance(
         &mut self,
@@ -175,11 +173,11 @@ impl Response {
                         log::error!("Invalid response from the application: {msg}")
                     }
                 }
-                self.keep_alive = false;
-                if self.head_sent {
+                self.framer.keep_alive = false;
+                if self.framer.head_sent() {
                     Progress::Abort
                 } else {
-                    self.status = 500;
+                    self.framer.status = 500;
                     internal_error(out, date);
                     Progress::Done
                 }
@@ -250,8 +248,7 @@ impl Response {
             match iter.bind(py).clone().next() {
                 Some(Ok(chunk)) => {
                     if self.chunk(py, wsgi, &chunk, out, date)? {
-                        let stop = self.meta.is_head || self.framing == Framing::None;
-                        if stop {
+                        if !self.framer.wants_body() {
                             return Ok(Progress::Done);
                         }
                         self.iter = Some(iter);
@@ -262,19 +259,10 @@ impl Response {
                 Some(Err(e)) => return Err(Failure::App(e)),
             }
         }
-        if !self.head_sent {
+        if !self.framer.head_sent() {
             self.head(py, wsgi, Some(0), out, date)?;
         }
-        match (self.framing, self.remaining) {
-            (Framing::Chunked, _) if !self.meta.is_head => {
-                out.extend_from_slice(encode::LAST_CHUNK)
-            }
-            (Framing::Length(_), Some(left)) if left > 0 && !self.meta.is_head => {
-                log::error!("The application sent {left} bytes fewer than its Content-Length");
-                self.keep_alive = false;
-            }
-            _ => {}
-        }
+        self.framer.end(out);
         Ok(Progress::Done)
     }
 
@@ -295,15 +283,10 @@ impl Response {
             .collect::<Result<_, _>>()?;
         let total: usize = chunks.iter().map(|c| c.as_bytes().len()).sum();
         self.head(py, wsgi, Some(total as u64), out, date)?;
-        if !self.meta.is_head && self.framing != Framing::None {
-            for c in &chunks {
-                self.body_bytes(c, out);
-            }
+        for c in &chunks {
+            self.body_bytes(c, out);
         }
-        if let Some(left) = self.remaining.filter(|&l| l > 0 && !self.meta.is_head) {
-            log::error!("The application sent {left} bytes fewer than its Content-Length");
-            self.keep_alive = false;
-        }
+        self.framer.end(out);
         Ok(Progress::Done)
     }
 
@@ -333,29 +316,13 @@ impl Response {
         &mut self,
         py: Python<'_>,
         wsgi: &Wsgi,
-        mut span: FileSpan,
+        span: FileSpan,
         out: &mut Vec<u8>,
         date: &[u8],
     ) -> Result<Progress, Failure> {
         self.head(py, wsgi, Some(span.len()), out, date)?;
-        if self.meta.is_head || self.framing == Framing::None {
-            return Ok(Progress::Done);
-        }
-        if let Some(left) = self.remaining {
-            span.truncate(left);
-            if left > span.len() {
-                log::error!(
-                    "The application sent {} bytes fewer than its Content-Length",
-                    left - span.len()
-                );
-                self.keep_alive = false;
-            }
-            self.remaining = Some(0);
-        }
-        self.sent += span.len();
-        if span.len() > 0 {
-            self.file = Some(span);
-        }
+        self.file = self.framer.file(span);
+        self.framer.end(out);
         Ok(Progress::Done)
     }
 
@@ -382,7 +349,7 @@ impl Response {
         if bytes.as_bytes().is_empty() {
             return Ok(false);
         }
-        if !self.head_sent {
+        if !self.framer.head_sent() {
             self.head(py, wsgi, None, out, date)?;
             // The app's iterator runs on, and may call start_response again
             // with exc_info: from now on that must re-raise (PEP 3333).
@@ -391,22 +358,15 @@ impl Response {
                 .bind(py)
                 .setattr(wsgi.names.sent.bind(py), pyo3::types::PyBool::new(py, true));
         }
-        if !self.meta.is_head {
-            self.body_bytes(bytes, out);
-        }
+        self.body_bytes(bytes, out);
         Ok(true)
     }
 
     /// Appends a body chunk in the response's framing.
     fn body_bytes(&mut self, chunk: &Bound<'_, PyBytes>, out: &mut Vec<u8>) {
-        self.sent += append_body(
-            out,
-            &mut self.lent,
-            self.framing,
-            &mut self.remaining,
-            chunk.as_bytes(),
-            Some(chunk),
-        );
+        let lend = |len| LentBytes::new(chunk, len);
+        self.framer
+            .body(out, &mut self.lent, chunk.as_bytes(), Some(lend));
     }
 
     /// Body chunks lent since the last call, placed in the `out` given to
@@ -455,7 +415,7 @@ impl Response {
             .map_err(|_| Failure::Bad("headers must be a list".into()))?;
 
         let start = out.len();
-        encode::status_line(out, self.meta.minor, &status_bytes);
+        encode::status_line(out, self.meta.http.minor, &status_bytes);
         let mut app_length: Option<u64> = None;
         let mut has_server = false;
         let mut has_date = false;
@@ -489,7 +449,7 @@ impl Response {
                         .split(|&b| b == b',')
                         .any(|t| crate::http::parse::trim(t).eq_ignore_ascii_case(b"close"))
                     {
-                        self.keep_alive = false;
+                        self.framer.keep_alive = false;
                     }
                     continue;
                 }
@@ -521,37 +481,20 @@ impl Response {
             return Err(Failure::Bad(e.0));
         }
         if self.body.as_ref().is_some_and(|b| !body_finished(b)) {
-            self.keep_alive = false;
+            self.framer.keep_alive = false;
         }
-        let bodyless = encode::status_has_no_body(code);
         let length = app_length.or(known_length);
-        self.framing = Framing::choose(self.meta.minor, length, bodyless);
-        if self.framing == Framing::Close {
-            self.keep_alive = false;
-        }
-        self.remaining = match self.framing {
-            Framing::Length(n) => Some(n),
-            _ => None,
-        };
         let date = (!has_date).then_some(date);
-        encode::finish_head(
-            out,
-            self.framing,
-            self.keep_alive,
-            self.meta.minor,
-            date,
-            !has_server,
-        );
-        self.status = code;
-        self.head_sent = true;
+        self.framer
+            .finish_head(out, code, length, date, !has_server);
         Ok(())
     }
 
     /// For the access log: the status, body bytes and headers that went out.
     pub fn outcome(&mut self) -> Outcome {
         Outcome {
-            status: self.status,
-            sent: (self.status != 0).then_some(self.sent),
+            status: self.framer.status,
+            sent: self.framer.head_sent().then_some(self.framer.sent),
             headers: std::mem::take(&mut self.recorded_headers),
         }
     }
