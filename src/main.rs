@@ -13,6 +13,7 @@ mod config;
 mod hooks;
 mod http;
 mod logging;
+mod observe;
 mod python;
 mod reloader;
 mod scoreboard;

@@ -10,7 +10,7 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::RawFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -18,24 +18,12 @@ use std::time::{Duration, Instant};
 use compio::driver::op::{Interest, PollOnce};
 use compio::runtime::{JoinHandle, Runtime};
 
+use crate::http::stream::Watched;
 use crate::scoreboard::Scoreboard;
 
 /// selectors.EVENT_READ and EVENT_WRITE.
 pub const EVENT_READ: i32 = 1;
 pub const EVENT_WRITE: i32 = 2;
-
-/// A descriptor polled by io_uring that something else owns and keeps open
-/// while the poll is in flight: Python unregisters a descriptor (cancelling
-/// its poll) before closing it, and a connection drops its poll before itself.
-pub struct Watched(pub RawFd);
-
-impl AsFd for Watched {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        // SAFETY: the owner keeps the descriptor open while the poll is in
-        // flight (see above).
-        unsafe { BorrowedFd::borrow_raw(self.0) }
-    }
-}
 
 #[derive(Default)]
 struct Watch {

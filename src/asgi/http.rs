@@ -9,39 +9,30 @@
 
 use std::cell::RefCell;
 use std::future::Future;
-use std::os::fd::AsRawFd;
 use std::rc::Rc;
 use std::task::Poll;
-use std::time::{Duration, Instant};
 
-use compio::buf::BufResult;
-use compio::driver::op::{Interest, PollOnce};
-use compio::io::AsyncRead;
 use futures_util::future::LocalBoxFuture;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyTuple};
 
 use super::Asgi;
-use super::event_loop::Watched;
 use super::task::{self, Link};
-use crate::access_log::{self, AccessLog, Outcome};
-use crate::hooks::RequestHooks;
-use crate::http::body::Decoder;
+use crate::access_log::Outcome;
+use crate::http::conn::{self, BodyRead};
 use crate::http::encode;
-use crate::http::output::{Framer, Lent, Meta};
+use crate::http::output::{Framer, Lent};
 use crate::http::parse::RequestHead;
 use crate::http::sendfile::FileSpan;
-use crate::http::stream::{Endpoints, Peek, Stream};
+use crate::http::stream::{Endpoints, Peek};
 use crate::http::tls::{Facts, Tls};
 use crate::http::{HttpError, reason};
+use crate::observe::{Done, Observers};
 use crate::python::lent::LentBytes;
 use crate::wsgi::environ::{percent_decode, split_target};
 
 /// send() makes the app wait once this much output is queued.
 const HIGH_WATER: usize = 64 * 1024;
-/// Bounds on one read of a request body.
-const BODY_READ_MIN: usize = 16 * 1024;
-const BODY_READ_MAX: usize = 256 * 1024;
 /// Per-connection values for the scope.
 pub struct Peers {
     client: Py<PyAny>,
@@ -490,167 +481,90 @@ pub(super) fn check_header(name: &[u8], value: &[u8]) -> PyResult<()> {
     }
     Ok(())
 }
-
-/// The request as the connection hands it over.
-pub struct Request<'a> {
-    pub head: &'a RequestHead,
-    pub meta: Meta,
-    pub date: Vec<u8>,
-    pub access_log: Option<&'a AccessLog>,
-    /// The client's address, for the access log.
-    pub remote: &'a str,
-    /// A trusted proxy says the client used https.
-    pub https: bool,
-    /// pathsend files go out by sendfile(2).
-    pub sendfile: bool,
-    /// Large bodies go out by send_zc on this connection.
-    pub zerocopy: bool,
-    /// pre_request and post_request, with the client as `req.peer_addr`.
-    pub hooks: Option<(&'a RequestHooks, Option<&'a Py<PyAny>>)>,
-    /// `limit_request_body`: a chunked body cut off where it passes it.
-    pub body_limit: Option<u64>,
-}
-
-/// Runs one request through the app. `rbuf` holds the head and whatever
-/// followed it; on return it holds what follows the request. Returns whether
-/// the connection may carry another request, or None if it must close now.
+/// Runs one request through the app, with the access log and the request
+/// hooks around it. Returns whether the connection may carry another
+/// request, or None if it must close now.
 pub async fn respond(
     asgi: &Asgi,
-    stream: &Stream,
-    rbuf: &mut Vec<u8>,
-    out: &mut Vec<u8>,
+    observers: &Observers,
+    mut ex: conn::Exchange<'_>,
     peers: &Peers,
-    req: Request<'_>,
-    header_timeout: Duration,
+    hook_peer: Option<&Py<PyAny>>,
 ) -> Option<bool> {
-    let hooked = match req.hooks {
-        Some((hooks, peer)) => {
-            match Python::attach(|py| hooks.begin(py, rbuf, req.head, req.https, peer)) {
-                Ok(obj) => Some((hooks, obj)),
-                Err(()) => {
-                    if let Some(log) = req.access_log {
-                        let request = access_log::Request::capture(rbuf, req.head, true);
-                        let outcome = Outcome {
-                            status: 500,
-                            ..Outcome::default()
-                        };
-                        log.log(req.remote, &request, &outcome);
-                    }
-                    encode::error_response(
-                        out,
-                        HttpError::new(500, "pre_request failed"),
-                        &req.date,
-                    );
-                    return Some(false);
-                }
-            }
-        }
-        None => None,
+    let Ok(observed) = observers.begin(&mut ex, hook_peer, true) else {
+        return Some(false);
     };
     let link = Rc::new(Link::default());
-    let post = hooked.as_ref().is_some_and(|(h, _)| h.post);
     let shared: Shared = Rc::new(RefCell::new(Exchange {
-        framer: Framer::new(req.meta),
-        record_headers: req
-            .access_log
-            .is_some_and(|l| l.format.wants_response_headers)
-            || post,
-        keep_scope: post,
+        framer: Framer::new(ex.meta()),
+        record_headers: observers.wants_headers(),
+        keep_scope: observers.keeps_environ(),
         link: link.clone(),
         ..Exchange::default()
     }));
-    // The access log's copy of the request is taken before its head is dropped.
-    let logged = req.access_log.map(|log| {
-        (
-            log,
-            access_log::Request::capture(rbuf, req.head, true),
-            req.remote,
-        )
-    });
-    let keep_alive = exchange(
-        asgi,
-        stream,
-        rbuf,
-        out,
-        peers,
-        req,
-        header_timeout,
-        &shared,
-        &link,
-    )
-    .await;
-    if logged.is_none() && hooked.is_none() {
+    let keep_alive = exchange(asgi, &mut ex, peers, &shared, &link).await;
+    if observed.is_none() {
         return keep_alive;
     }
-    let (outcome, scope) = {
-        let mut ex = shared.borrow_mut();
+    let done = {
+        let mut state = shared.borrow_mut();
         let outcome = Outcome {
-            status: ex.framer.status,
-            sent: ex.framer.head_sent().then_some(ex.framer.sent),
-            headers: std::mem::take(&mut ex.recorded_headers),
+            status: state.framer.status,
+            sent: state.framer.head_sent().then_some(state.framer.sent),
+            headers: std::mem::take(&mut state.recorded_headers),
         };
-        (outcome, ex.scope.take())
+        Done {
+            outcome,
+            environ: state.scope.take(),
+        }
     };
-    if let Some((hooks, obj)) = hooked {
-        Python::attach(|py| hooks.finish(py, obj, scope, &outcome));
-    }
-    if let Some((log, request, remote)) = logged {
-        log.log(remote, &request, &outcome);
-    }
+    observers.finish(observed, ex.remote(), done);
     keep_alive
 }
 
-/// The request's life after the access log's part: see `respond`.
-#[allow(clippy::too_many_arguments)]
+/// The request's life inside `respond`.
 async fn exchange(
     asgi: &Asgi,
-    stream: &Stream,
-    rbuf: &mut Vec<u8>,
-    out: &mut Vec<u8>,
+    ex: &mut conn::Exchange<'_>,
     peers: &Peers,
-    req: Request<'_>,
-    header_timeout: Duration,
     shared: &Shared,
     link: &Rc<Link>,
 ) -> Option<bool> {
-    let head = req.head;
-    let mut decoder = Decoder::new(head.body).limited(req.body_limit);
+    let date = ex.date();
     let scope = Python::attach(|py| {
-        scope(py, asgi, rbuf, head, peers, false, req.https).map(Bound::unbind)
+        scope(py, asgi, ex.buf(), ex.head(), peers, false, ex.https()).map(Bound::unbind)
     });
-    rbuf.drain(..head.len);
+    ex.end_head();
     let scope = match scope {
         Ok(scope) => scope,
         Err(err) => {
-            encode::error_response(out, err, &req.date);
+            ex.error(err);
             return Some(false);
         }
     };
     {
-        let mut ex = shared.borrow_mut();
-        if ex.keep_scope {
-            ex.scope = Some(Python::attach(|py| scope.clone_ref(py).into_any()));
+        let mut state = shared.borrow_mut();
+        if state.keep_scope {
+            state.scope = Some(Python::attach(|py| scope.clone_ref(py).into_any()));
         }
     }
     // The body already here goes in first: the app may run (eagerly) as soon
     // as its task exists.
+    let mut body = ex.body_reader();
     {
-        let mut ex = shared.borrow_mut();
-        let used = match decoder.decode_into(rbuf, &mut ex.pending) {
-            Ok(used) => used,
-            Err(err) => {
-                drop(ex);
-                encode::error_response(out, err, &req.date);
-                return Some(false);
-            }
-        };
-        rbuf.drain(..used);
-        ex.request_complete = decoder.is_done();
-        ex.expects_continue = head.expect_continue && !ex.request_complete && rbuf.is_empty();
+        let mut state = shared.borrow_mut();
+        if let Err(err) = body.decode(ex, &mut state.pending) {
+            drop(state);
+            ex.error(err);
+            return Some(false);
+        }
+        state.request_complete = body.is_done();
+        state.expects_continue =
+            ex.head().expect_continue && !state.request_complete && ex.buf().is_empty();
     }
     let started = Python::attach(|py| {
         let (for_receive, for_send) = (shared.clone(), shared.clone());
-        let date = req.date.clone();
+        let date = date.clone();
         task::start(
             py,
             asgi,
@@ -661,34 +575,30 @@ async fn exchange(
         )
     });
     if started.is_err() {
-        encode::error_response(
-            out,
-            HttpError::new(500, "the application could not be started"),
-            &req.date,
-        );
+        ex.error(HttpError::new(500, "the application could not be started"));
         return Some(false);
     }
 
-    // The body read buffer, made on the first read (most requests have none).
-    let mut scratch = Vec::new();
-    let mut reading: Option<LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>> = None;
     let mut watching: Option<LocalBoxFuture<'static, ()>> = None;
     // The next request's bytes have arrived; the socket need not be watched.
     let mut input_waiting = false;
-    let mut read_deadline: Option<Instant> = None;
     loop {
         // Write what the app sent.
         let (mut pending_out, mut pending_lent, flushed_waiter) = {
-            let mut ex = shared.borrow_mut();
-            let lent = std::mem::take(&mut ex.lent);
-            (std::mem::take(&mut ex.out), lent, ex.flush_waiter.take())
+            let mut state = shared.borrow_mut();
+            let lent = std::mem::take(&mut state.lent);
+            (
+                std::mem::take(&mut state.out),
+                lent,
+                state.flush_waiter.take(),
+            )
         };
         if !pending_out.is_empty() || !pending_lent.is_empty() {
-            let mut lent = Lent::default();
+            let (out, lent) = ex.output();
             lent.append(&mut pending_lent, out.len());
             task::gather(out, &mut pending_out);
             shared.borrow_mut().out = pending_out;
-            if !stream.write_spliced(out, &mut lent, req.zerocopy).await {
+            if !ex.flush().await {
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| answer_receive(py, asgi, shared));
                 task::release(asgi, flushed_waiter);
@@ -698,21 +608,21 @@ async fn exchange(
         task::release(asgi, flushed_waiter);
         let file = shared.borrow_mut().file.take();
         if let Some(file) = file
-            && !file.send(stream, out, req.sendfile).await
+            && !ex.send_file(file).await
         {
             shared.borrow_mut().disconnected = true;
             return client_gone(asgi);
         }
         let ended = link.ended();
         let (complete, head_sent, keep_alive, want_body, request_complete, disconnected) = {
-            let ex = shared.borrow();
+            let state = shared.borrow();
             (
-                ex.complete,
-                ex.framer.head_sent(),
-                ex.framer.keep_alive,
-                ex.receive_waiter.is_some(),
-                ex.request_complete,
-                ex.disconnected,
+                state.complete,
+                state.framer.head_sent(),
+                state.framer.keep_alive,
+                state.receive_waiter.is_some(),
+                state.request_complete,
+                state.disconnected,
             )
         };
         if let Some(failed) = ended.filter(|_| shared.borrow().out.is_empty()) {
@@ -728,11 +638,7 @@ async fn exchange(
                 if !failed {
                     log::error!("The application returned without sending a response");
                 }
-                encode::error_response(
-                    out,
-                    HttpError::new(500, "the application failed"),
-                    &req.date,
-                );
+                ex.error(HttpError::new(500, "the application failed"));
                 return Some(false);
             }
             // The head went out: close, so the client sees a truncated response.
@@ -741,8 +647,7 @@ async fn exchange(
         // Answer Expect: 100-continue when the app first asks for the body.
         if want_body && shared.borrow().expects_continue {
             shared.borrow_mut().expects_continue = false;
-            out.extend_from_slice(encode::CONTINUE);
-            if !stream.write_out(out).await {
+            if !ex.send_continue().await {
                 shared.borrow_mut().disconnected = true;
                 continue;
             }
@@ -750,35 +655,25 @@ async fn exchange(
         // Read when the app waits for body bytes. Otherwise watch the socket
         // for the client leaving: a readiness poll, which (unlike a read) can
         // be dropped without losing a pipelined request's bytes.
-        if !disconnected && !request_complete && want_body && reading.is_none() {
-            let mut buf = std::mem::take(&mut scratch);
-            buf.clear();
-            // Room for what is left of the body, within bounds: each read is
-            // a trip through the app's receive(), so fewer, larger ones pay.
-            let left = decoder.remaining_length().unwrap_or(BODY_READ_MAX as u64);
-            buf.reserve((left as usize).clamp(BODY_READ_MIN, BODY_READ_MAX));
-            // The read owns a handle to the socket, so it stays in flight
-            // across writes.
-            let mut reader = stream.clone();
-            reading = Some(Box::pin(async move { reader.read(buf).await }));
-            read_deadline = Some(Instant::now() + header_timeout);
+        if !disconnected && !request_complete && want_body {
+            body.start();
         }
         if !disconnected && request_complete && !input_waiting && watching.is_none() {
-            let fd = Watched(stream.as_raw_fd());
-            watching = Some(Box::pin(async move {
-                let _ = compio::runtime::submit(PollOnce::new(fd, Interest::Readable)).await;
-            }));
+            watching = Some(ex.readable());
         }
         let mut changed = std::pin::pin!(link.changed());
-        let body_read = reading.is_some();
         let event = std::future::poll_fn(|cx| {
             if changed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(Event::Changed);
             }
-            if let Some(read) = reading.as_mut()
-                && let Poll::Ready(done) = read.as_mut().poll(cx)
-            {
-                return Poll::Ready(Event::Read(Some(done)));
+            if body.is_reading() {
+                let mut state = shared.borrow_mut();
+                let mut pending = std::mem::take(&mut state.pending);
+                let read = body.poll_read(cx, ex, &mut pending);
+                state.pending = pending;
+                if let Poll::Ready(read) = read {
+                    return Poll::Ready(Event::Read(read));
+                }
             }
             if let Some(watch) = watching.as_mut()
                 && watch.as_mut().poll(cx).is_ready()
@@ -786,19 +681,13 @@ async fn exchange(
                 return Poll::Ready(Event::Readable);
             }
             Poll::Pending
-        });
-        let event = match (body_read, read_deadline) {
-            (true, Some(deadline)) => match compio::time::timeout_at(deadline, event).await {
-                Ok(event) => event,
-                Err(_) => Event::Read(None),
-            },
-            _ => event.await,
-        };
-        let outcome = match event {
+        })
+        .await;
+        match event {
             Event::Changed => continue,
             Event::Readable => {
                 watching = None;
-                match stream.peek() {
+                match ex.peek() {
                     Peek::Data => input_waiting = true,
                     Peek::Nothing => {}
                     Peek::Closed => {
@@ -806,58 +695,31 @@ async fn exchange(
                         Python::attach(|py| answer_receive(py, asgi, shared));
                     }
                 }
-                continue;
             }
-            Event::Read(outcome) => outcome,
-        };
-        reading = None;
-        let BufResult(res, buf) = match outcome {
-            Some(done) => done,
-            None => {
-                // The client stalled in the middle of its body.
+            Event::Read(BodyRead::Data) => {
+                shared.borrow_mut().request_complete = body.is_done();
+                Python::attach(|py| answer_receive(py, asgi, shared));
+            }
+            Event::Read(BodyRead::Closed) => {
+                shared.borrow_mut().disconnected = true;
+                Python::attach(|py| answer_receive(py, asgi, shared));
+            }
+            Event::Read(BodyRead::Gone) => {
+                // The client stalled in the middle of its body, or framed it
+                // badly.
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| answer_receive(py, asgi, shared));
                 return client_gone(asgi);
             }
-        };
-        match res {
-            Ok(n) if n > 0 => {
-                rbuf.extend_from_slice(&buf[..n]);
-                if !request_complete {
-                    let mut ex = shared.borrow_mut();
-                    let mut pending = std::mem::take(&mut ex.pending);
-                    let decoded = decoder.decode_into(rbuf, &mut pending);
-                    ex.pending = pending;
-                    match decoded {
-                        Ok(used) => {
-                            rbuf.drain(..used);
-                            ex.request_complete = decoder.is_done();
-                        }
-                        Err(err) => {
-                            drop(ex);
-                            log::debug!("Bad request body: {}", err.detail);
-                            shared.borrow_mut().disconnected = true;
-                            Python::attach(|py| answer_receive(py, asgi, shared));
-                            return client_gone(asgi);
-                        }
-                    }
-                }
-                scratch = buf;
-            }
-            _ => {
-                // EOF or an error: the client is gone.
-                shared.borrow_mut().disconnected = true;
-            }
         }
-        Python::attach(|py| answer_receive(py, asgi, shared));
     }
 }
 
 enum Event {
     /// The app called receive or send, or its task ended.
     Changed,
-    /// A body read finished; None when the client stalled past the timeout.
-    Read(Option<BufResult<usize, Vec<u8>>>),
+    /// A body read finished.
+    Read(BodyRead),
     /// The socket became readable while the app ran.
     Readable,
 }

@@ -4,6 +4,7 @@
 //! `websocket.rs` one WebSocket connection; the lifespan protocol and the shard's main coroutine live in `shim.py`.
 
 pub mod event_loop;
+pub mod handler;
 pub mod http;
 pub mod task;
 pub mod websocket;

@@ -9,7 +9,6 @@ use std::rc::Rc;
 use std::task::Poll;
 use std::time::Duration;
 
-use crate::http::stream::Stream;
 use compio::buf::BufResult;
 use compio::io::AsyncRead;
 use futures_util::future::LocalBoxFuture;
@@ -17,8 +16,9 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict};
 
 use super::Asgi;
-use super::http::{Peers, Request, check_header, client_gone, runtime_error, scope};
+use super::http::{Peers, check_header, client_gone, runtime_error, scope};
 use super::task::{self, Link};
+use crate::http::conn::Exchange;
 use crate::http::encode;
 use crate::http::parse::RequestHead;
 use crate::http::reason;
@@ -352,25 +352,20 @@ fn send(
 }
 
 /// Runs a WebSocket connection to its end; the connection then closes.
-pub async fn serve(
-    asgi: &Asgi,
-    stream: &Stream,
-    rbuf: &mut Vec<u8>,
-    out: &mut Vec<u8>,
-    peers: &Peers,
-    req: Request<'_>,
-) -> Option<bool> {
-    let head = req.head;
-    let date = req.date;
+pub async fn serve(asgi: &Asgi, mut ex: Exchange<'_>, peers: &Peers) -> Option<bool> {
+    let date = ex.date();
+    let (rbuf, head) = (ex.buf(), ex.head());
     let key = header(rbuf, head, b"sec-websocket-key").map(<[u8]>::to_vec);
     let version_ok = header(rbuf, head, b"sec-websocket-version") == Some(b"13");
     let Some(key) = key.filter(|k| !k.is_empty() && version_ok) else {
-        let err = crate::http::HttpError::bad_request("bad WebSocket handshake");
-        encode::error_response(out, err, &date);
+        ex.error(crate::http::HttpError::bad_request(
+            "bad WebSocket handshake",
+        ));
         return Some(false);
     };
-    let scope =
-        Python::attach(|py| scope(py, asgi, rbuf, head, peers, true, req.https).map(Bound::unbind));
+    let scope = Python::attach(|py| {
+        scope(py, asgi, rbuf, head, peers, true, ex.https()).map(Bound::unbind)
+    });
     let offered: Vec<String> = header(rbuf, head, b"sec-websocket-protocol")
         .map(|v| {
             v.split(|&b| b == b',')
@@ -379,9 +374,8 @@ pub async fn serve(
                 .collect()
         })
         .unwrap_or_default();
-    rbuf.drain(..head.len);
     let Ok(scope) = scope else {
-        encode::error_response(out, crate::http::HttpError::new(500, "scope"), &date);
+        ex.error(crate::http::HttpError::new(500, "scope"));
         return Some(false);
     };
     let link = Rc::new(Link::default());
@@ -407,9 +401,11 @@ pub async fn serve(
         )
     });
     if started.is_err() {
-        encode::error_response(out, crate::http::HttpError::new(500, "start"), &date);
+        ex.error(crate::http::HttpError::new(500, "start"));
         return Some(false);
     }
+    let (stream, rbuf, out) = ex.upgrade();
+    let stream = &stream;
 
     let mut decoder = ws::Decoder::new(asgi.ws_max_size);
     let mut reading: Option<LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>> = None;

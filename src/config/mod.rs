@@ -701,6 +701,22 @@ fn choice<T: clap::ValueEnum>(values: &Values, name: &str) -> Result<T, String> 
 }
 
 impl Config {
+    /// The settings the HTTP driver follows, derived from this configuration.
+    pub fn http(&self) -> crate::http::conn::Settings {
+        crate::http::conn::Settings {
+            keep_alive: self.keep_alive,
+            header_timeout: self.header_timeout,
+            limits: self.limits,
+            proxy_protocol: self.proxy_protocol,
+            proxy_allow_ips: self.proxy_allow_ips.clone(),
+            forwarded_allow_ips: self.forwarded_allow_ips.clone(),
+            secure_scheme_headers: self.secure_scheme_headers.clone(),
+            zerocopy: self.send_zerocopy.into(),
+            sendfile: self.sendfile,
+            tmp_upload_dir: self.tmp_upload_dir.clone(),
+        }
+    }
+
     /// The configuration from the gathered values and what only a config
     /// file can give (its hooks, its logging dict).
     fn build(values: &Values, extras: file::FileValues) -> Result<Config, String> {

@@ -1,98 +1,126 @@
-//! One client connection: read and parse heads, gather or stream the body, run the
-//! app, write the response, and decide whether the connection lives on. Pipelined
-//! requests are answered in order, and their responses leave in one write.
+//! One client connection, as HTTP/1.1 sees it and no further: the PROXY
+//! header and the TLS handshake, heads read and parsed, the body delivered the
+//! way the handler asks, responses written in order (pipelined ones leave in
+//! one write), 100 Continue after any earlier response, keep-alive, write
+//! stalls and the lingering close. What a request means is the `Handler`'s
+//! business: WSGI and ASGI each implement it (docs/architecture.md, "HTTP").
 
+use std::cell::RefCell;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, IntoRawFd};
+use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::rc::Rc;
-use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use compio::buf::BufResult;
-use compio::io::AsyncReadExt;
-use futures_util::future::Either;
-use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use compio::driver::op::{Interest, PollOnce};
+use compio::io::{AsyncRead, AsyncReadExt};
+use futures_util::future::{Either, LocalBoxFuture};
 
 use super::HttpError;
+use super::blocking_body::BodyStream;
 use super::body::Decoder;
-use super::encode;
-use super::output::{Lent, zerocopy_for};
-use super::parse::{BodyKind, HeadScan, RequestHead};
+use super::drain::Drain;
+use super::encode::{self, DateCache};
+use super::output::{Lent, Meta, Zerocopy, zerocopy_for};
+use super::parse::{BodyKind, HeadScan, Limits, RequestHead};
 use super::proxy;
 use super::proxy_protocol;
 use super::sendfile::FileSpan;
 use super::spool::{self, Spool};
-use super::stream::{Endpoints, HandshakeError, Stream};
-use super::tls;
-use crate::access_log::{self, Outcome};
-use crate::asgi::http::{self as asgi_http, Peers};
-use crate::asgi::websocket as asgi_ws;
-use crate::shard::accept::Admitted;
-use crate::shard::{App, Shard};
-use crate::wsgi::Wsgi;
-use crate::wsgi::environ::ConnInfo;
-use crate::wsgi::input::{self, BodyStream, SharedBody};
-use crate::wsgi::pool::Pool;
-use crate::wsgi::pool::{Job, Pieces};
-use crate::wsgi::response::{Progress, RequestMeta, Response, internal_error};
+use super::stream::{Endpoints, HandshakeError, Peek, Stream, TlsStream, Watched};
 
-/// With `--threads` above 1, bodies up to this size are read before the app
-/// runs; larger ones stream to the app's thread.
-const STREAM_AT: usize = 64 * 1024;
 /// A connection's read buffer, and the most it keeps between requests.
 const RBUF_SIZE: usize = 8192;
 const RBUF_KEEP: usize = 64 * 1024;
 /// Room made in the read buffer for each read of a body.
 const BODY_READ: usize = 64 * 1024;
+/// Bounds on one read of a body read as the app asks for it: each read is a
+/// trip through the app, so fewer, larger ones pay.
+const BODY_READ_MIN: usize = 16 * 1024;
+const BODY_READ_MAX: usize = 256 * 1024;
 /// Pipelined responses are gathered up to this size before a write.
 const FLUSH_AT: usize = 64 * 1024;
 /// How long a closing connection keeps reading, so unread input does not turn the
 /// close into a reset that destroys the response (RFC 9112 9.6).
 const LINGER: Duration = Duration::from_secs(2);
 
-enum Body {
-    InMemory(Vec<u8>),
-    /// A body over `spool::MEMORY_MAX`, whole, in an unlinked temporary file.
-    Spooled(std::fs::File),
-    /// A body the app reads from the socket itself (`--threads` above 1),
-    /// with the bytes decoded so far.
-    Stream(SharedBody, Vec<u8>),
+/// The settings the protocol follows, built from the configuration.
+pub struct Settings {
+    pub keep_alive: Duration,
+    pub header_timeout: Duration,
+    pub limits: Limits,
+    pub proxy_protocol: proxy_protocol::Mode,
+    pub proxy_allow_ips: proxy::Allow,
+    pub forwarded_allow_ips: proxy::Allow,
+    pub secure_scheme_headers: proxy::SchemeHeaders,
+    pub zerocopy: Zerocopy,
+    /// Files go out by sendfile(2) rather than read and written.
+    pub sendfile: bool,
+    /// Where large request bodies are spooled; None: `$TMPDIR`.
+    pub tmp_upload_dir: Option<PathBuf>,
 }
 
-/// Takes a streamed body away from the app however the request ends, so a
-/// `wsgi.input` kept past its request reads nothing and holds no socket. A
-/// read in progress on a Python thread holds the lock; its stream goes when
-/// the input object does.
-struct Revoke(SharedBody);
+/// What all connections of one shard share.
+pub struct Host {
+    pub settings: Settings,
+    pub date: RefCell<DateCache>,
+    pub drain: Drain,
+    /// The server is stopping: responses say `Connection: close`.
+    stopping: Box<dyn Fn() -> bool>,
+}
 
-impl Drop for Revoke {
-    fn drop(&mut self) {
-        if let Ok(mut stream) = self.0.try_lock() {
-            stream.take();
+impl Host {
+    pub fn new(settings: Settings, stopping: Box<dyn Fn() -> bool>) -> Host {
+        Host {
+            settings,
+            date: RefCell::new(DateCache::default()),
+            drain: Drain::default(),
+            stopping,
         }
+    }
+
+    /// The Date header's value for now.
+    pub fn date(&self) -> Vec<u8> {
+        self.date.borrow_mut().get().to_vec()
+    }
+
+    pub fn stopping(&self) -> bool {
+        (self.stopping)()
     }
 }
 
-/// A body that could not be spooled is the server's failure, not the
-/// client's.
-fn spool_failed(e: std::io::Error) -> HttpError {
-    log::error!("Cannot keep a request body: {e}");
-    HttpError::new(500, "the request body could not be kept")
+/// The connection as a handler first sees it.
+pub struct Opened<'a> {
+    /// The client and the local end, as a trusted PROXY header gave them.
+    pub ends: &'a Endpoints,
+    pub proxied: Option<&'a proxy_protocol::Header>,
+    pub tls: Option<&'a TlsStream>,
 }
 
-/// What became of a request, for the access log and post_request.
-#[derive(Default)]
-struct Done {
-    outcome: Outcome,
-    /// The environ, kept for post_request.
-    environ: Option<Py<PyAny>>,
+/// What an interface does with a connection's requests.
+pub trait Handler {
+    /// What the handler keeps for the life of one connection.
+    type Peer;
+
+    /// A connection is set up; None refuses it (it closes).
+    fn open(&self, opened: Opened<'_>) -> Option<Self::Peer>;
+
+    /// Answers one request. Returns whether the connection may carry another
+    /// request, or None when it must close at once.
+    fn respond(&self, peer: &Self::Peer, ex: Exchange<'_>) -> impl Future<Output = Option<bool>>;
 }
 
-/// Per-connection values for the bridge in use.
-enum PeerInfo {
-    Wsgi(ConnInfo),
-    Asgi(Peers),
+/// A request body, read before the handler's app runs.
+pub enum Body {
+    InMemory(Vec<u8>),
+    /// A body over `spool::MEMORY_MAX`, whole, in an unlinked temporary file.
+    Spooled(std::fs::File),
+    /// A body the app reads from the socket itself on its own thread, with the
+    /// bytes decoded so far. Give it back with `Exchange::restore_body`.
+    Stream(BodyStream, Vec<u8>),
 }
 
 enum ReadError {
@@ -102,19 +130,13 @@ enum ReadError {
 }
 
 struct Conn {
-    shard: Rc<Shard>,
+    host: Rc<Host>,
     /// The client's address, for the access log.
     peer: String,
     /// The peer is a trusted proxy (`forwarded_allow_ips`).
     trusted: bool,
-    /// The current request came through https: over TLS, or as its trusted
-    /// proxy says.
-    https: bool,
     /// The connection is TLS.
     tls: bool,
-    /// The client's address as the request hooks' `req.peer_addr`, made only
-    /// when there are hooks.
-    hook_peer: Option<Py<PyAny>>,
     stream: Stream,
     rbuf: Vec<u8>,
     out: Vec<u8>,
@@ -125,33 +147,37 @@ struct Conn {
     zerocopy: bool,
 }
 
-pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>) {
-    let shard = admitted.shard().clone();
+/// Serves a connection to its end.
+pub async fn serve<H: Handler>(
+    host: Rc<Host>,
+    handler: H,
+    stream: Stream,
+    peer: Option<SocketAddr>,
+) {
     let Ok(mut ends) = stream.endpoints(peer) else {
         return;
     };
+    let settings = &host.settings;
     let mut conn = Conn {
         peer: String::new(),
         // Only a process on this host can reach a unix socket: Gunicorn trusts
         // it as a proxy.
         trusted: match &ends {
-            Endpoints::Tcp { peer, .. } => shard.config.forwarded_allow_ips.allows(peer.ip()),
+            Endpoints::Tcp { peer, .. } => settings.forwarded_allow_ips.allows(peer.ip()),
             Endpoints::Unix { .. } => true,
         },
-        https: false,
         tls: false,
-        hook_peer: None,
-        shard: shard.clone(),
+        zerocopy: zerocopy_for(settings.zerocopy, &ends),
+        host: host.clone(),
         stream,
         rbuf: Vec::with_capacity(RBUF_SIZE),
         // Grown by the first response to the size responses need: an idle
         // connection should not hold a write buffer it has never used.
         out: Vec::new(),
         lent: Lent::default(),
-        zerocopy: zerocopy_for(shard.config.send_zerocopy.into(), &ends),
     };
     let mut proxied = None;
-    if shard.config.proxy_protocol != proxy_protocol::Mode::Off {
+    if settings.proxy_protocol != proxy_protocol::Mode::Off {
         let Ok(header) = conn.proxy_header(&ends).await else {
             return;
         };
@@ -174,7 +200,7 @@ pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>)
         _ => None,
     };
     if let Some(tls) = &tls {
-        let until = Instant::now() + shard.config.header_timeout;
+        let until = Instant::now() + settings.header_timeout;
         let early = std::mem::take(&mut conn.rbuf);
         match tls.handshake(&early, until).await {
             Ok(()) => conn.tls = true,
@@ -188,31 +214,15 @@ pub async fn serve(admitted: Admitted, stream: Stream, peer: Option<SocketAddr>)
         }
     }
     conn.peer = ends.peer_host();
-    let info = match &shard.app {
-        App::Wsgi { .. } => PeerInfo::Wsgi(Python::attach(|py| {
-            ConnInfo::new(py, &ends, proxied.as_ref())
-        })),
-        App::Asgi(asgi) => match Python::attach(|py| {
-            let facts = match (&tls, &shard.config.tls) {
-                (Some(t), Some(config)) => Some((tls::lock(&t.session).facts(), config.as_ref())),
-                _ => None,
-            };
-            Peers::new(py, asgi, &ends, facts)
-        }) {
-            Ok(peers) => PeerInfo::Asgi(peers),
-            Err(_) => return,
-        },
+    let opened = Opened {
+        ends: &ends,
+        proxied: proxied.as_ref(),
+        tls: tls.as_ref(),
     };
-    if shard.request_hooks.is_some() {
-        conn.hook_peer = Python::attach(|py| match &ends {
-            Endpoints::Tcp { peer, .. } => (peer.ip().to_string(), peer.port())
-                .into_pyobject(py)
-                .ok()
-                .map(|t| t.into_any().unbind()),
-            Endpoints::Unix { .. } => Some(pyo3::types::PyString::new(py, "").into_any().unbind()),
-        });
-    }
-    conn.run(&info).await;
+    let Some(peer) = handler.open(opened) else {
+        return;
+    };
+    conn.run(&handler, &peer).await;
 }
 
 impl Conn {
@@ -223,15 +233,16 @@ impl Conn {
         &mut self,
         ends: &Endpoints,
     ) -> Result<Option<proxy_protocol::Header>, ()> {
-        let cfg = self.shard.config.clone();
-        let until = Instant::now() + cfg.header_timeout;
+        let host = self.host.clone();
+        let settings = &host.settings;
+        let until = Instant::now() + settings.header_timeout;
         // The header comes before any TLS, so it is read from the socket itself.
         let mut raw = match &self.stream {
             Stream::Tls(tls) => tls.transport(),
             other => other.clone(),
         };
         loop {
-            match proxy_protocol::parse(&self.rbuf, cfg.proxy_protocol) {
+            match proxy_protocol::parse(&self.rbuf, settings.proxy_protocol) {
                 Ok(None) => {
                     let mut buf = std::mem::take(&mut self.rbuf);
                     buf.reserve(8192);
@@ -242,7 +253,7 @@ impl Conn {
                 }
                 Ok(Some((header, used))) => {
                     let allowed = match ends {
-                        Endpoints::Tcp { peer, .. } => cfg.proxy_allow_ips.allows(peer.ip()),
+                        Endpoints::Tcp { peer, .. } => settings.proxy_allow_ips.allows(peer.ip()),
                         Endpoints::Unix { .. } => true,
                     };
                     if header.is_some() && !allowed {
@@ -263,15 +274,15 @@ impl Conn {
 
     /// Refuses a connection before any TLS: the answer goes out as it is.
     async fn refuse_raw(&mut self, raw: &Stream, err: HttpError) {
-        let date = self.shard.date.borrow_mut().get().to_vec();
         let mut out = Vec::new();
-        encode::error_response(&mut out, err, &date);
+        encode::error_response(&mut out, err, &self.host.date());
         let _ = raw.write_out(&mut out).await;
     }
 
-    async fn run(&mut self, info: &PeerInfo) {
+    async fn run<H: Handler>(&mut self, handler: &H, peer: &H::Peer) {
         let mut head = RequestHead::default();
-        let cfg = self.shard.config.clone();
+        let host = self.host.clone();
+        let settings = &host.settings;
         let mut first = true;
         loop {
             // A head: an idle connection waits at most keep-alive for its first
@@ -279,7 +290,7 @@ impl Conn {
             let mut deadline: Option<Instant> = None;
             let mut scan = HeadScan::default();
             loop {
-                match scan.parse(&self.rbuf, &cfg.limits, &mut head) {
+                match scan.parse(&self.rbuf, &settings.limits, &mut head) {
                     Ok(Some(())) => break,
                     Ok(None) => {}
                     Err(err) => return self.refuse(err).await,
@@ -288,15 +299,15 @@ impl Conn {
                     return;
                 }
                 let until = if self.rbuf.is_empty() && !first {
-                    Instant::now() + cfg.keep_alive
+                    Instant::now() + settings.keep_alive
                 } else {
-                    *deadline.get_or_insert_with(|| Instant::now() + cfg.header_timeout)
+                    *deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout)
                 };
                 let partial = !self.rbuf.is_empty();
                 // Between requests a draining shard closes the connection; a
                 // new connection still gets its first request answered.
                 let idle = !partial && !first;
-                if idle && self.shard.drain.is_draining() {
+                if idle && host.drain.is_draining() {
                     return;
                 }
                 match self.read(until, idle).await {
@@ -311,8 +322,8 @@ impl Conn {
             }
 
             first = false;
-            self.https = match self.trusted {
-                true => match proxy::is_https(&self.rbuf, &head, &cfg.secure_scheme_headers) {
+            let https = match self.trusted {
+                true => match proxy::is_https(&self.rbuf, &head, &settings.secure_scheme_headers) {
                     Ok(https) => https || self.tls,
                     Err(err) => return self.refuse(err).await,
                 },
@@ -320,70 +331,30 @@ impl Conn {
             };
             // A declared length over limit_request_body is refused before
             // the app runs; a chunked body is cut where it passes the limit.
-            if let (Some(limit), BodyKind::Length(length)) = (cfg.limits.body, head.body)
+            if let (Some(limit), BodyKind::Length(length)) = (settings.limits.body, head.body)
                 && length > limit
             {
                 return self
                     .refuse(HttpError::new(413, "request body too large"))
                     .await;
             }
-            let shard = self.shard.clone();
-            let keep_alive = match (&shard.app, info) {
-                (App::Wsgi { wsgi, pool }, PeerInfo::Wsgi(info)) => {
-                    let body = match self.gather_body(&head, pool.is_some()).await {
-                        Ok(body) => body,
-                        Err(Some(err)) => return self.refuse(err).await,
-                        Err(None) => return,
-                    };
-                    self.respond(&head, info, body, wsgi, pool.as_ref()).await
-                }
-                (App::Asgi(asgi), PeerInfo::Asgi(peers)) => {
-                    let board = &shard.board;
-                    board.count_request(board.slot_index(shard.local, 0));
-                    let upgrade = head.minor == 1 && asgi_ws::is_upgrade(&self.rbuf, &head);
-                    let req = asgi_http::Request {
-                        head: &head,
-                        meta: super::output::Meta {
-                            minor: head.minor,
-                            is_head: head.is_head(&self.rbuf),
-                            keep_alive: head.keep_alive && !board.stopping(),
-                        },
-                        date: shard.date.borrow_mut().get().to_vec(),
-                        access_log: shard.access_log.as_deref().filter(|_| !upgrade),
-                        remote: &self.peer,
-                        https: self.https,
-                        sendfile: shard.config.sendfile,
-                        zerocopy: self.zerocopy,
-                        hooks: shard
-                            .request_hooks
-                            .as_ref()
-                            .filter(|_| !upgrade)
-                            .map(|h| (h, self.hook_peer.as_ref())),
-                        body_limit: cfg.limits.body,
-                    };
-                    if upgrade {
-                        let (stream, rbuf, out) = (&self.stream, &mut self.rbuf, &mut self.out);
-                        asgi_ws::serve(asgi, stream, rbuf, out, peers, req).await
-                    } else {
-                        asgi_http::respond(
-                            asgi,
-                            &self.stream,
-                            &mut self.rbuf,
-                            &mut self.out,
-                            peers,
-                            req,
-                            cfg.header_timeout,
-                        )
-                        .await
-                    }
-                }
-                _ => return,
+            let meta = Meta {
+                minor: head.minor,
+                is_head: head.is_head(&self.rbuf),
+                // A stopping server says Connection: close on its last responses.
+                keep_alive: head.keep_alive && !host.stopping(),
             };
-            if keep_alive.is_none() {
+            let ex = Exchange {
+                conn: self,
+                head: &head,
+                meta,
+                https,
+                head_kept: true,
+            };
+            let Some(keep_alive) = handler.respond(peer, ex).await else {
                 return;
-            }
-            if keep_alive == Some(false) || cfg.keep_alive.is_zero() || self.shard.board.stopping()
-            {
+            };
+            if !keep_alive || settings.keep_alive.is_zero() || host.stopping() {
                 let _ = self.flush().await;
                 return self.linger().await;
             }
@@ -406,7 +377,7 @@ impl Conn {
         let buf = std::mem::take(&mut self.rbuf);
         let read = compio::time::timeout_at(until, self.stream.append(buf));
         let read = if idle {
-            let drain = self.shard.drain.started();
+            let drain = self.host.drain.started();
             match futures_util::future::select(std::pin::pin!(read), std::pin::pin!(drain)).await {
                 Either::Left((read, _)) => read,
                 Either::Right(_) => return Err(ReadError::Closed),
@@ -442,8 +413,7 @@ impl Conn {
     /// Answers a bad request with its status and closes the connection.
     async fn refuse(&mut self, err: HttpError) {
         log::debug!("Refusing request: {} {}", err.status, err.detail);
-        let date = self.shard.date.borrow_mut().get().to_vec();
-        encode::error_response(&mut self.out, err, &date);
+        encode::error_response(&mut self.out, err, &self.host.date());
         if self.flush().await {
             self.linger().await;
         }
@@ -466,29 +436,114 @@ impl Conn {
             }
         }
     }
+}
 
-    /// Reads the request body before the app runs, through the ring, so a
-    /// slow upload never holds the shard's thread: in memory up to
-    /// `spool::MEMORY_MAX`, in a temporary file past it. With `--threads` above
-    /// 1 (`stream`), a large body, or one the client holds back until `100
-    /// Continue`, streams to the app instead, whose reads then wait on its
-    /// own Python thread. A body over `limit_request_body` is refused (413).
-    async fn gather_body(
-        &mut self,
-        head: &RequestHead,
-        stream: bool,
-    ) -> Result<Body, Option<HttpError>> {
-        let cfg = self.shard.config.clone();
-        let mut decoder = Decoder::new(head.body).limited(cfg.limits.body);
+/// One request and the connection's means to answer it. The head's bytes
+/// stay at the start of `buf` until `end_head`; the response goes into
+/// `output`, and leaves on `flush` or once the handler returns.
+pub struct Exchange<'c> {
+    conn: &'c mut Conn,
+    head: &'c RequestHead,
+    meta: Meta,
+    https: bool,
+    /// The head's bytes are still at the start of the read buffer.
+    head_kept: bool,
+}
+
+impl<'c> Exchange<'c> {
+    pub fn head(&self) -> &RequestHead {
+        self.head
+    }
+
+    /// The read buffer, which starts with the head until `end_head`.
+    pub fn buf(&self) -> &[u8] {
+        &self.conn.rbuf
+    }
+
+    /// Drops the head's bytes, once the handler has taken what it needs.
+    pub fn end_head(&mut self) {
+        if std::mem::take(&mut self.head_kept) {
+            self.conn.rbuf.drain(..self.head.len);
+        }
+    }
+
+    pub fn meta(&self) -> Meta {
+        self.meta
+    }
+
+    /// The request came through https: over TLS, or as its trusted proxy says.
+    pub fn https(&self) -> bool {
+        self.https
+    }
+
+    /// The client's address, for the access log.
+    pub fn remote(&self) -> &str {
+        &self.conn.peer
+    }
+
+    pub fn host(&self) -> &Host {
+        &self.conn.host
+    }
+
+    /// The Date header's value for now.
+    pub fn date(&self) -> Vec<u8> {
+        self.conn.host.date()
+    }
+
+    /// Where the response goes: turbo's buffer, and buffers lent to it.
+    pub fn output(&mut self) -> (&mut Vec<u8>, &mut Lent) {
+        (&mut self.conn.out, &mut self.conn.lent)
+    }
+
+    /// Answers with turbo's own error response; the connection then closes.
+    pub fn error(&mut self, err: HttpError) {
+        encode::error_response(&mut self.conn.out, err, &self.conn.host.date());
+    }
+
+    /// Writes what the output holds, behind any earlier pipelined responses;
+    /// false when the client is gone or stalled.
+    pub async fn flush(&mut self) -> bool {
+        self.conn.flush().await
+    }
+
+    /// Writes the output (the head), then the file; false when the
+    /// connection must close.
+    pub async fn send_file(&mut self, file: FileSpan) -> bool {
+        let sendfile = self.conn.host.settings.sendfile;
+        self.conn.flush().await
+            && file
+                .send(&self.conn.stream, &mut Vec::new(), sendfile)
+                .await
+    }
+
+    /// Sends `100 Continue`, after whatever is owed before it.
+    pub async fn send_continue(&mut self) -> bool {
+        self.conn.out.extend_from_slice(encode::CONTINUE);
+        self.conn.flush().await
+    }
+
+    /// Reads the body before the app runs, through the ring, so a slow upload
+    /// never holds the shard's thread: in memory up to `spool::MEMORY_MAX`,
+    /// in a temporary file past it. A client waiting for `100 Continue` gets
+    /// it at once, as from Gunicorn. With `stream_at`, a larger body, or one
+    /// the client holds back until `100 Continue`, is handed over instead
+    /// (`Body::Stream`): the app then reads it on its own thread, and sends
+    /// the 100 Continue on its first read. Err(None) when the client is gone.
+    pub async fn read_body(&mut self, stream_at: Option<usize>) -> Result<Body, Option<HttpError>> {
+        let head = self.head;
+        let host = self.conn.host.clone();
+        let settings = &host.settings;
+        let conn = &mut *self.conn;
+        let mut decoder = Decoder::new(head.body).limited(settings.limits.body);
         let mut body = Vec::new();
         let mut spool: Option<Spool> = None;
         let mut continued = false;
         loop {
-            // The head stays for the environ; decoded body bytes leave rbuf.
+            // The head stays for the app's request; decoded body bytes leave rbuf.
             let used = decoder
-                .decode_into(&self.rbuf[head.len..], &mut body)
+                .decode_into(&conn.rbuf[head.len..], &mut body)
                 .map_err(Some)?;
-            self.rbuf.drain(head.len..head.len + used);
+            conn.rbuf.drain(head.len..head.len + used);
             if decoder.is_done() {
                 return match spool {
                     None => Ok(Body::InMemory(body)),
@@ -499,39 +554,37 @@ impl Conn {
                         .map_err(|e| Some(spool_failed(e))),
                 };
             }
-            let nothing_yet = body.is_empty() && spool.is_none() && self.rbuf.len() == head.len;
+            let nothing_yet = body.is_empty() && spool.is_none() && conn.rbuf.len() == head.len;
             let waiting_for_continue = head.expect_continue && nothing_yet && !continued;
-            if stream {
+            if let Some(stream_at) = stream_at {
                 let large = decoder
                     .remaining_length()
-                    .is_some_and(|n| n as usize + body.len() > STREAM_AT)
-                    || body.len() + (self.rbuf.len() - head.len) > STREAM_AT;
+                    .is_some_and(|n| n as usize + body.len() > stream_at)
+                    || body.len() + (conn.rbuf.len() - head.len) > stream_at;
                 if waiting_for_continue || large {
                     // The app's thread sends 100 Continue on its first read,
                     // straight to the socket: what is owed before it goes first.
-                    if waiting_for_continue && self.pending() > 0 && !self.flush().await {
+                    if waiting_for_continue && conn.pending() > 0 && !conn.flush().await {
                         return Err(None);
                     }
-                    let pending = self.rbuf.split_off(head.len);
+                    let pending = conn.rbuf.split_off(head.len);
                     let stream = BodyStream::new(
-                        self.stream.as_raw_fd(),
-                        match &self.stream {
+                        conn.stream.as_raw_fd(),
+                        match &conn.stream {
                             Stream::Tls(tls) => Some(tls.session.clone()),
                             _ => None,
                         },
                         pending,
                         decoder,
                         waiting_for_continue,
-                        cfg.header_timeout,
+                        settings.header_timeout,
                     )
                     .map_err(|e| Some(spool_failed(e)))?;
-                    return Ok(Body::Stream(Arc::new(Mutex::new(Some(stream))), body));
+                    return Ok(Body::Stream(stream, body));
                 }
             } else if waiting_for_continue {
-                // As Gunicorn: the client may send at once. Earlier pipelined
-                // responses go out first, so it never overtakes them.
-                self.out.extend_from_slice(encode::CONTINUE);
-                if !self.flush().await {
+                conn.out.extend_from_slice(encode::CONTINUE);
+                if !conn.flush().await {
                     return Err(None);
                 }
                 continued = true;
@@ -539,7 +592,7 @@ impl Conn {
             if body.len() > spool::MEMORY_MAX {
                 let spooled = match spool.as_mut() {
                     Some(spool) => spool.write(&body),
-                    None => Spool::new(cfg.tmp_upload_dir.as_deref()).and_then(|mut s| {
+                    None => Spool::new(settings.tmp_upload_dir.as_deref()).and_then(|mut s| {
                         let written = s.write(&body);
                         spool = Some(s);
                         written
@@ -548,9 +601,9 @@ impl Conn {
                 spooled.map_err(|e| Some(spool_failed(e)))?;
                 body.clear();
             }
-            let until = Instant::now() + cfg.header_timeout;
-            self.rbuf.reserve(BODY_READ);
-            match self.read(until, false).await {
+            let until = Instant::now() + settings.header_timeout;
+            conn.rbuf.reserve(BODY_READ);
+            match conn.read(until, false).await {
                 Ok(()) => {}
                 Err(ReadError::TimedOut) => {
                     return Err(Some(HttpError::new(
@@ -563,285 +616,162 @@ impl Conn {
         }
     }
 
-    /// Runs the app and writes its response, with the access log and the
-    /// request hooks around it. Returns whether the connection may serve
-    /// another request, or None when it is already unusable.
-    async fn respond(
-        &mut self,
-        head: &RequestHead,
-        info: &ConnInfo,
-        body: Body,
-        wsgi: &Wsgi,
-        pool: Option<&Pool>,
-    ) -> Option<bool> {
-        let shard = self.shard.clone();
-        let (log, hooks) = (shard.access_log.as_deref(), shard.request_hooks.as_ref());
-        if log.is_none() && hooks.is_none() {
-            return self
-                .respond_inner(head, info, body, wsgi, pool, &mut Done::default())
-                .await;
-        }
-        let request = log.map(|_| access_log::Request::capture(&self.rbuf, head, false));
-        let mut done = Done::default();
-        let req = match hooks {
-            Some(hooks) => match Python::attach(|py| {
-                hooks.begin(py, &self.rbuf, head, self.https, self.hook_peer.as_ref())
-            }) {
-                Ok(req) => Some(req),
-                Err(()) => {
-                    done.outcome.status = 500;
-                    let date = shard.date.borrow_mut().get().to_vec();
-                    internal_error(&mut self.out, &date);
-                    None
-                }
-            },
-            None => None,
-        };
-        let keep_alive = match (hooks, req) {
-            (Some(_), None) => Some(false),
-            (_, req) => {
-                let keep_alive = self
-                    .respond_inner(head, info, body, wsgi, pool, &mut done)
-                    .await;
-                if let (Some(hooks), Some(req)) = (hooks, req) {
-                    let environ = done.environ.take();
-                    Python::attach(|py| hooks.finish(py, req, environ, &done.outcome));
-                }
-                keep_alive
-            }
-        };
-        if let (Some(log), Some(request)) = (log, request) {
-            log.log(&self.peer, &request, &done.outcome);
-        }
-        keep_alive
-    }
-
-    async fn respond_inner(
-        &mut self,
-        head: &RequestHead,
-        info: &ConnInfo,
-        body: Body,
-        wsgi: &Wsgi,
-        pool: Option<&Pool>,
-        done: &mut Done,
-    ) -> Option<bool> {
-        let shard = self.shard.clone();
-        let outcome = &mut done.outcome;
-        let meta = RequestMeta {
-            http: super::output::Meta {
-                minor: head.minor,
-                is_head: head.is_head(&self.rbuf),
-                // A draining shard says Connection: close on its last responses.
-                keep_alive: head.keep_alive && !shard.board.stopping(),
-            },
-            record_headers: shard
-                .access_log
-                .as_ref()
-                .is_some_and(|l| l.format.wants_response_headers)
-                || shard.request_hooks.as_ref().is_some_and(|h| h.post),
-            sendfile: shard.config.sendfile,
-        };
-        let slot = shard.board.slot_index(shard.local, 0);
-        shard.board.count_request(slot);
-        let date = shard.date.borrow_mut().get().to_vec();
-        let shared = match &body {
-            Body::Stream(shared, _) => Some(shared.clone()),
-            Body::InMemory(_) | Body::Spooled(_) => None,
-        };
-        let _revoke = shared.clone().map(Revoke);
-        let prepared = Python::attach(|py| {
-            let input = match body {
-                Body::InMemory(data) if data.is_empty() => Ok(wsgi.empty_input.bind(py).clone()),
-                Body::InMemory(data) => wsgi.bytes_io.bind(py).call1((PyBytes::new(py, &data),)),
-                // Python's file object takes the descriptor over.
-                Body::Spooled(file) => wsgi.open.bind(py).call1((file.into_raw_fd(), "rb")),
-                Body::Stream(shared, initial) => {
-                    input::stream_input(py, &wsgi.input_stream, shared, &initial)
-                }
-            };
-            let start_response = wsgi.start_response.bind(py).call0();
-            let (input, start_response) = match (input, start_response) {
-                (Ok(input), Ok(sr)) => (input, sr),
-                (Err(e), _) | (_, Err(e)) => {
-                    wsgi.log_exception(py, "Error preparing the request", &e);
-                    return Err(HttpError::new(500, "the request could not be prepared"));
-                }
-            };
-            let environ = wsgi.environ(py, &self.rbuf, head, info, &shard.header_keys, input)?;
-            if self.https {
-                let k = &wsgi.keys;
-                environ
-                    .set_item(k.url_scheme.bind(py), k.https.bind(py))
-                    .map_err(|_| HttpError::new(500, "environ could not be built"))?;
-            }
-            if shard.request_hooks.as_ref().is_some_and(|h| h.post) {
-                done.environ = Some(environ.clone().into_any().unbind());
-            }
-            Ok((environ.unbind(), start_response.unbind()))
-        });
-        self.rbuf.drain(..head.len);
-        let (environ, start_response) = match prepared {
-            Ok(prepared) => prepared,
-            Err(err) => {
-                self.restore_body(shared);
-                outcome.status = err.status;
-                encode::error_response(&mut self.out, err, &date);
-                return Some(false);
-            }
-        };
-        let mut keep_alive = match pool {
-            Some(pool) => {
-                let job = Job {
-                    environ,
-                    start_response,
-                    body: shared.clone(),
-                    meta,
-                    date: date.clone(),
-                };
-                match pool.respond(job) {
-                    Some(pieces) => self.write_pieces(pieces, outcome).await?,
-                    None => {
-                        log::error!("The shard's Python threads have stopped");
-                        outcome.status = 500;
-                        internal_error(&mut self.out, &date);
-                        false
-                    }
-                }
-            }
-            None => {
-                let result = Python::attach(|py| {
-                    let _busy = shard.board.busy(slot);
-                    wsgi.app
-                        .call1(py, (environ.bind(py), start_response.bind(py)))
-                });
-                match result {
-                    Err(e) => {
-                        Python::attach(|py| wsgi.app_failed(py, &e));
-                        outcome.status = 500;
-                        internal_error(&mut self.out, &date);
-                        false
-                    }
-                    Ok(result) => {
-                        let response = Response::new(result, start_response, shared.clone(), meta);
-                        self.write_response(response, wsgi, &date, slot, outcome)
-                            .await?
-                    }
-                }
-            }
-        };
-        if !self.restore_body(shared) {
-            keep_alive = false;
-        }
-        Some(keep_alive)
-    }
-
-    /// Produces the response on this thread, writing each piece as it comes.
-    /// Returns whether the connection may carry another request, or `None` if
-    /// it must close at once.
-    async fn write_response(
-        &mut self,
-        mut response: Response,
-        wsgi: &Wsgi,
-        date: &[u8],
-        slot: usize,
-        outcome: &mut Outcome,
-    ) -> Option<bool> {
-        let shard = self.shard.clone();
-        let mut alive = true;
-        loop {
-            if shard.board.stopping() {
-                response.close_connection();
-            }
-            let progress = Python::attach(|py| {
-                let _busy = shard.board.busy(slot);
-                response.advance(py, wsgi, &mut self.out, date)
-            });
-            self.lent.append(&mut response.take_lent(), 0);
-            match progress {
-                Progress::More => {
-                    if !self.flush().await {
-                        alive = false;
-                        break;
-                    }
-                }
-                Progress::Done => {
-                    if let Some(file) = response.take_file() {
-                        alive = self.send_file(file).await;
-                    }
-                    break;
-                }
-                Progress::Abort => {
-                    let _ = self.flush().await;
-                    alive = false;
-                    break;
-                }
-            }
-        }
-        let keep_alive = response.keep_alive();
-        *outcome = response.outcome();
-        Python::attach(|py| response.close(py, wsgi));
-        alive.then_some(keep_alive)
-    }
-
-    /// Writes a response made on a pool thread, piece by piece.
-    async fn write_pieces(&mut self, mut pieces: Pieces, outcome: &mut Outcome) -> Option<bool> {
-        loop {
-            let Some(mut piece) = pieces.recv().await else {
-                log::error!("A Python thread ended without finishing its response");
-                return None;
-            };
-            let at = self.out.len();
-            if self.out.is_empty() {
-                std::mem::swap(&mut self.out, &mut piece.bytes);
-            } else {
-                self.out.extend_from_slice(&piece.bytes);
-            }
-            self.lent.append(&mut piece.lent, at);
-            match piece.progress {
-                Progress::More => {
-                    if !self.flush().await {
-                        return None;
-                    }
-                    pieces.next(piece.bytes);
-                }
-                Progress::Done => {
-                    *outcome = piece.outcome;
-                    if let Some(file) = piece.file
-                        && !self.send_file(file).await
-                    {
-                        return None;
-                    }
-                    return Some(piece.keep_alive);
-                }
-                Progress::Abort => {
-                    *outcome = piece.outcome;
-                    let _ = self.flush().await;
-                    return None;
-                }
-            }
-        }
-    }
-
-    /// Writes what `out` holds (the head), then the file; false when the
-    /// connection must close.
-    async fn send_file(&mut self, file: FileSpan) -> bool {
-        self.flush().await && file.send(&self.stream, &mut Vec::new(), true).await
-    }
-
-    /// Takes a streamed body back from the app. Bytes read past its end belong to
-    /// the next request. Returns false if the body was not read to its end, in
-    /// which case the connection cannot be reused.
-    fn restore_body(&mut self, shared: Option<SharedBody>) -> bool {
-        let Some(shared) = shared else {
-            return true;
-        };
-        let stream = shared.lock().ok().and_then(|mut s| s.take());
+    /// Takes a handed-over body back from the app (None: the app kept it).
+    /// Bytes read past its end belong to the next request. Returns false if
+    /// the body was not read to its end: the connection cannot be reused.
+    pub fn restore_body(&mut self, stream: Option<BodyStream>) -> bool {
         match stream {
             Some(stream) if stream.decoder.is_done() => {
-                self.rbuf.extend_from_slice(&stream.pending);
+                self.conn.rbuf.extend_from_slice(&stream.pending);
                 true
             }
             _ => false,
         }
+    }
+
+    /// A reader for a body the app asks for piece by piece while its response
+    /// may already be going out. Call after `end_head`.
+    pub fn body_reader(&self) -> BodyReader {
+        BodyReader {
+            decoder: Decoder::new(self.head.body).limited(self.conn.host.settings.limits.body),
+            stream: self.conn.stream.clone(),
+            scratch: Vec::new(),
+            reading: None,
+            timeout: self.conn.host.settings.header_timeout,
+        }
+    }
+
+    /// Resolves when the socket turns readable: the next request's bytes, or
+    /// the client leaving (tell them apart with `peek`). Unlike a read, it
+    /// can be dropped without losing a pipelined request's bytes.
+    pub fn readable(&self) -> LocalBoxFuture<'static, ()> {
+        let fd = Watched(self.conn.stream.as_raw_fd());
+        Box::pin(async move {
+            let _ = compio::runtime::submit(PollOnce::new(fd, Interest::Readable)).await;
+        })
+    }
+
+    pub fn peek(&self) -> Peek {
+        self.conn.stream.peek()
+    }
+
+    /// Hands the connection over to another protocol (a WebSocket): the
+    /// socket, what was read past the head, and the output buffer, with any
+    /// earlier response still in it. The connection closes when it ends.
+    pub fn upgrade(mut self) -> (Stream, &'c mut Vec<u8>, &'c mut Vec<u8>) {
+        self.end_head();
+        let conn = self.conn;
+        (conn.stream.clone(), &mut conn.rbuf, &mut conn.out)
+    }
+}
+
+/// A body that could not be spooled is the server's failure, not the
+/// client's.
+fn spool_failed(e: std::io::Error) -> HttpError {
+    log::error!("Cannot keep a request body: {e}");
+    HttpError::new(500, "the request body could not be kept")
+}
+
+/// What a body read brought.
+pub enum BodyRead {
+    /// Bytes were decoded (maybe none yet: read again).
+    Data,
+    /// The client closed its end, or the socket failed.
+    Closed,
+    /// The client stalled past the header timeout, or framed the body badly.
+    Gone,
+}
+
+type Read = LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>;
+
+/// A request body read as the app asks for it. Its read owns a handle to the
+/// socket, so it stays in flight across writes of the response.
+pub struct BodyReader {
+    decoder: Decoder,
+    stream: Stream,
+    /// The read buffer, made on the first read (most requests have none).
+    scratch: Vec<u8>,
+    /// The read in flight, and the stall it must beat.
+    reading: Option<(Read, LocalBoxFuture<'static, ()>)>,
+    timeout: Duration,
+}
+
+impl BodyReader {
+    /// Decodes the body bytes the connection has read into `into`.
+    pub fn decode(&mut self, ex: &mut Exchange<'_>, into: &mut Vec<u8>) -> Result<(), HttpError> {
+        let rbuf = &mut ex.conn.rbuf;
+        let used = self.decoder.decode_into(rbuf, into)?;
+        rbuf.drain(..used);
+        Ok(())
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.decoder.is_done()
+    }
+
+    pub fn is_reading(&self) -> bool {
+        self.reading.is_some()
+    }
+
+    /// Starts a read, unless one is in flight; it must bring bytes within the
+    /// header timeout.
+    pub fn start(&mut self) {
+        if self.reading.is_some() {
+            return;
+        }
+        let mut buf = std::mem::take(&mut self.scratch);
+        buf.clear();
+        let left = self
+            .decoder
+            .remaining_length()
+            .unwrap_or(BODY_READ_MAX as u64);
+        buf.reserve((left as usize).clamp(BODY_READ_MIN, BODY_READ_MAX));
+        let mut reader = self.stream.clone();
+        let deadline = Instant::now() + self.timeout;
+        self.reading = Some((
+            Box::pin(async move { reader.read(buf).await }),
+            Box::pin(compio::time::sleep_until(deadline)),
+        ));
+    }
+
+    /// Polls the read in flight: what it read is decoded into `into`, and
+    /// what follows the body stays for the next request.
+    pub fn poll_read(
+        &mut self,
+        cx: &mut Context<'_>,
+        ex: &mut Exchange<'_>,
+        into: &mut Vec<u8>,
+    ) -> Poll<BodyRead> {
+        let Some((read, stall)) = self.reading.as_mut() else {
+            return Poll::Pending;
+        };
+        let done = match read.as_mut().poll(cx) {
+            Poll::Ready(done) => done,
+            Poll::Pending => {
+                if stall.as_mut().poll(cx).is_ready() {
+                    self.reading = None;
+                    return Poll::Ready(BodyRead::Gone);
+                }
+                return Poll::Pending;
+            }
+        };
+        self.reading = None;
+        let BufResult(res, buf) = done;
+        let read = match res {
+            Ok(n) if n > 0 => {
+                ex.conn.rbuf.extend_from_slice(&buf[..n]);
+                match self.decode(ex, into) {
+                    Ok(()) => BodyRead::Data,
+                    Err(err) => {
+                        log::debug!("Bad request body: {}", err.detail);
+                        BodyRead::Gone
+                    }
+                }
+            }
+            // EOF or an error: the client is gone.
+            _ => BodyRead::Closed,
+        };
+        self.scratch = buf;
+        Poll::Ready(read)
     }
 }

@@ -1,9 +1,13 @@
-//! HTTP/1.1 as RFC 9112 says: request heads (`parse`), request bodies (`body`), and
-//! response framing (`encode`) and WebSocket framing (`websocket`), kept apart from the connection state machine (`conn`)
-//! so each can be tested on bytes alone.
+//! HTTP/1.1 as RFC 9112 says, and nothing above it: request heads (`parse`),
+//! request bodies (`body`), response framing (`encode`, `output`) and
+//! WebSocket framing (`websocket`), each testable on bytes alone, under one
+//! connection driver (`conn`) that WSGI and ASGI plug into as handlers. No
+//! file here knows Python, the configuration or the shard.
 
+pub mod blocking_body;
 pub mod body;
 pub mod conn;
+pub mod drain;
 pub mod encode;
 #[cfg(test)]
 mod fuzz;

@@ -14,8 +14,7 @@ use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 
 use compio::driver::op::{Interest, PollOnce};
 
-use super::stream::{Stream, stalled, write_stall};
-use crate::asgi::event_loop::Watched;
+use super::stream::{Stream, Watched, stalled, write_stall};
 
 /// The most one sendfile call is asked to send, so a huge file still lets the
 /// shard's other connections run between calls.

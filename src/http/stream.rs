@@ -5,7 +5,7 @@
 
 use std::io::ErrorKind::InvalidData;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,6 +66,19 @@ impl Stream {
                     .unwrap_or_default(),
             }),
         }
+    }
+}
+
+/// A descriptor polled by io_uring that something else owns and keeps open
+/// while the poll is in flight: Python unregisters a descriptor (cancelling
+/// its poll) before closing it, and a connection drops its poll before itself.
+pub struct Watched(pub RawFd);
+
+impl AsFd for Watched {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the owner keeps the descriptor open while the poll is in
+        // flight (see above).
+        unsafe { BorrowedFd::borrow_raw(self.0) }
     }
 }
 

@@ -1,6 +1,7 @@
 //! Accepting connections: a shard's listening sockets, and the loop that takes
 //! connections from them until the shard drains.
 
+use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::rc::Rc;
 
@@ -9,7 +10,8 @@ use compio::net::{TcpStream, UnixStream};
 use futures_util::future::Either;
 use socket2::Socket;
 
-use super::Shard;
+use super::{App, Shard};
+use crate::http::conn::{self, Handler, Host};
 use crate::http::stream::{Stream, TlsStream};
 
 /// One listening socket as a shard sees it.
@@ -44,16 +46,12 @@ impl AsRawFd for Listener {
 
 /// A connection the shard counts as live from its accept until it ends; the
 /// shard drains until none is left.
-pub struct Admitted(Rc<Shard>);
+struct Admitted(Rc<Host>);
 
 impl Admitted {
-    fn new(shard: Rc<Shard>) -> Admitted {
-        shard.drain.admit();
-        Admitted(shard)
-    }
-
-    pub fn shard(&self) -> &Rc<Shard> {
-        &self.0
+    fn new(host: Rc<Host>) -> Admitted {
+        host.drain.admit();
+        Admitted(host)
     }
 }
 
@@ -61,6 +59,29 @@ impl Drop for Admitted {
     fn drop(&mut self) {
         self.0.drain.leave();
     }
+}
+
+/// Serves an accepted connection on the shard's interface, counted from now.
+fn spawn(shard: &Shard, stream: Stream, peer: Option<SocketAddr>) {
+    let admitted = Admitted::new(shard.host.clone());
+    match &shard.app {
+        App::Wsgi(bridge) => spawn_counted(admitted, bridge.clone(), stream, peer),
+        App::Asgi(bridge) => spawn_counted(admitted, bridge.clone(), stream, peer),
+    }
+}
+
+fn spawn_counted<H: Handler + 'static>(
+    admitted: Admitted,
+    handler: H,
+    stream: Stream,
+    peer: Option<SocketAddr>,
+) {
+    let conn = conn::serve(admitted.0.clone(), handler, stream, peer);
+    compio::runtime::spawn(async move {
+        conn.await;
+        drop(admitted);
+    })
+    .detach();
 }
 
 /// Accepts connections while the shard runs. It waits for readiness and then
@@ -73,10 +94,10 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
     let mut full_said = false;
     loop {
         accept_queued(&shard, &listener).await;
-        if shard.drain.is_draining() {
+        if shard.host.drain.is_draining() {
             break;
         }
-        if shard.drain.live() >= cap {
+        if shard.host.drain.live() >= cap {
             // Full: new connections wait in the kernel's backlog, neither
             // accepted nor reset, until one of ours ends.
             if !full_said {
@@ -86,12 +107,12 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
                 );
                 full_said = true;
             }
-            shard.drain.room_below(cap).await;
+            shard.host.drain.room_below(cap).await;
             continue;
         }
-        full_said &= shard.drain.live() > cap - cap / 10;
+        full_said &= shard.host.drain.live() > cap - cap / 10;
         let ready = compio::runtime::submit(PollOnce::new(listener.clone(), Interest::Readable));
-        let drain = shard.drain.started();
+        let drain = shard.host.drain.started();
         let ready = std::pin::pin!(ready);
         let drain = std::pin::pin!(drain);
         if let Either::Right(_) = futures_util::future::select(ready, drain).await {
@@ -108,7 +129,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
 }
 
 async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
-    while shard.drain.live() < shard.config.worker_connections {
+    while shard.host.drain.live() < shard.config.worker_connections {
         match listener.socket.accept() {
             Ok((socket, addr)) => {
                 let peer = addr.as_socket();
@@ -124,11 +145,7 @@ async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
                     None => stream,
                 };
                 match stream {
-                    Ok(stream) => {
-                        let admitted = Admitted::new(shard.clone());
-                        compio::runtime::spawn(crate::http::conn::serve(admitted, stream, peer))
-                            .detach();
-                    }
+                    Ok(stream) => spawn(shard, stream, peer),
                     Err(e) => log::error!("Shard {}: cannot serve a connection: {e}", shard.id),
                 }
             }

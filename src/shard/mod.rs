@@ -3,10 +3,8 @@
 //! path; the kernel spreads connections between their SO_REUSEPORT sockets.
 
 pub mod accept;
-pub mod drain;
 pub mod runtime;
 
-use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -15,18 +13,17 @@ use futures_channel::oneshot;
 use pyo3::prelude::*;
 
 use crate::access_log::AccessLog;
-use crate::asgi::Asgi;
+use crate::asgi::{self, Asgi};
 use crate::config::{Config, InterfaceMode};
 use crate::hooks::RequestHooks;
-use crate::http::encode::DateCache;
+use crate::http::conn::Host;
+use crate::observe::Observers;
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;
-use crate::wsgi::Wsgi;
-use crate::wsgi::environ::HeaderKeys;
 use crate::wsgi::pool::Pool;
+use crate::wsgi::{self, Wsgi};
 pub use accept::Listener;
-use drain::Drain;
 
 /// What a shard reports once its app is loaded (or failed to load).
 pub enum Ready {
@@ -37,14 +34,10 @@ pub enum Ready {
     Failed(String),
 }
 
-/// The app behind one of the two interfaces.
+/// The app behind one of the two interfaces, as the HTTP driver's handler.
 pub enum App {
-    Wsgi {
-        wsgi: Arc<Wsgi>,
-        /// Python threads for app calls when `--threads` is above 1.
-        pool: Option<Pool>,
-    },
-    Asgi(Box<Asgi>),
+    Wsgi(Rc<wsgi::handler::Bridge>),
+    Asgi(Rc<asgi::handler::Bridge>),
 }
 
 /// Per-shard state shared by all of the shard's connections.
@@ -53,16 +46,18 @@ pub struct Shard {
     pub id: usize,
     pub config: Arc<Config>,
     pub app: App,
-    pub header_keys: HeaderKeys,
-    pub date: RefCell<DateCache>,
-    pub drain: Drain,
+    /// What the shard's connections share as HTTP sees them.
+    pub host: Rc<Host>,
     /// Shared with the supervisor: busy times and request counts.
     pub board: Arc<Scoreboard>,
     /// This shard's position in its worker process.
     pub local: usize,
-    pub access_log: Option<Arc<AccessLog>>,
-    /// The config file's pre_request and post_request, in this interpreter.
-    pub request_hooks: Option<RequestHooks>,
+}
+
+/// An app loaded for one interface, before it becomes a handler.
+enum Interface {
+    Wsgi(Arc<Wsgi>, Option<Pool>),
+    Asgi(Box<Asgi>),
 }
 
 /// Everything a shard thread starts from.
@@ -152,7 +147,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             python::watchdog::register(board.slot_index(local, 0));
         }
         let app = if asgi {
-            rt.enter(|| Asgi::new(py, &config, loaded).map(|a| App::Asgi(Box::new(a))))
+            rt.enter(|| Asgi::new(py, &config, loaded).map(|a| Interface::Asgi(Box::new(a))))
         } else {
             wsgi_app(py, id, &config, loaded, &board, local)
         };
@@ -171,17 +166,37 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             }
         };
         let config_reload = config.reload.is_some();
+        let observers = Observers {
+            access_log,
+            hooks: request_hooks,
+        };
+        let slot = board.slot_index(local, 0);
+        let app = match app {
+            Interface::Wsgi(wsgi, pool) => App::Wsgi(Rc::new(wsgi::handler::Bridge {
+                wsgi,
+                pool,
+                header_keys: Default::default(),
+                board: board.clone(),
+                slot,
+                observers,
+            })),
+            Interface::Asgi(asgi) => App::Asgi(Rc::new(asgi::handler::Bridge {
+                asgi: *asgi,
+                board: board.clone(),
+                slot,
+                observers,
+                tls: config.tls.clone(),
+            })),
+        };
+        let stopping = board.clone();
+        let host = Host::new(config.http(), Box::new(move || stopping.stopping()));
         let shard = Rc::new(Shard {
             id,
             config,
             app,
-            header_keys: HeaderKeys::default(),
-            date: RefCell::new(DateCache::default()),
-            drain: Drain::default(),
+            host: Rc::new(host),
             board,
             local,
-            access_log,
-            request_hooks,
         });
         let watch = if config_reload && id == 0 {
             crate::reloader::module_files(py)
@@ -189,18 +204,18 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             Vec::new()
         };
         match &shard.app {
-            App::Wsgi { .. } => {
+            App::Wsgi(_) => {
                 let _ = ready.send(Ready::Serving(watch));
                 runtime::block_on(&rt, serve(shard.clone(), listeners, go, stop));
             }
-            App::Asgi(asgi) => {
+            App::Asgi(bridge) => {
+                let asgi = &bridge.asgi;
                 // The event loop runs the shard; accepting starts once lifespan
                 // startup has completed.
                 let serving = ready.clone();
                 let for_serve = shard.clone();
                 let ran = rt.enter(|| {
-                    asgi.reactor
-                        .set_board(shard.board.clone(), shard.board.slot_index(local, 0));
+                    asgi.reactor.set_board(shard.board.clone(), bridge.slot);
                     asgi.run(
                         py,
                         move || {
@@ -227,7 +242,7 @@ fn wsgi_app(
     loaded: Arc<Loaded>,
     board: &Arc<Scoreboard>,
     local: usize,
-) -> Result<App, String> {
+) -> Result<Interface, String> {
     let wsgi = Arc::new(Wsgi::new(py, config, loaded)?);
     let pool = if config.threads > 1 {
         let pool = Pool::start(id, config.threads, wsgi.clone(), board.clone(), local)
@@ -236,7 +251,7 @@ fn wsgi_app(
     } else {
         None
     };
-    Ok(App::Wsgi { wsgi, pool })
+    Ok(Interface::Wsgi(wsgi, pool))
 }
 
 async fn serve(
@@ -260,9 +275,9 @@ async fn serve(
     }
     // A dropped sender means the worker is going away: drain as well.
     let _ = stop.await;
-    shard.drain.start();
+    shard.host.drain.start();
     for task in tasks {
         let _ = task.await;
     }
-    shard.drain.finished().await;
+    shard.host.drain.finished().await;
 }

@@ -2,6 +2,7 @@
 //! interpreter, holding the app and every per-interpreter object a request needs.
 
 pub mod environ;
+pub mod handler;
 pub mod input;
 pub mod pool;
 pub mod response;

@@ -152,7 +152,8 @@ fn run(py: Python<'_>, wsgi: &Wsgi, board: &Arc<Scoreboard>, slot: usize, task: 
         && let Ok(mut stream) = body.lock()
         && let Some(stream) = stream.as_mut()
     {
-        stream.clock = Some((board.clone(), slot));
+        let board = board.clone();
+        stream.on_bytes = Some(Box::new(move || board.mark_busy(slot)));
     }
     let mut out = Vec::with_capacity(8192);
     let result = {

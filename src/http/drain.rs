@@ -1,7 +1,7 @@
-//! Graceful shutdown inside one shard. When the worker is told to stop, the
-//! shard stops accepting, idle keep-alive connections close at once, busy ones
-//! finish their request and say `Connection: close`, and the shard ends once the
-//! last connection is gone.
+//! Graceful shutdown of one shard's connections. When the worker is told to
+//! stop, the shard stops accepting, idle keep-alive connections close at once,
+//! busy ones finish their request and say `Connection: close`, and the shard
+//! ends once the last connection is gone.
 
 use std::cell::{Cell, RefCell};
 use std::future::Future;
