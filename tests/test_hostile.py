@@ -201,6 +201,34 @@ def test_a_slow_upload_costs_only_its_connection(turbo, app):
     assert pid(server) == before
 
 
+def test_a_streamed_body_kept_past_its_request_reads_nothing(turbo):
+    """With --threads, a large body streams to the app's thread. An app that
+    keeps `wsgi.input` and reads it after its connection closed gets nothing:
+    it never reads the socket, or the descriptor number, of a later client."""
+    server = turbo("hostile:wsgi", "--threads", "3", "--cores", "1")
+    worker = pid(server)
+    first = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    first.sendall(b"POST /keep HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n")
+    first.sendall(b"a" * 200_000)
+    status, _, body, _ = read_response(first)
+    assert (status, body) == (200, b"kept")
+    # The body was not read to its end: the server closes this connection.
+    first.shutdown(socket.SHUT_WR)
+    drain(first)
+    first.close()
+    # A later client's upload, half sent, on what is likely the same
+    # descriptor number in the worker.
+    later = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    later.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nContent-Length: 50000\r\n\r\n")
+    later.sendall(b"b" * 10_000)
+    assert get(server, "/late") == (200, b"0")
+    later.sendall(b"b" * 40_000)
+    status, _, body, _ = read_response(later)
+    assert (status, body) == (200, b"50000")
+    later.close()
+    assert pid(server) == worker
+
+
 @pytest.mark.parametrize("app", APPS)
 def test_a_declared_body_over_the_limit_is_refused_before_the_app_runs(turbo, app):
     server = turbo(app, "--limit-request-body", "1000")
@@ -214,13 +242,17 @@ def test_a_declared_body_over_the_limit_is_refused_before_the_app_runs(turbo, ap
     assert data.startswith(b"HTTP/1.1 200 ") and data.endswith(b"\r\n\r\n1000")
 
 
-def test_a_chunked_body_over_the_limit_is_refused(turbo):
-    # With one thread the body is read before the app runs, so it never sees
-    # it; 1000 bytes pass, the 1001st is refused.
-    server = turbo("hostile:wsgi", "--limit-request-body", "1000", "--threads", "1")
+@pytest.mark.parametrize("app", APPS)
+def test_a_chunked_body_over_the_limit_is_refused(turbo, app):
+    # With one thread a WSGI body is read before the app runs, so it never
+    # sees it; an ASGI app that is reading it hears http.disconnect. 1000
+    # bytes pass, the 1001st is refused.
+    server = turbo(app, "--limit-request-body", "1000", "--threads", "1")
     with server.connect() as s:
         s.sendall(b"POST /upload HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n")
-        s.sendall(b"3e8\r\n" + b"a" * 1000 + b"\r\n1\r\nb\r\n0\r\n\r\n")
+        s.sendall(b"3e8\r\n" + b"a" * 1000 + b"\r\n")
+        # The app has the first 1000 bytes; the next chunk passes the limit.
+        s.sendall(b"1\r\nb\r\n0\r\n\r\n")
         data = recv_all(s)
     assert data.startswith(b"HTTP/1.1 413 ")
     with server.connect() as s:

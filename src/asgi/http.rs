@@ -704,11 +704,20 @@ async fn exchange(
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| answer_receive(py, asgi, shared));
             }
-            Event::Read(BodyRead::Gone) => {
+            Event::Read(gone) => {
                 // The client stalled in the middle of its body, or framed it
-                // badly.
+                // badly or past the limit: the app hears the disconnect, and
+                // the client hears why if no response has begun.
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| answer_receive(py, asgi, shared));
+                if let BodyRead::Refused(err) = gone {
+                    log::debug!("Refusing a request body: {} {}", err.status, err.detail);
+                    if !shared.borrow().framer.head_sent() {
+                        ex.error(err);
+                        client_gone(asgi);
+                        return Some(false);
+                    }
+                }
                 return client_gone(asgi);
             }
         }

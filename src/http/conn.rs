@@ -66,7 +66,7 @@ pub struct Settings {
 /// What all connections of one shard share.
 pub struct Host {
     pub settings: Settings,
-    pub date: RefCell<DateCache>,
+    date: RefCell<DateCache>,
     pub drain: Drain,
     /// The server is stopping: responses say `Connection: close`.
     stopping: Box<dyn Fn() -> bool>,
@@ -678,8 +678,11 @@ pub enum BodyRead {
     Data,
     /// The client closed its end, or the socket failed.
     Closed,
-    /// The client stalled past the header timeout, or framed the body badly.
-    Gone,
+    /// The client stalled past the header timeout.
+    Stalled,
+    /// The body is framed badly, or passed `limit_request_body`: the
+    /// connection cannot go on, and the error says why.
+    Refused(HttpError),
 }
 
 type Read = LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>;
@@ -750,7 +753,7 @@ impl BodyReader {
             Poll::Pending => {
                 if stall.as_mut().poll(cx).is_ready() {
                     self.reading = None;
-                    return Poll::Ready(BodyRead::Gone);
+                    return Poll::Ready(BodyRead::Stalled);
                 }
                 return Poll::Pending;
             }
@@ -762,10 +765,7 @@ impl BodyReader {
                 ex.conn.rbuf.extend_from_slice(&buf[..n]);
                 match self.decode(ex, into) {
                     Ok(()) => BodyRead::Data,
-                    Err(err) => {
-                        log::debug!("Bad request body: {}", err.detail);
-                        BodyRead::Gone
-                    }
+                    Err(err) => BodyRead::Refused(err),
                 }
             }
             // EOF or an error: the client is gone.

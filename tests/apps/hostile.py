@@ -6,6 +6,8 @@
 - `/pad?N`: N bytes.
 - `/upload`: reads the whole body and answers its length.
 - `/spin`: `while True: pass`, a request stuck in Python bytecode.
+- `/keep` (WSGI): keeps `wsgi.input` past its request without reading it;
+  `/late` then reads it and answers how many bytes it gave, or the error.
 """
 
 import os
@@ -29,11 +31,28 @@ def _answer(path, query, body_length):
     return b"ok"
 
 
+_kept = []
+
+
+def _late():
+    try:
+        return str(len(_kept[-1].read(65536))).encode()
+    except Exception as e:
+        return f"error {e!r}".encode()
+
+
 def wsgi(environ, start_response):
     length = None
-    if environ["PATH_INFO"] == "/upload":
+    path = environ["PATH_INFO"]
+    if path == "/upload":
         length = len(environ["wsgi.input"].read())
-    body = _answer(environ["PATH_INFO"], environ["QUERY_STRING"], length)
+    if path == "/keep":
+        _kept.append(environ["wsgi.input"])
+        body = b"kept"
+    elif path == "/late":
+        body = _late()
+    else:
+        body = _answer(path, environ["QUERY_STRING"], length)
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
