@@ -8,8 +8,8 @@ use std::time::{Duration, Instant, SystemTime};
 use base64::Engine;
 
 use crate::http::parse::RequestHead;
+use crate::http::target::{percent_decode, split_target};
 use crate::logging::sink::Target;
-use crate::wsgi::environ::{percent_decode, split_target};
 
 /// Gunicorn's default `access_log_format`.
 pub const DEFAULT_FORMAT: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;

@@ -15,8 +15,9 @@ use crate::access_log::Outcome;
 use crate::config::Config;
 use crate::http::parse::RequestHead;
 use crate::http::reason;
+use crate::http::target::split_target;
+use crate::python::latin1;
 use crate::python::{Held, Isolation};
-use crate::wsgi::environ::{latin1, split_target};
 
 const HOOKS: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
     concat!(include_str!("config/hooks.py"), "\0").as_bytes(),

@@ -25,11 +25,11 @@ use crate::http::output::{Framer, Lent};
 use crate::http::parse::RequestHead;
 use crate::http::sendfile::FileSpan;
 use crate::http::stream::{Endpoints, Peek};
+use crate::http::target::{percent_decode, split_target};
 use crate::http::tls::{Facts, Tls};
 use crate::http::{HttpError, reason};
 use crate::observe::{Done, Observers};
 use crate::python::lent::LentBytes;
-use crate::wsgi::environ::{percent_decode, split_target};
 
 /// send() makes the app wait once this much output is queued.
 const HIGH_WATER: usize = 64 * 1024;

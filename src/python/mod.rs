@@ -379,3 +379,13 @@ pub fn fork_with_python() -> libc::pid_t {
         pid
     }
 }
+
+/// A latin-1 `str` from bytes: every byte maps to the code point of its value.
+pub fn latin1<'py>(py: pyo3::Python<'py>, bytes: &[u8]) -> pyo3::Bound<'py, pyo3::types::PyString> {
+    if bytes.is_ascii() {
+        // SAFETY: ASCII is valid UTF-8.
+        return pyo3::types::PyString::new(py, unsafe { std::str::from_utf8_unchecked(bytes) });
+    }
+    let text: String = bytes.iter().map(|&b| b as char).collect();
+    pyo3::types::PyString::new(py, &text)
+}

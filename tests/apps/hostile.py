@@ -7,7 +7,8 @@
 - `/upload`: reads the whole body and answers its length.
 - `/spin`: `while True: pass`, a request stuck in Python bytecode.
 - `/keep` (WSGI): keeps `wsgi.input` past its request without reading it;
-  `/late` then reads it and answers how many bytes it gave, or the error.
+  `/late` then reads it to its end and answers how many bytes it gave and
+  which byte values, or the error.
 """
 
 import os
@@ -35,8 +36,15 @@ _kept = []
 
 
 def _late():
+    """Reads the kept input to its end: how many bytes it gave, and which."""
     try:
-        return str(len(_kept[-1].read(65536))).encode()
+        got = b""
+        for _ in range(100):
+            chunk = _kept[-1].read(65536)
+            if not chunk:
+                break
+            got += chunk
+        return f"{len(got)} {bytes(sorted(set(got))).decode()}".strip().encode()
     except Exception as e:
         return f"error {e!r}".encode()
 
