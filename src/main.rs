@@ -14,6 +14,7 @@ mod hooks;
 mod http;
 mod logging;
 mod observe;
+mod placement;
 mod python;
 mod reloader;
 mod scoreboard;

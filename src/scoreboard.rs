@@ -3,9 +3,11 @@
 //! where it records when its current app call began and how many requests it
 //! has served. The supervisor reads the slots to kill workers stuck in a request
 //! (`--timeout`) and to recycle workers (`--max-requests`); the request path
-//! only ever writes its own slot.
+//! only ever writes its own slot. Each shard also counts its open connections
+//! and the requests it is answering, which the supervisor takes back from the
+//! placement map when the worker dies.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
 #[repr(C, align(64))]
 struct Slot {
@@ -15,6 +17,13 @@ struct Slot {
     /// The `busy_since` of the app call the worker's watchdog interrupted
     /// for running past `--timeout`; 0 for none.
     interrupted: AtomicU64,
+}
+
+/// One shard's load, as its worker counts it.
+#[repr(C, align(64))]
+pub struct ShardCounts {
+    pub in_flight: AtomicU32,
+    pub connections: AtomicU32,
 }
 
 #[repr(C, align(64))]
@@ -33,6 +42,7 @@ pub struct Scoreboard {
     len: usize,
     slots: usize,
     per_shard: usize,
+    shards: usize,
 }
 
 // SAFETY: the mapping is only accessed through atomics.
@@ -54,7 +64,9 @@ impl Scoreboard {
     /// A zeroed board for `shards` shards of `threads` app threads each.
     pub fn new(shards: usize, threads: usize) -> std::io::Result<Scoreboard> {
         let slots = shards * threads;
-        let len = std::mem::size_of::<Header>() + slots * std::mem::size_of::<Slot>();
+        let len = std::mem::size_of::<Header>()
+            + slots * std::mem::size_of::<Slot>()
+            + shards * std::mem::size_of::<ShardCounts>();
         // SAFETY: a fresh anonymous shared mapping; zero bytes are valid atomics.
         let base = unsafe {
             libc::mmap(
@@ -74,6 +86,7 @@ impl Scoreboard {
             len,
             slots,
             per_shard: threads,
+            shards,
         })
     }
 
@@ -91,6 +104,19 @@ impl Scoreboard {
                 .add(std::mem::size_of::<Header>())
                 .cast::<Slot>()
                 .add(index)
+        }
+    }
+
+    /// The counts of the worker's `shard`-th shard.
+    pub fn counts(&self, shard: usize) -> &ShardCounts {
+        assert!(shard < self.shards);
+        // SAFETY: in bounds of the counts that follow the slots.
+        unsafe {
+            &*self
+                .base
+                .add(std::mem::size_of::<Header>() + self.slots * std::mem::size_of::<Slot>())
+                .cast::<ShardCounts>()
+                .add(shard)
         }
     }
 

@@ -63,6 +63,29 @@ pub struct Settings {
     pub tmp_upload_dir: Option<PathBuf>,
 }
 
+/// Where a shard publishes its load as connections and requests come and
+/// go: the kernel places new connections by it (docs/architecture.md,
+/// "Placement").
+pub trait Load {
+    fn opened(&self);
+    fn closed(&self);
+    /// A request's head has arrived; it is being answered.
+    fn started(&self);
+    fn finished(&self);
+}
+
+/// Calls `end` when dropped, so a count stays right however a future ends.
+struct Span<'a> {
+    load: &'a dyn Load,
+    end: fn(&dyn Load),
+}
+
+impl Drop for Span<'_> {
+    fn drop(&mut self) {
+        (self.end)(self.load);
+    }
+}
+
 /// What all connections of one shard share.
 pub struct Host {
     pub settings: Settings,
@@ -70,15 +93,17 @@ pub struct Host {
     pub drain: Drain,
     /// The server is stopping: responses say `Connection: close`.
     stopping: Box<dyn Fn() -> bool>,
+    load: Box<dyn Load>,
 }
 
 impl Host {
-    pub fn new(settings: Settings, stopping: Box<dyn Fn() -> bool>) -> Host {
+    pub fn new(settings: Settings, stopping: Box<dyn Fn() -> bool>, load: Box<dyn Load>) -> Host {
         Host {
             settings,
             date: RefCell::new(DateCache::default()),
             drain: Drain::default(),
             stopping,
+            load,
         }
     }
 
@@ -130,6 +155,8 @@ enum ReadError {
 }
 
 struct Conn {
+    /// First, so it drops before the socket closes.
+    _open: Open,
     host: Rc<Host>,
     /// The client's address, for the access log.
     peer: String,
@@ -147,18 +174,36 @@ struct Conn {
     zerocopy: bool,
 }
 
-/// Serves a connection to its end.
-pub async fn serve<H: Handler>(
+/// Counts a connection as open from its accept (not its task's first poll,
+/// so a burst of connects sees every one) until just before its socket
+/// closes (so a client that saw the close sees the count fallen).
+struct Open(Rc<Host>);
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.0.load.closed();
+    }
+}
+
+/// Serves a connection to its end; it counts as open from this call.
+pub fn serve<H: Handler>(
     host: Rc<Host>,
     handler: H,
     stream: Stream,
     peer: Option<SocketAddr>,
-) {
+) -> impl Future<Output = ()> {
+    host.load.opened();
+    run(Open(host), handler, stream, peer)
+}
+
+async fn run<H: Handler>(open: Open, handler: H, stream: Stream, peer: Option<SocketAddr>) {
+    let host = open.0.clone();
     let Ok(mut ends) = stream.endpoints(peer) else {
         return;
     };
     let settings = &host.settings;
     let mut conn = Conn {
+        _open: open,
         peer: String::new(),
         // Only a process on this host can reach a unix socket: Gunicorn trusts
         // it as a proxy.
@@ -222,7 +267,7 @@ pub async fn serve<H: Handler>(
     let Some(peer) = handler.open(opened) else {
         return;
     };
-    conn.run(&handler, &peer).await;
+    conn.serve(&handler, &peer).await;
 }
 
 impl Conn {
@@ -279,7 +324,7 @@ impl Conn {
         let _ = raw.write_out(&mut out).await;
     }
 
-    async fn run<H: Handler>(&mut self, handler: &H, peer: &H::Peer) {
+    async fn serve<H: Handler>(&mut self, handler: &H, peer: &H::Peer) {
         let mut head = RequestHead::default();
         let host = self.host.clone();
         let settings = &host.settings;
@@ -351,7 +396,14 @@ impl Conn {
                 https,
                 head_kept: true,
             };
-            let Some(keep_alive) = handler.respond(peer, ex).await else {
+            host.load.started();
+            let answering = Span {
+                load: &*host.load,
+                end: |load| load.finished(),
+            };
+            let answered = handler.respond(peer, ex).await;
+            drop(answering);
+            let Some(keep_alive) = answered else {
                 return;
             };
             if !keep_alive || settings.keep_alive.is_zero() || host.stopping() {

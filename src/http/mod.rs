@@ -18,6 +18,7 @@ pub mod proxy_protocol;
 pub mod sendfile;
 pub mod spool;
 pub mod stream;
+pub mod target;
 pub mod tls;
 pub mod websocket;
 

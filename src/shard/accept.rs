@@ -90,6 +90,10 @@ fn spawn_counted<H: Handler + 'static>(
 /// at the drain could swallow a connection.
 pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
     let cap = shard.config.worker_connections;
+    // This shard serves again: the kernel may place connections here.
+    if let Some(load) = crate::placement::shard(shard.id) {
+        load.down.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
     // Said once each time the shard fills up, not per connection after.
     let mut full_said = false;
     loop {
@@ -129,6 +133,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
 }
 
 async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
+    let placed = crate::placement::shard(shard.id).filter(|_| !listener.shared);
     while shard.host.drain.live() < shard.config.worker_connections {
         match listener.socket.accept() {
             Ok((socket, addr)) => {
@@ -148,8 +153,18 @@ async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
                     Ok(stream) => spawn(shard, stream, peer),
                     Err(e) => log::error!("Shard {}: cannot serve a connection: {e}", shard.id),
                 }
+                // After the connection counts as open, so no placement in
+                // between sees this shard without it.
+                if let Some(load) = placed {
+                    load.accepted();
+                }
             }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                if let Some(load) = placed {
+                    load.queue_empty();
+                }
+                return;
+            }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
             Err(e) if e.raw_os_error() == Some(libc::ECONNABORTED) => {}
             Err(e) => {

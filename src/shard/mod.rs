@@ -16,14 +16,17 @@ use crate::access_log::AccessLog;
 use crate::asgi::{self, Asgi};
 use crate::config::{Config, InterfaceMode};
 use crate::hooks::RequestHooks;
-use crate::http::conn::Host;
+use crate::http::conn::{Host, Load};
 use crate::observe::Observers;
+use crate::placement::ShardLoad;
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;
+use crate::scoreboard::ShardCounts;
 use crate::wsgi::pool::Pool;
 use crate::wsgi::{self, Wsgi};
 pub use accept::Listener;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 /// What a shard reports once its app is loaded (or failed to load).
 pub enum Ready {
@@ -52,6 +55,53 @@ pub struct Shard {
     pub board: Arc<Scoreboard>,
     /// This shard's position in its worker process.
     pub local: usize,
+}
+
+/// The shard's load, counted where its supervisor sees it (the scoreboard)
+/// and where the kernel's placement program reads it.
+struct Gauges {
+    board: Arc<Scoreboard>,
+    local: usize,
+    kernel: Option<&'static ShardLoad>,
+}
+
+impl Gauges {
+    fn step(
+        &self,
+        count: fn(&ShardCounts) -> &AtomicU32,
+        placed: fn(&ShardLoad) -> &AtomicU32,
+        up: bool,
+    ) {
+        let step = |counter: &AtomicU32| {
+            if up {
+                counter.fetch_add(1, Ordering::Relaxed);
+            } else {
+                counter.fetch_sub(1, Ordering::Relaxed);
+            }
+        };
+        step(count(self.board.counts(self.local)));
+        if let Some(load) = self.kernel {
+            step(placed(load));
+        }
+    }
+}
+
+impl Load for Gauges {
+    fn opened(&self) {
+        self.step(|c| &c.connections, |k| &k.connections, true);
+    }
+
+    fn closed(&self) {
+        self.step(|c| &c.connections, |k| &k.connections, false);
+    }
+
+    fn started(&self) {
+        self.step(|c| &c.in_flight, |k| &k.in_flight, true);
+    }
+
+    fn finished(&self) {
+        self.step(|c| &c.in_flight, |k| &k.in_flight, false);
+    }
 }
 
 /// An app loaded for one interface, before it becomes a handler.
@@ -189,7 +239,16 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             })),
         };
         let stopping = board.clone();
-        let host = Host::new(config.http(), Box::new(move || stopping.stopping()));
+        let gauges = Gauges {
+            board: board.clone(),
+            local,
+            kernel: crate::placement::shard(id),
+        };
+        let host = Host::new(
+            config.http(),
+            Box::new(move || stopping.stopping()),
+            Box::new(gauges),
+        );
         let shard = Rc::new(Shard {
             id,
             config,

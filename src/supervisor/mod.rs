@@ -646,6 +646,27 @@ impl Supervisor {
         }
     }
 
+    /// Takes back from the placement map what a worker that exited still
+    /// counted there; a shard no other worker serves is down until its next
+    /// worker accepts.
+    fn release_placement(&self, gone: &Worker) {
+        for (local, &shard) in gone.shards.iter().enumerate() {
+            let Some(load) = crate::placement::shard(shard) else {
+                continue;
+            };
+            let counts = gone.board.counts(local);
+            load.release(
+                counts.in_flight.load(std::sync::atomic::Ordering::Relaxed),
+                counts
+                    .connections
+                    .load(std::sync::atomic::Ordering::Relaxed),
+            );
+            if !self.workers.iter().any(|w| w.shards.contains(&shard)) {
+                load.mark_down();
+            }
+        }
+    }
+
     /// Collects exited children and decides what their exit means.
     fn reap(&mut self) {
         loop {
@@ -666,6 +687,7 @@ impl Supervisor {
             };
             let w = self.workers.swap_remove(i);
             w.log_exit(status);
+            self.release_placement(&w);
             self.hooks
                 .call("child_exit", &[i64::from(pid), w.age as i64]);
             let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));

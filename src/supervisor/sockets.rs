@@ -287,19 +287,33 @@ impl Sockets {
     }
 
     /// Sends new connections on each TCP bind to the sockets of shards
-    /// `0..shards` only, picked at random. Called whenever the shard count
-    /// changes: a shard about to retire stops getting connections first, so
-    /// none can be queued on a socket that then closes (which would reset it).
+    /// `0..shards` only: to the least loaded (`placement`), or where eBPF is
+    /// refused, at random. Called whenever the shard count changes: a shard
+    /// about to retire stops getting connections first, so none can be
+    /// queued on a socket that then closes (which would reset it).
     pub fn steer(&self, shards: usize) {
         // With reuse_port the group may hold another server's sockets too.
         let Some(first) = self.per_shard.first().filter(|_| !self.reuse_port) else {
             return;
         };
         for (bind, listener) in self.binds.iter().zip(first) {
-            if matches!(bind, Bind::Tcp(_))
-                && let Err(e) = steer_group(&listener.socket, shards)
-            {
-                log::debug!("Cannot steer connections on {bind}: {e}");
+            if !matches!(bind, Bind::Tcp(_)) {
+                continue;
+            }
+            let placed =
+                crate::placement::get().map(|p| p.steer(listener.socket.as_raw_fd(), shards));
+            match placed {
+                Some(Ok(())) => {
+                    log::debug!("{bind}: new connections go to the least loaded of {shards} shards")
+                }
+                placed => {
+                    if let Some(Err(e)) = placed {
+                        log::info!("{bind}: connections are placed at random ({e})");
+                    }
+                    if let Err(e) = steer_group(&listener.socket, shards) {
+                        log::debug!("Cannot steer connections on {bind}: {e}");
+                    }
+                }
             }
         }
     }

@@ -1,0 +1,54 @@
+"""Apps for the placement tests, in WSGI (`wsgi`) and ASGI (`asgi`) form.
+
+- `/where`: the CPU the serving shard's thread is pinned to, which names
+  the shard.
+- `/hold?NAME`: a handler that holds its shard's CPU, as a view computing
+  does: it creates `$TURBO_HOLD_DIR/NAME.started`, then spins until the test
+  creates `$TURBO_HOLD_DIR/NAME` (at most 30 s), and answers `/where`'s.
+"""
+
+import os
+import time
+
+HOLD_DIR = os.environ.get("TURBO_HOLD_DIR", "/tmp")
+
+
+def _where():
+    (cpu,) = os.sched_getaffinity(0)
+    return str(cpu).encode()
+
+
+def _answer(path, query):
+    if path == "/hold":
+        release = os.path.join(HOLD_DIR, query)
+        open(release + ".started", "w").close()
+        deadline = time.monotonic() + 30
+        while not os.path.exists(release) and time.monotonic() < deadline:
+            pass
+    return _where()
+
+
+def wsgi(environ, start_response):
+    body = _answer(environ["PATH_INFO"], environ["QUERY_STRING"])
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+async def asgi(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = _answer(scope["path"], scope["query_string"].decode())
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [(b"content-type", b"text/plain"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
