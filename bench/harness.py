@@ -150,6 +150,11 @@ def wrk(port, duration, connections, cpus=LOAD_CPUS, post_bytes=None):
     if post_bytes is not None:
         argv += ["--", str(post_bytes)]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return parse_wrk(out)
+
+
+def parse_wrk(out):
+    """wrk --latency's report: rate, count, p50/p99 ms, non-2xx and socket errors."""
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
 

@@ -10,7 +10,9 @@ the load generator is the bottleneck; PSS is summed over the same tree after the
 load. "bare" is a Rust hello server on compio with no Python, the floor.
 
 Modes: the apps (default), --memory (PSS of the Flask app at 1 and 2 workers),
---scaling (turbo's CPU-bound throughput on 1 and 2 shards), --hostile (memory
+--scaling (turbo's CPU-bound throughput on 1 and 2 shards), --placement (CPU-bound
+and mixed handlers at 2, 4 and 16 connections against 2-worker peers; bench/placement.py),
+--hostile (memory
 per idle connection and the CPU a dribbled head costs; bench/hostile.py).
 """
 
@@ -26,6 +28,7 @@ from pathlib import Path
 import harness
 import hostile
 import peers
+import placement
 import report
 import suite
 from harness import Server, free_port
@@ -182,18 +185,24 @@ def main():
     ap.add_argument("--warmup", type=int, default=2, help="seconds of load before measuring")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--placement-rounds", type=int, default=5, help="keep-alive rounds in --placement")
+    ap.add_argument("--baseline", help="--placement: another turbo build to run beside it")
     ap.add_argument("--apps", default="all", help=f"comma-separated, of: {', '.join(suite.BY_NAME)} (or all)")
     ap.add_argument("--servers", default="turbo,bare,granian,bjoern,gunicorn,uvicorn",
                     help="those that serve each app's interface are run; gunicorn means all its worker kinds")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--memory", action="store_true", help="PSS at 1 and 2 workers instead (Flask app)")
     mode.add_argument("--scaling", action="store_true", help="turbo on 1 and 2 shards instead (CPU-bound app)")
+    mode.add_argument("--placement", action="store_true",
+                      help="CPU-bound and mixed handlers at 2, 4, 16 connections on 2 cores (bench/placement.py)")
     mode.add_argument("--hostile", action="store_true",
                       help="memory per idle connection and a dribbled head's CPU instead (bench/hostile.py)")
     args = ap.parse_args()
     turbo = os.path.abspath(args.turbo)
     if not os.access(turbo, os.X_OK):
         raise SystemExit(f"no turbo binary at {turbo}")
+    if args.baseline:
+        args.baseline = os.path.abspath(args.baseline)
     with tempfile.TemporaryDirectory(prefix="turbo-bench-") as tmp:
         args.tmp = tmp
         big = Path(tmp) / "1mib.bin"  # the file apps' file, made once per run
@@ -205,6 +214,8 @@ def main():
             scaling(args, turbo, env)
         elif args.hostile:
             hostile.run(args, turbo, env)
+        elif args.placement:
+            placement.run(args, turbo, env)
         else:
             wants_bare = "bare" in args.servers.split(",") and any(a.bare for a in suite.select(args.apps))
             if wants_bare and not peers.BARE.exists():

@@ -1,0 +1,79 @@
+"""Placement across shards: CPU-bound and mixed handlers on a 2-core server,
+at 2, 4 and 16 connections, keep-alive and a new connection per request.
+
+turbo runs on `--cores 1` and `--cores 2`; its peers run 2 workers (Gunicorn
+sync, Gunicorn gthread with 4 threads, Granian). The server is not pinned and
+wrk shares the machine's 2 CPUs: the handlers' milliseconds of CPU dwarf
+wrk's part. Each keep-alive configuration runs `--placement-rounds` times
+(default 5), each round with fresh connections, and the table gives the
+worst round next to the median: a connection that the kernel placed on a busy
+shard shows in the worst round. A new connection per request runs twice. With `--baseline OTHER_TURBO`,
+that build runs too, on 1 and 2 cores.
+"""
+
+import statistics
+import subprocess
+import sys
+
+import harness
+import peers
+import report
+import suite
+from harness import Server, free_port
+
+MIXED_LUA = harness.HERE / "mixed.lua"
+SCENARIOS = {
+    # name: (what, wrk Lua arguments: short ms, long ms, percent long)
+    "cpu": ("every request 20 ms of CPU", ("20", "20", "0")),
+    "mixed": ("90% 1 ms, 10% 20 ms of CPU", ("1", "20", "10")),
+}
+PEERS = [("gunicorn-sync", 2), ("gunicorn-gthread", 2), ("granian", 2)]
+
+
+def load(port, duration, connections, lua_args, keep_alive):
+    argv = ["wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(MIXED_LUA)]
+    if not keep_alive:
+        argv += ["-H", "Connection: close"]
+    argv += [f"http://127.0.0.1:{port}/", "--", *lua_args]
+    out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    return harness.parse_wrk(out)
+
+
+def run(args, turbo, env):
+    servers = [("turbo", 1), ("turbo", 2)]
+    if args.baseline:
+        # Another build (`--baseline`), to show a change: on 2 cores, and on 1
+        # for its own ratio.
+        servers += [("turbo-baseline", 1), ("turbo-baseline", 2)]
+    servers += PEERS
+    out = report.Report("placement.md")
+    out.add("# Placement across shards", "", report.environment(turbo), "", *__doc__.strip().splitlines(), "")
+    app = suite.App("burn", "burn:app", "wsgi", "CPU-bound handler")
+    for scenario, (what, lua_args) in SCENARIOS.items():
+        for keep_alive in (True, False):
+            rounds = args.placement_rounds if keep_alive else 2
+            mode = "keep-alive" if keep_alive else "new connection per request"
+            out.add(f"## {scenario}: {what}, {mode} ({args.duration} s x {rounds} rounds)", "",
+                    "| connections | server | workers | req/s median | req/s worst | p99 ms worst | 2 cores / 1 core, worst |",
+                    "|---|---|---|---|---|---|---|")
+            for connections in (2, 4, 16):
+                worst = {}
+                for name, cores in servers:
+                    rates, p99s = [], []
+                    for r in range(rounds):
+                        port = free_port()
+                        binary = args.baseline if name == "turbo-baseline" else turbo
+                        argv = peers.command(name, app, port, binary, cores=cores)
+                        with Server(argv, port, cpus=None, env=env, log_dir=args.tmp):
+                            result = load(port, args.duration, connections, lua_args, keep_alive)
+                        rates.append(result["rate"])
+                        p99s.append(result["p99"])
+                        print(f"  {scenario} {mode} c{connections} {name} x{cores} round {r + 1}: "
+                              f"{result['rate']:.1f} req/s, p99 {result['p99']:.1f} ms", file=sys.stderr)
+                    worst[name, cores] = min(rates)
+                    ratio = ""
+                    if name.startswith("turbo") and cores == 2:
+                        ratio = f"{min(rates) / worst[name, 1]:.2f}x"
+                    out.add(f"| {connections} | {name} | {cores} | {statistics.median(rates):.1f} | "
+                            f"{min(rates):.1f} | {max(p99s):.1f} | {ratio} |")
+            out.add("")
