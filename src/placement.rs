@@ -1,10 +1,13 @@
 //! Where the kernel puts a new connection: each TCP bind's SO_REUSEPORT group
-//! runs an eBPF program that picks the shard with the fewest requests in
-//! flight, then the fewest connections, from counts the shards keep in a BPF
+//! runs an eBPF program that picks the shard with the fewest connections,
+//! then the fewest requests in flight, from counts the shards keep in a BPF
 //! array map mapped into every process (docs/architecture.md, "Placement").
-//! A shard busy in a CPU-bound handler therefore gets no new connection
-//! while another shard is idle, as an idle Gunicorn worker is the one that
-//! accepts. Ties go to a shard picked at random per connection.
+//! Connections spread evenly whatever their hash, and of shards that hold as
+//! many, one busy in a CPU-bound handler gets no new connection while another
+//! is idle. Ties go to a shard picked at random per connection. Connections
+//! come first because a keep-alive connection stays where it lands: placing
+//! by the requests of one moment would pile a burst of them on whichever
+//! shard happened to be idle.
 //!
 //! The counts cost a shard no system call: they are atomics in the shared
 //! mapping, which the program reads at each new connection. The program also
@@ -41,9 +44,8 @@ const QUEUED: i16 = 8;
 const DOWN: i16 = 12;
 const STRIDE: usize = std::mem::size_of::<ShardLoad>();
 
-/// What `down` holds while a shard has no worker: more than any real count
-/// of requests in flight.
-pub const DOWN_WEIGHT: u32 = 1 << 20;
+/// What `down` holds while a shard has no worker: its score's top bit.
+pub const DOWN_WEIGHT: u32 = 1;
 
 /// The map and its mapping, made once by the supervisor before any fork, so
 /// every worker shares the same pages.
@@ -265,16 +267,16 @@ const PSEUDO_MAP_FD: u8 = 1;
 const MAP_LOOKUP_ELEM: i32 = 1;
 const GET_PRANDOM_U32: i32 = 7;
 
-/// The largest connection count a score tells apart.
-const CONNECTIONS_MAX: i32 = (1 << 20) - 1;
+/// The largest count (of connections, of requests) a score tells apart.
+const COUNT_MAX: i32 = (1 << 20) - 1;
 
 /// The program for a group of `shards` sockets, one per shard in shard order:
 /// it returns the index of the shard whose score is lowest. A score is, from
-/// the high bits down: requests in flight (plus `down`), connections plus
-/// queued ones (up to 2^20), and 8 bits mixed from one random number per
-/// connection, so ties fall at random. It then counts the connection as
-/// queued on that shard. Straight-line code with constant offsets, so the
-/// verifier need not track any index.
+/// the high bits down: one bit for `down`, connections plus queued ones, and
+/// requests in flight (each up to 2^20), then 8 bits mixed from one random
+/// number per connection, so ties fall at random. It then counts the
+/// connection as queued on that shard. Straight-line code with constant
+/// offsets, so the verifier need not track any index.
 fn program(map_fd: RawFd, shards: usize) -> Vec<Insn> {
     let mut code = vec![
         // key = 0, on the stack; r0 = the map's one value.
@@ -301,16 +303,22 @@ fn program(map_fd: RawFd, shards: usize) -> Vec<Insn> {
         // A fixed, distinct odd multiplier per shard mixes the random number.
         let salt = (i as u32).wrapping_mul(0x9e37_79b9) as i32;
         code.extend([
-            insn(LDX_W, 1, 7, base + IN_FLIGHT, 0),
-            insn(LDX_W, 2, 7, base + DOWN, 0),
-            insn(ADD64_X, 1, 2, 0, 0),
+            // r1 = down (0 or 1), r2 = connections + queued, r3 = in flight.
+            insn(LDX_W, 1, 7, base + DOWN, 0),
+            insn(JLE_K, 1, 0, 1, 1),
+            insn(MOV64_K, 1, 0, 0, 1),
             insn(LDX_W, 2, 7, base + CONNECTIONS, 0),
             insn(LDX_W, 3, 7, base + QUEUED, 0),
             insn(ADD64_X, 2, 3, 0, 0),
-            insn(JLE_K, 2, 0, 1, CONNECTIONS_MAX),
-            insn(MOV64_K, 2, 0, 0, CONNECTIONS_MAX),
+            insn(JLE_K, 2, 0, 1, COUNT_MAX),
+            insn(MOV64_K, 2, 0, 0, COUNT_MAX),
+            insn(LDX_W, 3, 7, base + IN_FLIGHT, 0),
+            insn(JLE_K, 3, 0, 1, COUNT_MAX),
+            insn(MOV64_K, 3, 0, 0, COUNT_MAX),
             insn(LSH64_K, 1, 0, 0, 20),
             insn(OR64_X, 1, 2, 0, 0),
+            insn(LSH64_K, 1, 0, 0, 20),
+            insn(OR64_X, 1, 3, 0, 0),
             insn(LSH64_K, 1, 0, 0, 8),
             insn(MOV64_X, 2, 9, 0, 0),
             insn(XOR32_K, 2, 0, 0, salt),

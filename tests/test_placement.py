@@ -1,6 +1,6 @@
 """New connections go where there is capacity: the kernel's placement
-program sends each to the shard with the fewest requests in flight, then the
-fewest connections (src/placement.rs). Asserted without a clock: which shard
+program sends each to the shard with the fewest connections, then the fewest
+requests in flight (src/placement.rs). Asserted without a clock: which shard
 served each request, over fresh connections."""
 
 import os
@@ -64,7 +64,14 @@ def test_fresh_connections_spread_and_avoid_a_busy_shard(turbo, tmp_path, app):
         wait_for_file(tmp_path / f"r{n}.started")
         c = server.connect()
         assert ask(c, "/where") == shard_b, f"round {n}: placed on the busy shard"
+        # Connections come first: the next goes to A's shard, which now holds
+        # fewer, busy or not, so a burst of keep-alive connections never
+        # piles onto the shard that happened to be idle.
+        d = server.connect()
+        d.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n")
         (tmp_path / f"r{n}").touch()
         status, _, body, _ = read_response(a, timeout=40)
         assert (status, body.decode()) == (200, shard_a)
-        close(server, a, b, c)
+        status, _, body, _ = read_response(d, timeout=40)
+        assert (status, body.decode()) == (200, shard_a), f"round {n}: connections piled on shard {shard_b}"
+        close(server, a, b, c, d)
