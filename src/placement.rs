@@ -20,9 +20,11 @@ use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-/// The most shards the map has room for (the program addresses them with
-/// 16-bit offsets); past it a group is steered at random.
-pub const MAX_SHARDS: usize = 512;
+/// The most shards the program places between: its straight-line code grows
+/// with the shard count, and the kernel's verifier (on Linux 6.18) refuses it
+/// past about 200 shards for the work it takes to check. Past this a group
+/// is steered at random.
+pub const MAX_SHARDS: usize = 128;
 
 /// One shard's counts, on a cache line of its own. The program reads them at
 /// offsets fixed here (`IN_FLIGHT`...), so the layout is part of its code.
@@ -151,18 +153,26 @@ impl Placement {
         }
         let code = program(self.map.as_raw_fd(), shards);
         let license = c"Dual MIT/GPL";
-        let mut log = vec![0u8; 64 * 1024];
-        let mut attr = [0u64; 16];
-        // prog_type, insn_cnt; insns; license; log_level, log_size; log_buf.
-        attr[0] = u64::from(BPF_PROG_TYPE_SOCKET_FILTER) | ((code.len() as u64) << 32);
-        attr[1] = code.as_ptr() as u64;
-        attr[2] = license.as_ptr() as u64;
-        attr[3] = 1 | ((log.len() as u64) << 32);
-        attr[4] = log.as_mut_ptr() as u64;
-        let prog = match bpf(BPF_PROG_LOAD, &mut attr) {
+        let load = |log: Option<&mut [u8]>| {
+            let mut attr = [0u64; 16];
+            // prog_type, insn_cnt; insns; license; log_level, log_size; log_buf.
+            attr[0] = u64::from(BPF_PROG_TYPE_SOCKET_FILTER) | ((code.len() as u64) << 32);
+            attr[1] = code.as_ptr() as u64;
+            attr[2] = license.as_ptr() as u64;
+            if let Some(log) = log {
+                attr[3] = 1 | ((log.len() as u64) << 32);
+                attr[4] = log.as_mut_ptr() as u64;
+            }
+            bpf(BPF_PROG_LOAD, &mut attr)
+        };
+        // Without a log first: the verifier's log of a large group could
+        // overflow any buffer, and an overflow fails the load.
+        let prog = match load(None) {
             // SAFETY: a descriptor bpf(2) just returned to us.
             Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
             Err(e) => {
+                let mut log = vec![0u8; 1 << 20];
+                let _ = load(Some(&mut log));
                 let end = log.iter().position(|&b| b == 0).unwrap_or(log.len());
                 let said = String::from_utf8_lossy(&log[..end]);
                 log::debug!("The placement program was refused: {e}\n{said}");
@@ -347,4 +357,41 @@ fn program(map_fd: RawFd, shards: usize) -> Vec<Insn> {
     code[check_at].off = (fallback - check_at - 1) as i16;
     code.extend([insn(MOV64_K, 0, 0, 0, -1), insn(EXIT, 0, 0, 0, 0)]);
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The kernel's verifier takes the program for every group size up to
+    /// the map's room, where the kernel allows eBPF at all; a group past it
+    /// is refused before loading.
+    #[test]
+    fn the_verifier_takes_the_program() {
+        let Ok(placement) = Placement::new() else {
+            return;
+        };
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .and_then(|s| {
+                s.set_reuse_port(true)?;
+                s.bind(
+                    &"127.0.0.1:0"
+                        .parse::<std::net::SocketAddr>()
+                        .map_err(std::io::Error::other)?
+                        .into(),
+                )?;
+                s.listen(8)?;
+                Ok(s)
+            });
+        let Ok(socket) = socket else {
+            return;
+        };
+        for shards in [1, 2, 3, 64, MAX_SHARDS] {
+            assert!(
+                placement.steer(socket.as_raw_fd(), shards).is_ok(),
+                "{shards} shards"
+            );
+        }
+        assert!(placement.steer(socket.as_raw_fd(), MAX_SHARDS + 1).is_err());
+    }
 }
