@@ -6,7 +6,8 @@ sync, Gunicorn gthread with 4 threads, Granian). The server is not pinned and
 wrk shares the machine's 2 CPUs: the handlers' milliseconds of CPU dwarf
 wrk's part. Each server starts once per configuration, answers one request
 and takes a 1 s warm-up, then serves `--placement-rounds` rounds (default 5)
-of `--duration` seconds, each round from fresh connections; a new connection
+of `--duration` seconds, each round from fresh connections, after one
+answered request (so the last round's requests have ended); a new connection
 per request runs 2 rounds. The table gives the worst round next to the
 median: a connection placed on a busy shard shows in the worst round. The
 2-core/1-core ratio divides by turbo's 1-core worst round. With
@@ -71,6 +72,10 @@ def run(args, turbo, env):
                         harness.probe(port)
                         load(port, 1, connections, lua_args, keep_alive)
                         for r in range(rounds):
+                            # One answered request first: what the last round
+                            # left in flight has ended, so each round starts
+                            # from a server at rest.
+                            harness.probe(port)
                             result = load(port, args.duration, connections, lua_args, keep_alive)
                             rates.append(result["rate"])
                             p99s.append(result["p99"])
