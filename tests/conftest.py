@@ -181,6 +181,19 @@ def turbo(request):
             assert not deaths, "a worker died during the test:\n" + "\n".join(deaths)
 
 
+def wait_for_file(path, limit=20, text=None):
+    """Waits, with a bound, for a file an app writes to mark an event (and,
+    given text, for the file to hold exactly that)."""
+    deadline = time.monotonic() + limit
+    while True:
+        found = Path(path).read_text() if os.path.exists(path) else None
+        if found is not None and (text is None or found == text):
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{path} holds {found!r} after {limit} s, not {text!r}")
+        time.sleep(0.01)
+
+
 def recv_all(sock, timeout=10):
     """Reads until the peer closes the connection."""
     sock.settimeout(timeout)

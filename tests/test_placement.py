@@ -3,13 +3,11 @@ program sends each to the shard with the fewest connections, then the fewest
 requests in flight (src/placement.rs). Asserted without a clock: which shard
 served each request, over fresh connections."""
 
-import os
 import socket
-import time
 
 import pytest
 
-from conftest import read_response
+from conftest import read_response, wait_for_file
 
 APPS = ["placement:wsgi", "placement:asgi"]
 
@@ -19,14 +17,6 @@ def ask(sock, path):
     status, _, body, _ = read_response(sock, timeout=40)
     assert status == 200
     return body.decode()
-
-
-def wait_for_file(path, limit=20):
-    deadline = time.monotonic() + limit
-    while not os.path.exists(path):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{path} did not appear within {limit} s")
-        time.sleep(0.01)
 
 
 def close(server, *socks):
