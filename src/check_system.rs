@@ -57,7 +57,7 @@ fn checks(backlog: u32) -> Vec<Check> {
     let version = kernel_version(&release);
 
     let disabled = read_number("/proc/sys/kernel/io_uring_disabled");
-    out.push(match crate::shard::runtime::build(IoEngine::Uring) {
+    out.push(match crate::runtime::build(IoEngine::Uring) {
         Ok(_) => ok("io_uring: available".into()),
         Err(e) => warn(format!(
             "io_uring: refused ({e}){}; turbo serves through epoll, at more CPU per \

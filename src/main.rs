@@ -17,6 +17,7 @@ mod observe;
 mod placement;
 mod python;
 mod reloader;
+mod runtime;
 mod scoreboard;
 mod shard;
 mod signals;

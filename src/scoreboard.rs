@@ -24,6 +24,11 @@ struct Slot {
 pub struct ShardCounts {
     pub in_flight: AtomicU32,
     pub connections: AtomicU32,
+    /// The shard's thread waits in the kernel with nothing to run: a peer
+    /// may hand it a connection (docs/architecture.md, "Moving connections").
+    pub waiting: AtomicBool,
+    /// Connections this shard handed to a peer.
+    pub moved_out: AtomicU32,
 }
 
 #[repr(C, align(64))]

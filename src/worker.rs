@@ -85,6 +85,11 @@ pub fn run(spec: Spec) -> ! {
     // With --reload, the worker serving shard 0 watches for the whole server.
     let watcher = shards.iter().any(|(id, _)| *id == 0);
     let mut threads = Vec::new();
+    // Shards of one process hand each other requests that wait behind a
+    // busy thread (docs/architecture.md, "Moving connections").
+    let ids = shards.iter().map(|(id, _)| *id).collect();
+    let (peers, inboxes) = shard::peers::Peers::new(ids, board.clone()).unzip();
+    let mut inboxes = inboxes.into_iter().flatten();
     // Shards boot one at a time: CPython 3.12 is unsafe when two interpreters
     // initialise the same extension module at once.
     for (local, (id, listeners)) in shards.into_iter().enumerate() {
@@ -106,6 +111,7 @@ pub fn run(spec: Spec) -> ! {
             preloaded: preloaded.clone().filter(|_| isolation == Isolation::Main),
             access_log: access_log.clone(),
             age,
+            peers: peers.clone().zip(inboxes.next()),
         };
         let spawned = std::thread::Builder::new()
             .name(format!("turbo-shard-{id}"))

@@ -65,3 +65,39 @@ def test_fresh_connections_spread_and_avoid_a_busy_shard(turbo, tmp_path, app):
         status, _, body, _ = read_response(d, timeout=40)
         assert (status, body.decode()) == (200, shard_a), f"round {n}: connections piled on shard {shard_b}"
         close(server, a, b, c, d)
+
+
+def pair_on_one_shard(server):
+    """Two keep-alive connections served by one shard, the other shard with
+    none: of three connections, two share a shard; the third closes."""
+    socks = [server.connect() for _ in range(3)]
+    shards = [ask(s, "/where") for s in socks]
+    for odd in range(3):
+        rest = [n for n in range(3) if n != odd]
+        if shards[rest[0]] == shards[rest[1]]:
+            close(server, socks[odd])
+            return socks[rest[0]], socks[rest[1]], shards[rest[0]]
+    raise AssertionError(f"three connections on three of two shards: {shards}")
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_request_waiting_behind_a_busy_shard_moves_to_an_idle_one(turbo, tmp_path, app):
+    server = start(turbo, app, tmp_path, "--log-level", "debug")
+    a, b, home = pair_on_one_shard(server)
+    # A's handler holds the shard's CPU (20 ms at least), and B's request
+    # arrives meanwhile: it waits, and then goes to the idle shard with its
+    # connection. From then on the two take turns on two shards; should a
+    # stall of this host move one onto the other's shard again, its next
+    # wait moves it off.
+    for n in range(4):
+        a.sendall(f"GET /hold?r{n}&20 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        wait_for_file(tmp_path / f"r{n}.started")
+        b.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n")
+        (tmp_path / f"r{n}").touch()
+        status, _, served_a, _ = read_response(a, timeout=40)
+        assert status == 200
+        status, _, served_b, _ = read_response(b, timeout=40)
+        assert status == 200
+        assert served_a != served_b, f"round {n}: B waited for A's shard and stayed there"
+    server.wait_for("its connection moves to idle shard")
+    close(server, a, b)

@@ -115,7 +115,7 @@ impl Reactor {
                     // Ask it once per select; io_uring hands everything over
                     // through the ring and needs no such turn.
                     if !polled && rt.driver_type().is_polling() {
-                        crate::python::without_gil(|| rt.poll_with(Some(Duration::ZERO)));
+                        crate::runtime::wait(rt, Some(Duration::ZERO));
                     }
                     break;
                 }
@@ -137,7 +137,7 @@ impl Reactor {
                 if let Some((board, slot)) = &*board {
                     board.mark_idle(*slot);
                 }
-                crate::python::without_gil(|| rt.poll_with(wait));
+                crate::runtime::wait(rt, wait);
                 polled = true;
                 if let Some((board, slot)) = &*board {
                     board.mark_busy(*slot);

@@ -476,7 +476,8 @@ pub async fn serve(asgi: &Asgi, mut ex: Exchange<'_>, peers: &Peers) -> Option<b
             Poll::Pending
         });
         let event = match closing_since {
-            Some(since) => match compio::time::timeout_at(since + CLOSE_WAIT, event).await {
+            Some(since) => match crate::http::deadline::timeout_at(since + CLOSE_WAIT, event).await
+            {
                 Ok(event) => event,
                 Err(_) => {
                     disconnect(asgi, &shared, ws::CLOSE_ABNORMAL, "");

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -72,6 +72,39 @@ pub trait Load {
     /// A request's head has arrived; it is being answered.
     fn started(&self);
     fn finished(&self);
+    /// Asked as each request's head is complete, read from a connection
+    /// that began to wait for it at `waiting_since`: if the request waited
+    /// behind this shard's busy thread while another shard sat idle, that
+    /// shard's number (docs/architecture.md, "Moving connections"). None,
+    /// the fast path, keeps the request here.
+    fn relief(&self, waiting_since: Instant) -> Option<usize>;
+    /// Hands a connection to shard `to`; gives it back if `to` cannot take it.
+    fn hand_off(&self, to: usize, handoff: Box<Handoff>) -> Result<(), Box<Handoff>>;
+}
+
+/// A connection leaving its shard between two requests, for another shard to
+/// go on serving: the socket, the bytes read and not yet answered (a whole
+/// head at least), and what was learnt of the client when it connected.
+pub struct Handoff {
+    fd: OwnedFd,
+    /// A unix socket rather than TCP.
+    unix: bool,
+    rbuf: Vec<u8>,
+    pub ends: Endpoints,
+    proxied: Option<proxy_protocol::Header>,
+    trusted: bool,
+    zerocopy: bool,
+}
+
+/// How a connection comes to a shard.
+pub enum Start {
+    /// Accepted from a listening socket; `peer` as accept gave it.
+    Accepted {
+        stream: Stream,
+        peer: Option<SocketAddr>,
+    },
+    /// Handed over by another shard.
+    Moved(Box<Handoff>),
 }
 
 /// Calls `end` when dropped, so a count stays right however a future ends.
@@ -186,41 +219,50 @@ impl Drop for Open {
 }
 
 /// Serves a connection to its end; it counts as open from this call.
-pub fn serve<H: Handler>(
-    host: Rc<Host>,
-    handler: H,
-    stream: Stream,
-    peer: Option<SocketAddr>,
-) -> impl Future<Output = ()> {
+pub fn serve<H: Handler>(host: Rc<Host>, handler: H, start: Start) -> impl Future<Output = ()> {
     host.load.opened();
-    run(Open(host), handler, stream, peer)
+    let open = Open(host);
+    async move {
+        match start {
+            Start::Accepted { stream, peer } => accepted(open, handler, stream, peer).await,
+            Start::Moved(handoff) => moved(open, handler, handoff).await,
+        }
+    }
 }
 
-async fn run<H: Handler>(open: Open, handler: H, stream: Stream, peer: Option<SocketAddr>) {
+impl Conn {
+    fn new(open: Open, stream: Stream, trusted: bool, zerocopy: bool) -> Conn {
+        Conn {
+            host: open.0.clone(),
+            _open: open,
+            peer: String::new(),
+            trusted,
+            tls: false,
+            zerocopy,
+            stream,
+            rbuf: Vec::with_capacity(RBUF_SIZE),
+            // Grown by the first response to the size responses need: an idle
+            // connection should not hold a write buffer it has never used.
+            out: Vec::new(),
+            lent: Lent::default(),
+        }
+    }
+}
+
+async fn accepted<H: Handler>(open: Open, handler: H, stream: Stream, peer: Option<SocketAddr>) {
     let host = open.0.clone();
     let Ok(mut ends) = stream.endpoints(peer) else {
         return;
     };
     let settings = &host.settings;
-    let mut conn = Conn {
-        _open: open,
-        peer: String::new(),
-        // Only a process on this host can reach a unix socket: Gunicorn trusts
-        // it as a proxy.
-        trusted: match &ends {
-            Endpoints::Tcp { peer, .. } => settings.forwarded_allow_ips.allows(peer.ip()),
-            Endpoints::Unix { .. } => true,
-        },
-        tls: false,
-        zerocopy: zerocopy_for(settings.zerocopy, &ends),
-        host: host.clone(),
-        stream,
-        rbuf: Vec::with_capacity(RBUF_SIZE),
-        // Grown by the first response to the size responses need: an idle
-        // connection should not hold a write buffer it has never used.
-        out: Vec::new(),
-        lent: Lent::default(),
+    // Only a process on this host can reach a unix socket: Gunicorn trusts
+    // it as a proxy.
+    let trusted = match &ends {
+        Endpoints::Tcp { peer, .. } => settings.forwarded_allow_ips.allows(peer.ip()),
+        Endpoints::Unix { .. } => true,
     };
+    let zerocopy = zerocopy_for(settings.zerocopy, &ends);
+    let mut conn = Conn::new(open, stream, trusted, zerocopy);
     let mut proxied = None;
     if settings.proxy_protocol != proxy_protocol::Mode::Off {
         let Ok(header) = conn.proxy_header(&ends).await else {
@@ -258,16 +300,53 @@ async fn run<H: Handler>(open: Open, handler: H, stream: Stream, peer: Option<So
             Err(HandshakeError::Failed) => return,
         }
     }
-    conn.peer = ends.peer_host();
+    let client = Client { ends, proxied };
+    conn.peer = client.ends.peer_host();
     let opened = Opened {
-        ends: &ends,
-        proxied: proxied.as_ref(),
+        ends: &client.ends,
+        proxied: client.proxied.as_ref(),
         tls: tls.as_ref(),
     };
     let Some(peer) = handler.open(opened) else {
         return;
     };
-    conn.serve(&handler, &peer).await;
+    conn.serve(&handler, &peer, &client, true).await;
+}
+
+/// A connection another shard handed over, with a request waiting in its
+/// buffer: served from that request on as if it had been accepted here.
+async fn moved<H: Handler>(open: Open, handler: H, handoff: Box<Handoff>) {
+    let Handoff {
+        fd,
+        unix,
+        rbuf,
+        ends,
+        proxied,
+        trusted,
+        zerocopy,
+    } = *handoff;
+    let Ok(stream) = Stream::from_fd(fd, unix) else {
+        return;
+    };
+    let mut conn = Conn::new(open, stream, trusted, zerocopy);
+    conn.rbuf = rbuf;
+    let client = Client { ends, proxied };
+    conn.peer = client.ends.peer_host();
+    let opened = Opened {
+        ends: &client.ends,
+        proxied: client.proxied.as_ref(),
+        tls: None,
+    };
+    let Some(peer) = handler.open(opened) else {
+        return;
+    };
+    conn.serve(&handler, &peer, &client, false).await;
+}
+
+/// Who the client is, as the connection's start established it.
+struct Client {
+    ends: Endpoints,
+    proxied: Option<proxy_protocol::Header>,
 }
 
 impl Conn {
@@ -291,7 +370,7 @@ impl Conn {
                 Ok(None) => {
                     let mut buf = std::mem::take(&mut self.rbuf);
                     buf.reserve(8192);
-                    match compio::time::timeout_at(until, raw.append(buf)).await {
+                    match super::deadline::timeout_at(until, raw.append(buf)).await {
                         Ok(BufResult(Ok(n), buf)) if n > 0 => self.rbuf = buf,
                         _ => return Err(()),
                     }
@@ -324,15 +403,23 @@ impl Conn {
         let _ = raw.write_out(&mut out).await;
     }
 
-    async fn serve<H: Handler>(&mut self, handler: &H, peer: &H::Peer) {
+    async fn serve<H: Handler>(
+        &mut self,
+        handler: &H,
+        peer: &H::Peer,
+        client: &Client,
+        mut first: bool,
+    ) {
         let mut head = RequestHead::default();
         let host = self.host.clone();
         let settings = &host.settings;
-        let mut first = true;
         loop {
             // A head: an idle connection waits at most keep-alive for its first
             // byte, and the whole head must arrive within the header timeout.
             let mut deadline: Option<Instant> = None;
+            // When the connection began to wait for this head; None if it
+            // was in the buffer already.
+            let mut waiting_since: Option<Instant> = None;
             let mut scan = HeadScan::default();
             loop {
                 match scan.parse(&self.rbuf, &settings.limits, &mut head) {
@@ -343,10 +430,12 @@ impl Conn {
                 if self.pending() > 0 && !self.flush().await {
                     return;
                 }
+                let now = Instant::now();
+                waiting_since.get_or_insert(now);
                 let until = if self.rbuf.is_empty() && !first {
-                    Instant::now() + settings.keep_alive
+                    now + settings.keep_alive
                 } else {
-                    *deadline.get_or_insert_with(|| Instant::now() + settings.header_timeout)
+                    *deadline.get_or_insert(now + settings.header_timeout)
                 };
                 let partial = !self.rbuf.is_empty();
                 // Between requests a draining shard closes the connection; a
@@ -366,6 +455,17 @@ impl Conn {
                 }
             }
 
+            // A request that waited behind this shard's busy thread goes to an
+            // idle shard, with its connection (docs/architecture.md, "Moving
+            // connections"). Earlier pipelined answers must be out first.
+            if let Some(since) = waiting_since
+                && let Some(to) = host.load.relief(since)
+                && self.pending() == 0
+                && !host.drain.is_draining()
+                && self.hand_off(to, client)
+            {
+                return;
+            }
             first = false;
             let https = match self.trusted {
                 true => match proxy::is_https(&self.rbuf, &head, &settings.secure_scheme_headers) {
@@ -421,13 +521,38 @@ impl Conn {
         }
     }
 
+    /// Offers the connection to shard `to`; true once that shard has it, and
+    /// this one must let it go without touching the socket. A TLS
+    /// connection's session lives in this shard: it stays.
+    fn hand_off(&mut self, to: usize, client: &Client) -> bool {
+        let Some((fd, unix)) = self.stream.dup_plain() else {
+            return false;
+        };
+        let handoff = Box::new(Handoff {
+            fd,
+            unix,
+            rbuf: std::mem::take(&mut self.rbuf),
+            ends: client.ends.clone(),
+            proxied: client.proxied.clone(),
+            trusted: self.trusted,
+            zerocopy: self.zerocopy,
+        });
+        match self.host.load.hand_off(to, handoff) {
+            Ok(()) => true,
+            Err(back) => {
+                self.rbuf = back.rbuf;
+                false
+            }
+        }
+    }
+
     /// Reads more input into `rbuf`, appending. An `idle` read also ends, as
     /// Closed, when the shard starts draining.
     async fn read(&mut self, until: Instant, idle: bool) -> Result<(), ReadError> {
         // A read into zero spare bytes would look like EOF.
         self.rbuf.reserve(8192);
         let buf = std::mem::take(&mut self.rbuf);
-        let read = compio::time::timeout_at(until, self.stream.append(buf));
+        let read = super::deadline::timeout_at(until, self.stream.append(buf));
         let read = if idle {
             let drain = self.host.drain.started();
             match futures_util::future::select(std::pin::pin!(read), std::pin::pin!(drain)).await {

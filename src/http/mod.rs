@@ -7,6 +7,7 @@
 pub mod blocking_body;
 pub mod body;
 pub mod conn;
+pub mod deadline;
 pub mod drain;
 pub mod encode;
 #[cfg(test)]

@@ -306,7 +306,8 @@ async fn write_all_zerocopy(tcp: &TcpStream, parts: Vec<Part>) -> Option<Vec<Par
         };
         let mut writer = tcp;
         let send = writer.write_zerocopy_vectored(from);
-        let Ok(BufResult(res, release)) = compio::time::timeout(write_stall(), send).await else {
+        let Ok(BufResult(res, release)) = super::deadline::timeout(write_stall(), send).await
+        else {
             stalled();
             return None;
         };
@@ -316,7 +317,10 @@ async fn write_all_zerocopy(tcp: &TcpStream, parts: Vec<Part>) -> Option<Vec<Par
         }
     }
     for release in released {
-        if compio::time::timeout(write_stall(), release).await.is_err() {
+        if super::deadline::timeout(write_stall(), release)
+            .await
+            .is_err()
+        {
             stalled();
             return None;
         }

@@ -97,7 +97,7 @@ impl FileSpan {
                 Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                     let ready =
                         compio::runtime::submit(PollOnce::new(Watched(socket), Interest::Writable));
-                    match compio::time::timeout(write_stall(), ready).await {
+                    match super::deadline::timeout(write_stall(), ready).await {
                         Ok(compio::BufResult(Ok(_), _)) => {}
                         Ok(compio::BufResult(Err(e), _)) => return Err(e),
                         Err(_) => {

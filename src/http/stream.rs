@@ -5,7 +5,7 @@
 
 use std::io::ErrorKind::InvalidData;
 use std::net::SocketAddr;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -65,6 +65,28 @@ impl Stream {
                     .map(PathBuf::from)
                     .unwrap_or_default(),
             }),
+        }
+    }
+}
+
+impl Stream {
+    /// A second descriptor for a plain socket (true: unix), for another
+    /// shard to serve it; None for TLS, whose session stays in this shard.
+    pub fn dup_plain(&self) -> Option<(OwnedFd, bool)> {
+        let (fd, unix) = match self {
+            Stream::Tcp(s) => (s.as_fd(), false),
+            Stream::Unix(s) => (s.as_fd(), true),
+            Stream::Tls(_) => return None,
+        };
+        fd.try_clone_to_owned().ok().map(|fd| (fd, unix))
+    }
+
+    /// A plain socket another shard handed over.
+    pub fn from_fd(fd: OwnedFd, unix: bool) -> std::io::Result<Stream> {
+        if unix {
+            UnixStream::from_std(std::os::unix::net::UnixStream::from(fd)).map(Stream::Unix)
+        } else {
+            TcpStream::from_std(std::net::TcpStream::from(fd)).map(Stream::Tcp)
         }
     }
 }
@@ -172,7 +194,8 @@ impl Stream {
         let mut writer = self;
         while sent < total {
             let write = writer.write(buf.slice(sent..));
-            let Ok(BufResult(res, rest)) = compio::time::timeout(write_stall(), write).await else {
+            let Ok(BufResult(res, rest)) = super::deadline::timeout(write_stall(), write).await
+            else {
                 stalled();
                 return false;
             };
@@ -195,7 +218,8 @@ impl Stream {
         let mut writer = self;
         while sent < total {
             let write = writer.write_vectored(buf.slice(sent));
-            let Ok(BufResult(res, rest)) = compio::time::timeout(write_stall(), write).await else {
+            let Ok(BufResult(res, rest)) = super::deadline::timeout(write_stall(), write).await
+            else {
                 stalled();
                 return None;
             };
@@ -384,14 +408,14 @@ impl TlsStream {
                     log::debug!("TLS handshake failed: {e}");
                     let mut alert = Vec::new();
                     lock(&self.session).pending_output(&mut alert);
-                    let _ = compio::time::timeout_at(until, self.inner.write_all(alert)).await;
+                    let _ = super::deadline::timeout_at(until, self.inner.write_all(alert)).await;
                     return Err(HandshakeError::Failed);
                 }
             }
             let mut out = Vec::new();
             lock(&self.session).pending_output(&mut out);
             if !out.is_empty() {
-                match compio::time::timeout_at(until, self.inner.write_all(out)).await {
+                match super::deadline::timeout_at(until, self.inner.write_all(out)).await {
                     Ok(BufResult(Ok(()), _)) => {}
                     _ => return Err(HandshakeError::Failed),
                 }
@@ -401,7 +425,7 @@ impl TlsStream {
             }
             cipher.clear();
             cipher.reserve(16 * 1024);
-            match compio::time::timeout_at(until, self.inner.read(cipher)).await {
+            match super::deadline::timeout_at(until, self.inner.read(cipher)).await {
                 Ok(BufResult(Ok(n), read)) if n > 0 => cipher = read,
                 _ => return Err(HandshakeError::Failed),
             }

@@ -1,7 +1,6 @@
 //! Accepting connections: a shard's listening sockets, and the loop that takes
 //! connections from them until the shard drains.
 
-use std::net::SocketAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::rc::Rc;
 
@@ -11,7 +10,7 @@ use futures_util::future::Either;
 use socket2::Socket;
 
 use super::{App, Shard};
-use crate::http::conn::{self, Handler, Host};
+use crate::http::conn::{self, Handler, Host, Start};
 use crate::http::stream::{Stream, TlsStream};
 
 /// One listening socket as a shard sees it.
@@ -61,22 +60,17 @@ impl Drop for Admitted {
     }
 }
 
-/// Serves an accepted connection on the shard's interface, counted from now.
-fn spawn(shard: &Shard, stream: Stream, peer: Option<SocketAddr>) {
+/// Serves a connection on the shard's interface, counted from now.
+pub(super) fn spawn(shard: &Shard, start: Start) {
     let admitted = Admitted::new(shard.host.clone());
     match &shard.app {
-        App::Wsgi(bridge) => spawn_counted(admitted, bridge.clone(), stream, peer),
-        App::Asgi(bridge) => spawn_counted(admitted, bridge.clone(), stream, peer),
+        App::Wsgi(bridge) => spawn_counted(admitted, bridge.clone(), start),
+        App::Asgi(bridge) => spawn_counted(admitted, bridge.clone(), start),
     }
 }
 
-fn spawn_counted<H: Handler + 'static>(
-    admitted: Admitted,
-    handler: H,
-    stream: Stream,
-    peer: Option<SocketAddr>,
-) {
-    let conn = conn::serve(admitted.0.clone(), handler, stream, peer);
+fn spawn_counted<H: Handler + 'static>(admitted: Admitted, handler: H, start: Start) {
+    let conn = conn::serve(admitted.0.clone(), handler, start);
     compio::runtime::spawn(async move {
         conn.await;
         drop(admitted);
@@ -150,7 +144,7 @@ async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
                     None => stream,
                 };
                 match stream {
-                    Ok(stream) => spawn(shard, stream, peer),
+                    Ok(stream) => spawn(shard, Start::Accepted { stream, peer }),
                     Err(e) => log::error!("Shard {}: cannot serve a connection: {e}", shard.id),
                 }
                 // After the connection counts as open, so no placement in

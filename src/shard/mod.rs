@@ -1,13 +1,15 @@
 //! A shard: one OS thread pinned to one CPU, with its own ring, its own listening
 //! sockets and its own Python interpreter. Shards share nothing on the request
-//! path; the kernel spreads connections between their SO_REUSEPORT sockets.
+//! path; the kernel spreads connections between their SO_REUSEPORT sockets, and
+//! a request that waited behind a busy shard moves to an idle one (`peers`).
 
 pub mod accept;
-pub mod runtime;
+pub mod peers;
 
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::time::Instant;
 
 use futures_channel::oneshot;
 use pyo3::prelude::*;
@@ -16,16 +18,18 @@ use crate::access_log::AccessLog;
 use crate::asgi::{self, Asgi};
 use crate::config::{Config, InterfaceMode};
 use crate::hooks::RequestHooks;
-use crate::http::conn::{Host, Load};
+use crate::http::conn::{Handoff, Host, Load};
 use crate::observe::Observers;
 use crate::placement::ShardLoad;
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
+use crate::runtime;
 use crate::scoreboard::Scoreboard;
 use crate::scoreboard::ShardCounts;
 use crate::wsgi::pool::Pool;
 use crate::wsgi::{self, Wsgi};
 pub use accept::Listener;
+use peers::{Inbox, Peers};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// What a shard reports once its app is loaded (or failed to load).
@@ -63,6 +67,8 @@ struct Gauges {
     board: Arc<Scoreboard>,
     local: usize,
     kernel: Option<&'static ShardLoad>,
+    /// The worker's other shards, which take requests that waited here.
+    peers: Option<Arc<Peers>>,
 }
 
 impl Gauges {
@@ -102,6 +108,20 @@ impl Load for Gauges {
     fn finished(&self) {
         self.step(|c| &c.in_flight, |k| &k.in_flight, false);
     }
+
+    fn relief(&self, waiting_since: Instant) -> Option<usize> {
+        if !runtime::waited_since(waiting_since) {
+            return None;
+        }
+        self.peers.as_ref()?.idle(self.local)
+    }
+
+    fn hand_off(&self, to: usize, handoff: Box<Handoff>) -> Result<(), Box<Handoff>> {
+        match &self.peers {
+            Some(peers) => peers.send(self.local, to, handoff),
+            None => Err(handoff),
+        }
+    }
 }
 
 /// An app loaded for one interface, before it becomes a handler.
@@ -129,6 +149,8 @@ pub struct Spec {
     pub access_log: Option<Arc<AccessLog>>,
     /// The worker's age, for the hooks' `worker.age`.
     pub age: u64,
+    /// The worker's other shards, and this shard's inbox from them.
+    pub peers: Option<(Arc<Peers>, Inbox)>,
 }
 
 /// Runs a shard on the current thread until it has drained after `stop`.
@@ -146,6 +168,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
         preloaded,
         access_log,
         age,
+        peers,
     } = spec;
     if let Some(cpu) = cpu {
         core_affinity::set_for_current(cpu);
@@ -186,6 +209,8 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                 return;
             }
         };
+        // Peers read from the scoreboard when this thread waits idle.
+        runtime::publish_waits(board.clone(), local);
         let asgi = match config.interface {
             InterfaceMode::Auto => loaded.asgi,
             InterfaceMode::Asgi => true,
@@ -239,10 +264,12 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             })),
         };
         let stopping = board.clone();
+        let (peers, inbox) = peers.unzip();
         let gauges = Gauges {
             board: board.clone(),
             local,
             kernel: crate::placement::shard(id),
+            peers,
         };
         let host = Host::new(
             config.http(),
@@ -265,7 +292,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
         match &shard.app {
             App::Wsgi(_) => {
                 let _ = ready.send(Ready::Serving(watch));
-                runtime::block_on(&rt, serve(shard.clone(), listeners, go, stop));
+                runtime::block_on(&rt, serve(shard.clone(), listeners, inbox, go, stop));
             }
             App::Asgi(bridge) => {
                 let asgi = &bridge.asgi;
@@ -280,7 +307,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                         move || {
                             let _ = serving.send(Ready::Serving(watch));
                         },
-                        move || Box::pin(serve(for_serve, listeners, go, stop)),
+                        move || Box::pin(serve(for_serve, listeners, inbox, go, stop)),
                     )
                 });
                 if let Err(msg) = ran {
@@ -316,6 +343,7 @@ fn wsgi_app(
 async fn serve(
     shard: Rc<Shard>,
     listeners: Vec<Listener>,
+    inbox: Option<Inbox>,
     go: oneshot::Receiver<()>,
     stop: oneshot::Receiver<()>,
 ) {
@@ -331,6 +359,9 @@ async fn serve(
             shard.clone(),
             Rc::new(listener),
         )));
+    }
+    if let Some(inbox) = inbox {
+        tasks.push(compio::runtime::spawn(peers::take_in(shard.clone(), inbox)));
     }
     // A dropped sender means the worker is going away: drain as well.
     let _ = stop.await;

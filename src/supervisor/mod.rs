@@ -202,7 +202,7 @@ pub fn run(mut config: Config) -> ! {
     for warning in &config.warnings {
         log::warn!("{warning}");
     }
-    config.io_engine = match crate::shard::runtime::resolve(config.io_engine) {
+    config.io_engine = match crate::runtime::resolve(config.io_engine) {
         Ok(engine) => engine,
         Err(e) => {
             log::error!("{e}");
@@ -434,7 +434,7 @@ impl Supervisor {
         }
         config.io_engine = match config.io_engine {
             IoEngine::Auto => self.config.io_engine,
-            asked => match crate::shard::runtime::resolve(asked) {
+            asked => match crate::runtime::resolve(asked) {
                 Ok(engine) => engine,
                 Err(e) => {
                     log::error!("The configuration stays as it was: {e}");

@@ -2,9 +2,12 @@
 
 - `/where`: the CPU the serving shard's thread is pinned to, which names
   the shard.
-- `/hold?NAME`: a handler that holds its shard's CPU, as a view computing
-  does: it creates `$TURBO_HOLD_DIR/NAME.started`, then spins until the test
-  creates `$TURBO_HOLD_DIR/NAME` (at most 30 s), and answers `/where`'s.
+- `/hold?NAME[&MS]`: a handler that holds its shard's CPU, as a view
+  computing does: it creates `$TURBO_HOLD_DIR/NAME.started`, then spins
+  until the test creates `$TURBO_HOLD_DIR/NAME` (at most 30 s) and for MS
+  milliseconds at least (a shard moves requests only from behind a pass of
+  1 ms or more), creates `$TURBO_HOLD_DIR/NAME.ended`, and answers
+  `/where`'s.
 """
 
 import os
@@ -20,11 +23,15 @@ def _where():
 
 def _answer(path, query):
     if path == "/hold":
-        release = os.path.join(HOLD_DIR, query)
+        name, _, least = query.partition("&")
+        release = os.path.join(HOLD_DIR, name)
+        least = int(least or 0) / 1000
         open(release + ".started", "w").close()
-        deadline = time.monotonic() + 30
-        while not os.path.exists(release) and time.monotonic() < deadline:
-            pass
+        began = time.monotonic()
+        while time.monotonic() < began + 30:
+            if time.monotonic() > began + least and os.path.exists(release):
+                break
+        open(release + ".ended", "w").close()
     return _where()
 
 
