@@ -232,6 +232,20 @@ impl ShardLoad {
     }
 }
 
+/// The counts as the debug log shows them.
+impl std::fmt::Display for ShardLoad {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let load = |c: &AtomicU32| c.load(Ordering::Relaxed);
+        write!(
+            f,
+            "{} connections, {} queued, {} in flight",
+            load(&self.connections),
+            load(&self.queued),
+            load(&self.in_flight)
+        )
+    }
+}
+
 /// One eBPF instruction (struct bpf_insn).
 #[repr(C)]
 #[derive(Clone, Copy)]

@@ -6,8 +6,8 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::pin;
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,14 @@ use crate::scoreboard::Scoreboard;
 /// connections"). Far above a pass of hello-world requests, far below a
 /// CPU-bound view.
 const LATE_AFTER: Duration = Duration::from_millis(1);
+
+/// A moment as the scoreboard holds it: nanoseconds since the process's
+/// first stamp, plus one, so that 0 can mean "none".
+pub fn stamp(at: Instant) -> u64 {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    let base = *BASE.get_or_init(Instant::now);
+    at.saturating_duration_since(base).as_nanos() as u64 + 1
+}
 
 /// The shard thread's passes, as its kernel waits measure them.
 #[derive(Default)]
@@ -68,19 +76,19 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
         let board = p.board.borrow();
         let waiting = match (&*board, timeout) {
             (Some((board, local)), t) if t != Some(Duration::ZERO) => {
-                Some(&board.counts(*local).waiting)
+                Some(&board.counts(*local).waiting_since)
             }
             _ => None,
         };
-        if let Some(flag) = waiting {
-            flag.store(true, Ordering::Relaxed);
+        if let Some(since) = waiting {
+            since.store(stamp(now), Ordering::Relaxed);
         }
         let reaped = crate::python::without_gil(|| {
             rt.poll_with(timeout);
             Instant::now()
         });
-        if let Some(flag) = waiting {
-            flag.store(false, Ordering::Relaxed);
+        if let Some(since) = waiting {
+            since.store(0, Ordering::Relaxed);
         }
         let began = Instant::now();
         let late = if began - reaped >= LATE_AFTER {

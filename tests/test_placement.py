@@ -53,7 +53,7 @@ def test_fresh_connections_spread_and_avoid_a_busy_shard(turbo, tmp_path, app):
         a.sendall(f"GET /hold?r{n} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
         wait_for_file(tmp_path / f"r{n}.started")
         c = server.connect()
-        assert ask(c, "/where") == shard_b, f"round {n}: placed on the busy shard"
+        assert ask(c, "/where") == shard_b, f"round {n}: placed on the busy shard {c.getsockname()}" + server.log
         # Connections come first: the next goes to A's shard, which now holds
         # fewer, busy or not, so a burst of keep-alive connections never
         # piles onto the shard that happened to be idle.

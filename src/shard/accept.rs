@@ -151,6 +151,12 @@ async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
                 // between sees this shard without it.
                 if let Some(load) = placed {
                     load.accepted();
+                    log::debug!(
+                        "Shard {}: accepted a connection from {}; placement counts now {}",
+                        shard.id,
+                        peer.map_or_else(String::new, |p| p.to_string()),
+                        load
+                    );
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
