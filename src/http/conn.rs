@@ -189,7 +189,7 @@ enum ReadError {
 
 struct Conn {
     /// First, so it drops before the socket closes.
-    _open: Open,
+    open: Open,
     host: Rc<Host>,
     /// The client's address, for the access log.
     peer: String,
@@ -208,20 +208,37 @@ struct Conn {
 }
 
 /// Counts a connection as open from its accept (not its task's first poll,
-/// so a burst of connects sees every one) until just before its socket
-/// closes (so a client that saw the close sees the count fallen).
-struct Open(Rc<Host>);
+/// so a burst of connects sees every one) until it serves no more: just
+/// before its last response goes out, or else its socket closes. So a client
+/// that saw either sees the count fallen, and a client that reconnects at
+/// once is not placed by a connection that merely lingers, or whose close a
+/// shard busy in the app has not read yet.
+struct Open {
+    host: Rc<Host>,
+    counted: bool,
+}
+
+impl Open {
+    fn end(&mut self) {
+        if std::mem::take(&mut self.counted) {
+            self.host.load.closed();
+        }
+    }
+}
 
 impl Drop for Open {
     fn drop(&mut self) {
-        self.0.load.closed();
+        self.end();
     }
 }
 
 /// Serves a connection to its end; it counts as open from this call.
 pub fn serve<H: Handler>(host: Rc<Host>, handler: H, start: Start) -> impl Future<Output = ()> {
     host.load.opened();
-    let open = Open(host);
+    let open = Open {
+        host,
+        counted: true,
+    };
     async move {
         match start {
             Start::Accepted { stream, peer } => accepted(open, handler, stream, peer).await,
@@ -233,8 +250,8 @@ pub fn serve<H: Handler>(host: Rc<Host>, handler: H, start: Start) -> impl Futur
 impl Conn {
     fn new(open: Open, stream: Stream, trusted: bool, zerocopy: bool) -> Conn {
         Conn {
-            host: open.0.clone(),
-            _open: open,
+            host: open.host.clone(),
+            open,
             peer: String::new(),
             trusted,
             tls: false,
@@ -250,7 +267,7 @@ impl Conn {
 }
 
 async fn accepted<H: Handler>(open: Open, handler: H, stream: Stream, peer: Option<SocketAddr>) {
-    let host = open.0.clone();
+    let host = open.host.clone();
     let Ok(mut ends) = stream.endpoints(peer) else {
         return;
     };
@@ -507,6 +524,7 @@ impl Conn {
                 return;
             };
             if !keep_alive || settings.keep_alive.is_zero() || host.stopping() {
+                self.open.end();
                 let _ = self.flush().await;
                 return self.linger().await;
             }
@@ -591,6 +609,7 @@ impl Conn {
     async fn refuse(&mut self, err: HttpError) {
         log::debug!("Refusing request: {} {}", err.status, err.detail);
         encode::error_response(&mut self.out, err, &self.host.date());
+        self.open.end();
         if self.flush().await {
             self.linger().await;
         }
