@@ -90,10 +90,16 @@ pub struct Handoff {
     /// A unix socket rather than TCP.
     unix: bool,
     rbuf: Vec<u8>,
-    pub ends: Endpoints,
-    proxied: Option<proxy_protocol::Header>,
+    client: Client,
     trusted: bool,
     zerocopy: bool,
+}
+
+impl Handoff {
+    /// The client's address, as the log shows it.
+    pub fn peer_host(&self) -> String {
+        self.client.ends.peer_host()
+    }
 }
 
 /// How a connection comes to a shard.
@@ -317,17 +323,8 @@ async fn accepted<H: Handler>(open: Open, handler: H, stream: Stream, peer: Opti
             Err(HandshakeError::Failed) => return,
         }
     }
-    let client = Client { ends, proxied };
-    conn.peer = client.ends.peer_host();
-    let opened = Opened {
-        ends: &client.ends,
-        proxied: client.proxied.as_ref(),
-        tls: tls.as_ref(),
-    };
-    let Some(peer) = handler.open(opened) else {
-        return;
-    };
-    conn.serve(&handler, &peer, &client, true).await;
+    conn.start(&handler, Client { ends, proxied }, tls.as_ref(), true)
+        .await;
 }
 
 /// A connection another shard handed over, with a request waiting in its
@@ -337,8 +334,7 @@ async fn moved<H: Handler>(open: Open, handler: H, handoff: Box<Handoff>) {
         fd,
         unix,
         rbuf,
-        ends,
-        proxied,
+        client,
         trusted,
         zerocopy,
     } = *handoff;
@@ -347,26 +343,38 @@ async fn moved<H: Handler>(open: Open, handler: H, handoff: Box<Handoff>) {
     };
     let mut conn = Conn::new(open, stream, trusted, zerocopy);
     conn.rbuf = rbuf;
-    let client = Client { ends, proxied };
-    conn.peer = client.ends.peer_host();
-    let opened = Opened {
-        ends: &client.ends,
-        proxied: client.proxied.as_ref(),
-        tls: None,
-    };
-    let Some(peer) = handler.open(opened) else {
-        return;
-    };
-    conn.serve(&handler, &peer, &client, false).await;
+    conn.start(&handler, client, None, false).await;
 }
 
 /// Who the client is, as the connection's start established it.
+#[derive(Clone)]
 struct Client {
     ends: Endpoints,
     proxied: Option<proxy_protocol::Header>,
 }
 
 impl Conn {
+    /// Opens the connection to the handler and serves its requests; `first`:
+    /// the next head is the connection's first.
+    async fn start<H: Handler>(
+        &mut self,
+        handler: &H,
+        client: Client,
+        tls: Option<&TlsStream>,
+        first: bool,
+    ) {
+        self.peer = client.ends.peer_host();
+        let opened = Opened {
+            ends: &client.ends,
+            proxied: client.proxied.as_ref(),
+            tls,
+        };
+        let Some(peer) = handler.open(opened) else {
+            return;
+        };
+        self.serve(handler, &peer, &client, first).await;
+    }
+
     /// Reads the PROXY header that may open the connection. Err when the
     /// connection ended or was refused (a bad header, or one from a peer not
     /// in `proxy_allow_ips`).
@@ -476,9 +484,9 @@ impl Conn {
             // idle shard, with its connection (docs/architecture.md, "Moving
             // connections"). Earlier pipelined answers must be out first.
             if let Some(since) = waiting_since
-                && let Some(to) = host.load.relief(since)
                 && self.pending() == 0
                 && !host.drain.is_draining()
+                && let Some(to) = host.load.relief(since)
                 && self.hand_off(to, client)
             {
                 return;
@@ -550,8 +558,7 @@ impl Conn {
             fd,
             unix,
             rbuf: std::mem::take(&mut self.rbuf),
-            ends: client.ends.clone(),
-            proxied: client.proxied.clone(),
+            client: client.clone(),
             trusted: self.trusted,
             zerocopy: self.zerocopy,
         });

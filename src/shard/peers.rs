@@ -80,7 +80,7 @@ impl Peers {
 
     /// Sends a connection from shard `from` to shard `to`, and wakes `to`.
     pub fn send(&self, from: usize, to: usize, handoff: Box<Handoff>) -> Result<(), Box<Handoff>> {
-        let client = handoff.ends.peer_host();
+        let client = handoff.peer_host();
         self.inboxes[to]
             .unbounded_send(handoff)
             .map_err(|e| e.into_inner())?;
