@@ -36,6 +36,9 @@ pub fn stamp(at: Instant) -> u64 {
 #[derive(Default)]
 struct Passes {
     began: Cell<Option<Instant>>,
+    /// When the thread last entered the kernel: at a wait, or to send what a
+    /// long pass had queued (`send_queued`).
+    entered: Cell<Option<Instant>>,
     /// When the thread last came out of a long pass or GIL wait, if what it
     /// handles now was reaped right after one.
     late: Cell<Option<Instant>>,
@@ -98,6 +101,33 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
         };
         p.late.set(late);
         p.began.set(Some(began));
+        p.entered.set(Some(began));
+    });
+}
+
+/// Called before the thread goes into Python, where it may stay for long (a
+/// view computing, or a `--threads` Python thread holding the GIL): if it has
+/// not entered the kernel for 1 ms, the operations queued since (the
+/// responses this pass wrote) go to it now, without waiting. With io_uring
+/// they would otherwise sit in the ring until the pass ends, so each response
+/// of a pass of CPU-bound views waited for all the views after it
+/// (docs/architecture.md, "Moving connections"). A short pass, as hello world
+/// runs, never gets here; the polling driver writes at once and submits
+/// nothing here.
+pub fn send_queued() {
+    PASSES.with(|p| {
+        let now = Instant::now();
+        if p.entered.get().is_some_and(|at| now - at >= LATE_AFTER) {
+            p.entered.set(Some(now));
+            Runtime::with_current(|rt| {
+                // Flushing also clears the driver's notified state; a wake
+                // from another thread that came before it must still end
+                // the next wait.
+                if rt.flush() {
+                    rt.waker().wake();
+                }
+            });
+        }
     });
 }
 

@@ -143,6 +143,8 @@ impl Reactor {
                     board.mark_busy(*slot);
                 }
             }
+            // Python runs next, perhaps a handler computing for long.
+            crate::runtime::send_queued();
         });
         let mut ready = std::mem::take(&mut *self.ready.borrow_mut());
         // Merge read and write readiness of the same descriptor.

@@ -531,6 +531,8 @@ async fn exchange(
     link: &Rc<Link>,
 ) -> Option<bool> {
     let date = ex.date();
+    // The app may run eagerly from here, perhaps computing for long.
+    crate::runtime::send_queued();
     let scope = Python::attach(|py| {
         scope(py, asgi, ex.buf(), ex.head(), peers, false, ex.https()).map(Bound::unbind)
     });
@@ -594,6 +596,15 @@ async fn exchange(
             )
         };
         if !pending_out.is_empty() || !pending_lent.is_empty() {
+            let last = {
+                let state = shared.borrow();
+                state.complete.then_some(
+                    state.framer.keep_alive && state.request_complete && !state.disconnected,
+                )
+            };
+            if let Some(keep_alive) = last {
+                ex.last_bytes(keep_alive);
+            }
             let (out, lent) = ex.output();
             lent.append(&mut pending_lent, out.len());
             task::gather(out, &mut pending_out);

@@ -531,7 +531,7 @@ impl Conn {
             let Some(keep_alive) = answered else {
                 return;
             };
-            if !keep_alive || settings.keep_alive.is_zero() || host.stopping() {
+            if self.ends_after(keep_alive) {
                 self.open.end();
                 let _ = self.flush().await;
                 return self.linger().await;
@@ -598,6 +598,12 @@ impl Conn {
             }
             Err(_) => Err(ReadError::TimedOut),
         }
+    }
+
+    /// Whether a response the handler answers `keep_alive` for is the
+    /// connection's last.
+    fn ends_after(&self, keep_alive: bool) -> bool {
+        !keep_alive || self.host.settings.keep_alive.is_zero() || self.host.stopping()
     }
 
     /// Bytes waiting to be written.
@@ -694,6 +700,18 @@ impl<'c> Exchange<'c> {
     }
 
     /// Where the response goes: turbo's buffer, and buffers lent to it.
+    /// The handler is about to write its response's last bytes, and will
+    /// answer `keep_alive`. If that ends the connection, it stops counting
+    /// for placement now (see `Open`): a handler that writes as it goes
+    /// returns only once the write completes, and a shard then computing
+    /// the next request reaps that only after it, while the client has
+    /// already reconnected.
+    pub fn last_bytes(&mut self, keep_alive: bool) {
+        if self.conn.ends_after(keep_alive) {
+            self.conn.open.end();
+        }
+    }
+
     pub fn output(&mut self) -> (&mut Vec<u8>, &mut Lent) {
         (&mut self.conn.out, &mut self.conn.lent)
     }
