@@ -17,12 +17,18 @@ use compio::runtime::{Runtime, RuntimeBuilder};
 use crate::config::IoEngine;
 use crate::scoreboard::Scoreboard;
 
-/// A pass (the thread running tasks and Python between two kernel waits) at
-/// least this long kept waiting whatever the next wait reaps: requests that
-/// then arrive may move to an idle shard (docs/architecture.md, "Moving
-/// connections"). Far above a pass of hello-world requests, far below a
-/// CPU-bound view.
+/// A pass (the thread running tasks and Python between two kernel waits)
+/// that spent at least this long in the app kept waiting whatever the next
+/// wait reaps: requests that then arrive may move to an idle shard
+/// (docs/architecture.md, "Moving connections"). Far above a pass of
+/// hello-world requests, far below a CPU-bound view.
 const LATE_AFTER: Duration = Duration::from_millis(1);
+
+/// For this long after a request that kept the thread 1 ms or more, the
+/// thread sends each answered request's response before it goes into Python
+/// again (`enter_app`): the app has views slow enough that the system call
+/// is small against them.
+const SLOW_APP_FOR: Duration = Duration::from_millis(100);
 
 /// A moment as the scoreboard holds it: nanoseconds since the process's
 /// first stamp, plus one, so that 0 can mean "none".
@@ -35,10 +41,18 @@ pub fn stamp(at: Instant) -> u64 {
 /// The shard thread's passes, as its kernel waits measure them.
 #[derive(Default)]
 struct Passes {
-    began: Cell<Option<Instant>>,
-    /// When the thread last entered the kernel: at a wait, or to send what a
-    /// long pass had queued (`send_queued`).
+    /// When this pass first went into the app (`enter_app`), if it has.
+    app_from: Cell<Option<Instant>>,
+    /// When the thread last went into the app.
+    into_app: Cell<Option<Instant>>,
+    /// When the thread last entered the kernel: at a wait, or to send what it
+    /// had queued (`enter_app`).
     entered: Cell<Option<Instant>>,
+    /// A request was answered since then: its response may be queued.
+    answered: Cell<bool>,
+    /// When a request last kept the thread LATE_AFTER or more, from its
+    /// `enter_app` to the next one's in the same pass.
+    slow_request: Cell<Option<Instant>>,
     /// When the thread last came out of a long pass or GIL wait, if what it
     /// handles now was reaped right after one.
     late: Cell<Option<Instant>>,
@@ -69,13 +83,16 @@ pub fn waited_since(since: Instant) -> bool {
 
 /// A shard thread's one way into the kernel: polls the ring for at most
 /// `timeout` (None: until something completes), without the GIL, and
-/// measures whether what it reaps was kept waiting: by a long pass before
-/// it, or by the GIL, which a Python thread of the shard held (`--threads`)
-/// while this thread waited to take it back.
+/// measures whether what it reaps was kept waiting: by the app, which ran
+/// for LATE_AFTER or more in the pass before it, or by the GIL, which a
+/// Python thread of the shard held (`--threads`) while this thread waited to
+/// take it back. Only time in the app counts, from the pass's first
+/// `enter_app`: the rest of a pass is microseconds unless the host stalls
+/// the thread, and a stall is no reason to move a connection.
 pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
     PASSES.with(|p| {
         let now = Instant::now();
-        let long = p.began.get().is_some_and(|began| now - began >= LATE_AFTER);
+        let long = p.app_from.take().is_some_and(|at| now - at >= LATE_AFTER);
         let board = p.board.borrow();
         let waiting = match (&*board, timeout) {
             (Some((board, local)), t) if t != Some(Duration::ZERO) => {
@@ -86,6 +103,7 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
         if let Some(since) = waiting {
             since.store(stamp(now), Ordering::Relaxed);
         }
+        p.answered.set(false);
         let reaped = crate::python::without_gil(|| {
             rt.poll_with(timeout);
             Instant::now()
@@ -100,24 +118,55 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
             long.then_some(now)
         };
         p.late.set(late);
-        p.began.set(Some(began));
         p.entered.set(Some(began));
     });
 }
 
-/// Called before the thread goes into Python, where it may stay for long (a
-/// view computing, or a `--threads` Python thread holding the GIL): if it has
-/// not entered the kernel for 1 ms, the operations queued since (the
-/// responses this pass wrote) go to it now, without waiting. With io_uring
-/// they would otherwise sit in the ring until the pass ends, so each response
-/// of a pass of CPU-bound views waited for all the views after it
-/// (docs/architecture.md, "Moving connections"). A short pass, as hello world
-/// runs, never gets here; the polling driver writes at once and submits
-/// nothing here.
-pub fn send_queued() {
+/// A request of this thread's was answered: its response may wait in the
+/// ring (`enter_app`).
+pub fn answered() {
+    PASSES.with(|p| p.answered.set(true));
+}
+
+/// Called as the thread goes into the app for a request (a WSGI request
+/// being prepared, an ASGI request starting, the ASGI loop getting control
+/// back), where it may stay for long: a view computing, or a `--threads`
+/// Python thread holding the GIL. It marks the pass as running the app
+/// (`wait`), and sends the kernel what the thread queued since it last
+/// entered it (the responses it wrote), without waiting:
+/// - if that was 1 ms ago or more;
+/// - or if a request was answered since, and within the last 100 ms one
+///   request kept the thread for 1 ms or more.
+///
+/// With io_uring a response would otherwise sit in the ring until the pass
+/// ends, behind every view that runs after it in the same pass
+/// (docs/architecture.md, "Responses during a long pass"). A hello-world
+/// pass is far shorter than 1 ms and has no slow requests, so it enters the
+/// kernel once, as before. The polling driver writes at once and has
+/// nothing to submit here.
+pub fn enter_app() {
     PASSES.with(|p| {
         let now = Instant::now();
-        if p.entered.get().is_some_and(|at| now - at >= LATE_AFTER) {
+        let entered = p.entered.get();
+        if p.app_from.get().is_none() {
+            p.app_from.set(Some(now));
+        }
+        let previous = p.into_app.replace(Some(now));
+        // Timed within one pass only: across a wait it would take idleness
+        // for a slow request.
+        if let (Some(previous), Some(entered)) = (previous, entered)
+            && previous >= entered
+            && now - previous >= LATE_AFTER
+        {
+            p.slow_request.set(Some(now));
+        }
+        let slow_app = p
+            .slow_request
+            .get()
+            .is_some_and(|at| now - at < SLOW_APP_FOR);
+        let answered = p.answered.replace(false);
+        let long = entered.is_some_and(|at| now - at >= LATE_AFTER);
+        if long || (answered && slow_app) {
             p.entered.set(Some(now));
             Runtime::with_current(|rt| {
                 // Flushing also clears the driver's notified state; a wake

@@ -144,7 +144,7 @@ impl Reactor {
                 }
             }
             // Python runs next, perhaps a handler computing for long.
-            crate::runtime::send_queued();
+            crate::runtime::enter_app();
         });
         let mut ready = std::mem::take(&mut *self.ready.borrow_mut());
         // Merge read and write readiness of the same descriptor.

@@ -532,7 +532,7 @@ async fn exchange(
 ) -> Option<bool> {
     let date = ex.date();
     // The app may run eagerly from here, perhaps computing for long.
-    crate::runtime::send_queued();
+    crate::runtime::enter_app();
     let scope = Python::attach(|py| {
         scope(py, asgi, ex.buf(), ex.head(), peers, false, ex.https()).map(Bound::unbind)
     });

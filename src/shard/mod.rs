@@ -107,6 +107,7 @@ impl Load for Gauges {
 
     fn finished(&self) {
         self.step(|c| &c.in_flight, |k| &k.in_flight, false);
+        runtime::answered();
     }
 
     fn relief(&self, waiting_since: Instant) -> Option<usize> {

@@ -118,7 +118,7 @@ impl Bridge {
             Body::Spooled(file) => (Input::Spooled(file), None),
         };
         let _revoke = shared.clone().map(Revoke);
-        crate::runtime::send_queued();
+        crate::runtime::enter_app();
         let prepared = Python::attach(|py| {
             let input = match body {
                 Input::InMemory(data) if data.is_empty() => Ok(wsgi.empty_input.bind(py).clone()),
