@@ -25,7 +25,7 @@ use crate::scoreboard::Scoreboard;
 const LATE_AFTER: Duration = Duration::from_millis(1);
 
 /// For this long after a request that kept the thread 1 ms or more, the
-/// thread sends each answered request's response before it goes into Python
+/// thread sends each response it wrote before it goes into Python
 /// again (`enter_app`): the app has views slow enough that the system call
 /// is small against them.
 const SLOW_APP_FOR: Duration = Duration::from_millis(100);
@@ -48,10 +48,9 @@ struct Passes {
     /// When the thread last entered the kernel: at a wait, or to send what it
     /// had queued (`enter_app`).
     entered: Cell<Option<Instant>>,
-    /// A request was answered since then: its response may be queued.
-    answered: Cell<bool>,
-    /// When a request last kept the thread LATE_AFTER or more, from its
-    /// `enter_app` to the next one's in the same pass.
+    /// A response was written since then, and may wait in the ring.
+    queued: Cell<bool>,
+    /// When a request last kept the thread LATE_AFTER or more (`time_request`).
     slow_request: Cell<Option<Instant>>,
     /// When the thread last came out of a long pass or GIL wait, if what it
     /// handles now was reaped right after one.
@@ -103,7 +102,8 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
         if let Some(since) = waiting {
             since.store(stamp(now), Ordering::Relaxed);
         }
-        p.answered.set(false);
+        p.queued.set(false);
+        time_request(p, now);
         let reaped = crate::python::without_gil(|| {
             rt.poll_with(timeout);
             Instant::now()
@@ -122,10 +122,22 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
     });
 }
 
-/// A request of this thread's was answered: its response may wait in the
-/// ring (`enter_app`).
-pub fn answered() {
-    PASSES.with(|p| p.answered.set(true));
+/// The thread wrote a response, which may wait in the ring (`enter_app`).
+pub fn response_queued() {
+    PASSES.with(|p| p.queued.set(true));
+}
+
+/// Notes a slow request: one that kept the thread LATE_AFTER or more from
+/// its `enter_app` to `now` (the next one's, or the pass's wait). Timed
+/// within one pass only: across a wait it would take idleness for a slow
+/// request.
+fn time_request(p: &Passes, now: Instant) {
+    if let (Some(into_app), Some(entered)) = (p.into_app.get(), p.entered.get())
+        && into_app >= entered
+        && now - into_app >= LATE_AFTER
+    {
+        p.slow_request.set(Some(now));
+    }
 }
 
 /// Called as the thread goes into the app for a request (a WSGI request
@@ -135,7 +147,7 @@ pub fn answered() {
 /// (`wait`), and sends the kernel what the thread queued since it last
 /// entered it (the responses it wrote), without waiting:
 /// - if that was 1 ms ago or more;
-/// - or if a request was answered since, and within the last 100 ms one
+/// - or if a response was written since, and within the last 100 ms one
 ///   request kept the thread for 1 ms or more.
 ///
 /// With io_uring a response would otherwise sit in the ring until the pass
@@ -151,22 +163,15 @@ pub fn enter_app() {
         if p.app_from.get().is_none() {
             p.app_from.set(Some(now));
         }
-        let previous = p.into_app.replace(Some(now));
-        // Timed within one pass only: across a wait it would take idleness
-        // for a slow request.
-        if let (Some(previous), Some(entered)) = (previous, entered)
-            && previous >= entered
-            && now - previous >= LATE_AFTER
-        {
-            p.slow_request.set(Some(now));
-        }
+        time_request(p, now);
+        p.into_app.set(Some(now));
         let slow_app = p
             .slow_request
             .get()
             .is_some_and(|at| now - at < SLOW_APP_FOR);
-        let answered = p.answered.replace(false);
+        let queued = p.queued.replace(false);
         let long = entered.is_some_and(|at| now - at >= LATE_AFTER);
-        if long || (answered && slow_app) {
+        if long || (queued && slow_app) {
             p.entered.set(Some(now));
             Runtime::with_current(|rt| {
                 // Flushing also clears the driver's notified state; a wake

@@ -161,3 +161,33 @@ def test_a_client_that_leaves_while_its_request_waits_to_move(turbo, tmp_path, a
     if leaves == "half-close":
         assert served != home
     close(server, a, c)
+
+
+@pytest.mark.parametrize("app", APPS)
+def test_a_response_goes_out_while_a_later_view_of_the_same_pass_computes(turbo, tmp_path, app):
+    """With io_uring a written response waits in the ring until the shard's
+    thread next enters the kernel. Once the app has been slow, the thread
+    sends it before it goes into the app for the next request of the same
+    pass (docs/architecture.md, "Responses during a long pass"): a quick
+    response does not wait for a long view that happened to run after it."""
+    server = turbo(app, "--cores", "1", env={"TURBO_HOLD_DIR": str(tmp_path)})
+    x, a, b = (server.connect() for _ in range(3))
+    for s in (x, a, b):
+        ask(s, "/where")
+    # X's view holds the one shard (5 ms at least: a slow view) while A's
+    # quick request and B's long one arrive, in that order. Both wait, and
+    # the shard takes them up in one pass after X.
+    x.sendall(b"GET /hold?x&5 HTTP/1.1\r\nHost: t\r\n\r\n")
+    wait_for_file(tmp_path / "x.started")
+    a.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n")
+    b.sendall(b"GET /hold?b HTTP/1.1\r\nHost: t\r\n\r\n")
+    (tmp_path / "x").touch()
+    assert read_response(x, timeout=40)[0] == 200
+    wait_for_file(tmp_path / "b.started")
+    # B's view holds the thread until the test lets it go; A's answer is out.
+    status, _, _, _ = read_response(a, timeout=10)
+    assert status == 200
+    assert not (tmp_path / "b.ended").exists()
+    (tmp_path / "b").touch()
+    assert read_response(b, timeout=40)[0] == 200
+    close(server, x, a, b)

@@ -609,6 +609,7 @@ async fn exchange(
             lent.append(&mut pending_lent, out.len());
             task::gather(out, &mut pending_out);
             shared.borrow_mut().out = pending_out;
+            crate::runtime::response_queued();
             if !ex.flush().await {
                 shared.borrow_mut().disconnected = true;
                 Python::attach(|py| answer_receive(py, asgi, shared));

@@ -107,7 +107,8 @@ impl Load for Gauges {
 
     fn finished(&self) {
         self.step(|c| &c.in_flight, |k| &k.in_flight, false);
-        runtime::answered();
+        // The handler returned: what it wrote is queued, or soon will be.
+        runtime::response_queued();
     }
 
     fn relief(&self, waiting_since: Instant) -> Option<usize> {
