@@ -699,7 +699,6 @@ impl<'c> Exchange<'c> {
         self.conn.host.date()
     }
 
-    /// Where the response goes: turbo's buffer, and buffers lent to it.
     /// The handler is about to write its response's last bytes, and will
     /// answer `keep_alive`. If that ends the connection, it stops counting
     /// for placement now (see `Open`): a handler that writes as it goes
@@ -712,6 +711,7 @@ impl<'c> Exchange<'c> {
         }
     }
 
+    /// Where the response goes: turbo's buffer, and buffers lent to it.
     pub fn output(&mut self) -> (&mut Vec<u8>, &mut Lent) {
         (&mut self.conn.out, &mut self.conn.lent)
     }

@@ -57,10 +57,9 @@ impl Peers {
     /// kernel for IDLE_FOR at least, with no request in flight, the one with
     /// the fewest connections, claimed for one connection: its wait stops
     /// counting as idle until its thread waits again. Without the claim, a
-    /// shard whose pass ended with many waiting requests sent them all to
-    /// the one idle peer, which had not woken yet, and then sat idle itself
-    /// while they queued there (16 CPU-bound keep-alive connections: one
-    /// round in five at 75% of the req/s).
+    /// shard whose pass ended with several waiting requests would send them
+    /// all to the one idle peer, which has not woken yet, and then sit idle
+    /// itself while they queue there.
     pub fn idle(&self, me: usize) -> Option<usize> {
         let idle_since = runtime::stamp(Instant::now()).saturating_sub(IDLE_FOR);
         let mut best: Option<(u32, usize, u64)> = None;
