@@ -72,14 +72,19 @@ def run(args, turbo, env):
     out = report.Report("placement.md")
     out.add("# Placement across shards", "", report.environment(turbo), "", *__doc__.strip().splitlines(), "")
     app = suite.App("burn", "burn:app", "wsgi", "CPU-bound handler")
+    only = set(args.placement_only.split(",")) if args.placement_only else None
     for scenario, (what, lua_args) in SCENARIOS.items():
         for keep_alive in (True, False):
             rounds = args.placement_rounds if keep_alive else 2
             mode = "keep-alive" if keep_alive else "new connection per request"
+            rows = [c for c in (2, 4, 16)
+                    if only is None or f"{scenario}:{'keep-alive' if keep_alive else 'close'}:{c}" in only]
+            if not rows:
+                continue
             out.add(f"## {scenario}: {what}, {mode} ({args.duration} s x {rounds} rounds)", "",
                     "| connections | server | workers | req/s median | req/s worst | p99 ms worst | 2 cores / 1 core, worst |",
                     "|---|---|---|---|---|---|---|")
-            for connections in (2, 4, 16):
+            for connections in rows:
                 worst = {}
                 for name, cores in servers:
                     rates, p99s = [], []

@@ -187,6 +187,9 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--placement-rounds", type=int, default=5, help="keep-alive rounds in --placement")
     ap.add_argument("--baseline", help="--placement: another turbo build to run beside it")
+    ap.add_argument("--placement-only", metavar="LOAD:MODE:CONNECTIONS,...",
+                    help="--placement: only these rows, e.g. mixed:keep-alive:4,cpu:close:16 "
+                         "(LOAD cpu or mixed, MODE keep-alive or close)")
     ap.add_argument("--apps", default="all", help=f"comma-separated, of: {', '.join(suite.BY_NAME)} (or all)")
     ap.add_argument("--servers", default="turbo,bare,granian,bjoern,gunicorn,uvicorn",
                     help="those that serve each app's interface are run; gunicorn means all its worker kinds")
