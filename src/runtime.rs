@@ -69,8 +69,8 @@ pub fn publish_waits(board: Arc<Scoreboard>, local: usize) {
 }
 
 /// If what this pass handles was reaped right after the thread was busy
-/// for a long time (in a pass, or waiting for the GIL), when that ended.
-pub fn late() -> Option<Instant> {
+/// for a long time (in the app, or waiting for the GIL), when that ended.
+fn late() -> Option<Instant> {
     PASSES.with(|p| p.late.get())
 }
 
