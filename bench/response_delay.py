@@ -10,8 +10,9 @@ because client and server share the host.
         [--keep-alive] [--mixed]
 
 `--mixed` asks for 1 ms in 90% of requests and 20 ms in the rest; else
-every request asks for 20 ms. Prints percentiles of each part, in ms, and
-how many requests each shard (or process) served."""
+every request asks for 20 ms. Prints percentiles of each part, in ms, the share
+of requests over 30 ms (where p99 is a cliff: bench/queue_sim.py), and how
+many requests each shard (or process) served."""
 
 import argparse
 import collections
@@ -80,8 +81,10 @@ def main():
         at = lambda q: values[min(len(values) - 1, int(q * len(values)))]
         return f"{name:8} p50 {at(0.5):7.1f}  p90 {at(0.9):7.1f}  p99 {at(0.99):7.1f}"
 
-    print(f"{len(records)} requests, {len(records) / args.seconds:.0f}/s")
-    print(line("latency", [r[3] - r[0] for r in records]))
+    latencies = [r[3] - r[0] for r in records]
+    slow = 100 * sum(1 for v in latencies if v > 30e6) / len(latencies)
+    print(f"{len(records)} requests, {len(records) / args.seconds:.0f}/s, {slow:.2f}% over 30 ms")
+    print(line("latency", latencies))
     print(line("wait", [r[1] - r[0] for r in records]))
     print(line("delay", [r[3] - r[2] for r in records]))
     print("served by", dict(collections.Counter(r[4] for r in records)))
