@@ -1,5 +1,6 @@
-# turbo in a container: built with Rust against the image's Python, then run on
-# a slim Python 3.13 image as a non-root user.
+# turbo in a container: its wheel built with Rust and maturin for the image's
+# Python, then pip-installed on a slim Python 3.13 image, run as a non-root
+# user.
 #
 #   docker build -t turbo .
 #   docker run --rm -p 8000:8000 --cpus 2 turbo
@@ -26,14 +27,17 @@ ENV CARGO_HOME=/usr/local/cargo RUSTUP_HOME=/usr/local/rustup PATH=/usr/local/ca
 RUN apt-get update \
     && apt-get install -y --no-install-recommends gcc libc6-dev \
     && rm -rf /var/lib/apt/lists/*
+RUN pip install --no-cache-dir "maturin>=1.9,<2"
 WORKDIR /src
-COPY Cargo.toml Cargo.lock build.rs ./
+COPY Cargo.toml Cargo.lock build.rs pyproject.toml README.md ./
 COPY src src
+COPY python python
 COPY docker/build.sh docker/build.sh
 RUN sh docker/build.sh /out
 
 FROM python:3.13-slim-bookworm
-COPY --from=build /out/turbo /usr/local/bin/turbo
+COPY --from=build /out /wheels
+RUN pip install --no-cache-dir /wheels/*.whl && rm -rf /wheels
 WORKDIR /app
 COPY examples/hello.py .
 # The image's nobody: no home, no shell, no write access to /app.

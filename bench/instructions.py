@@ -11,7 +11,7 @@ interpreter's start-up cancels out.
 Callgrind itself varies by about 1% from run to run (the event loop's wake-ups
 depend on timing), so report differences beyond that.
 
-    bench/instructions.py target/py3.13/release/turbo /tmp/turbo-old --apps hello,asgihello
+    bench/instructions.py .venv-bench/bin/turbo /tmp/turbo-old-venv/bin/turbo --apps hello,asgihello
 """
 
 import argparse

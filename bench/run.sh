@@ -2,8 +2,9 @@
 # One command for the benchmark. Installs wrk and libev (apt), the peers (Granian,
 # bjoern, Gunicorn with its sync, gthread and ASGI workers, Uvicorn with uvloop and
 # httptools) and the apps' frameworks (Flask, FastAPI, websockets, matplotlib,
-# psutil) in a CPython 3.13 virtualenv, .venv-bench; builds turbo for 3.13 and the
-# bare Rust hello server (bench/bare); then runs bench/run.py, which pins each
+# psutil) in a CPython 3.13 virtualenv, .venv-bench; builds turbo's wheel for
+# 3.13 and installs it there, as a user would, and builds the bare Rust hello
+# server (bench/bare); then runs bench/run.py on .venv-bench/bin/turbo, which pins each
 # server to CPU 0 and the load to CPU 1 and alternates rounds between servers.
 # Arguments go to run.py: e.g. --duration 5 --rounds 3 --apps hello,websocket,
 # or --memory, or --scaling. Results: bench/results/.
@@ -21,6 +22,9 @@ if ! command -v wrk >/dev/null || [ ! -e /usr/include/ev.h ]; then
 fi
 [ -x .venv-bench/bin/python ] || "$PYTHON" -m venv .venv-bench
 .venv-bench/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
-PYO3_PYTHON="$PYTHON" cargo build --release --target-dir target/py3.13
+.venv-bench/bin/pip install -q --disable-pip-version-check -r tests/build-requirements.txt
+rm -rf target/wheels/bench
+.venv-bench/bin/maturin build --quiet --release --locked -i "$PYTHON" --out target/wheels/bench
+.venv-bench/bin/pip install -q --disable-pip-version-check --force-reinstall --no-deps target/wheels/bench/*.whl
 cargo build --release --manifest-path bench/bare/Cargo.toml
-exec .venv-bench/bin/python bench/run.py --turbo target/py3.13/release/turbo "$@"
+exec .venv-bench/bin/python bench/run.py --turbo .venv-bench/bin/turbo "$@"

@@ -2,7 +2,7 @@
 # slowhttptest's slow-body mode (Debian's package) against turbo: 500
 # connections that send a 200 KB body in small pieces, while a plain GET is
 # timed every 0.5 s; then whether the worker survived (its pid).
-#   bench/slowhttptest.sh target/py3.13/release/turbo 18811
+#   bench/slowhttptest.sh .venv-bench/bin/turbo 18811
 set -u
 cd "$(dirname "$0")/.."
 BIN=$(realpath "$1"); PORT=$2; LOG=$(mktemp)

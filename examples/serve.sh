@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
-# Builds turbo against a Python with a shared libpython (3.13 from pyenv when
-# present, else $PYTHON or python3) and serves examples/hello.py on
-# http://127.0.0.1:8000. Extra arguments go to turbo, e.g. --cores 2.
+# Sets turbo up as a user does, then serves examples/hello.py on
+# http://127.0.0.1:8000: a virtualenv (.venv) of pyenv's 3.13.0 when it
+# exists, else of $PYTHON or python3 (3.11 or newer, with or without a shared
+# libpython), and `pip install .` into it, which builds turbo's wheel with
+# maturin (this needs Rust). Extra arguments go to turbo, e.g. --cores 2.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ -z "${PYTHON:-}" ]; then
@@ -11,6 +13,7 @@ if [ -z "${PYTHON:-}" ]; then
     PYTHON=python3
   fi
 fi
-PYO3_PYTHON="$PYTHON" cargo build --release
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+.venv/bin/pip install -q --disable-pip-version-check .
 cd examples
-exec ../target/release/turbo hello:app "$@"
+exec ../.venv/bin/turbo hello:app "$@"

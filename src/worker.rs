@@ -32,8 +32,6 @@ pub struct Spec {
     pub board: Arc<Scoreboard>,
     /// The pipe on which the worker reports to the supervisor.
     pub report: std::fs::File,
-    /// Python already runs in this process (`--preload`).
-    pub python_running: bool,
     /// The app the supervisor imported (`--preload`), for main-interpreter shards.
     pub preloaded: Option<Arc<Loaded>>,
     pub hooks: Hooks,
@@ -54,7 +52,6 @@ pub fn run(spec: Spec) -> ! {
         isolation,
         board,
         report: mut report_pipe,
-        python_running,
         preloaded,
         hooks,
         age,
@@ -66,10 +63,6 @@ pub fn run(spec: Spec) -> ! {
     tune_malloc();
     crate::http::stream::set_write_stall(config.send_timeout);
     log::info!("Booting worker with pid: {}", std::process::id());
-    if !python_running && let Err(e) = python::initialize() {
-        log::error!("{e}");
-        signals::exit_now(WORKER_BOOT_ERROR);
-    }
     let target = config.access_log.as_deref();
     let access_log = match AccessLog::open(target, config.access_log_format.clone()) {
         Ok(log) => log.map(Arc::new),

@@ -1,6 +1,7 @@
-"""Starts the real turbo binary on a free loopback port, with the test apps in
-tests/apps, and stops it after the test. TURBO_BIN names the binary; the
-interpreter running pytest is the virtualenv turbo embeds."""
+"""Starts the real turbo on a free loopback port, with the test apps in
+tests/apps, and stops it after the test. TURBO_BIN names the command; by
+default it is the `turbo` that pip installed into the virtualenv running
+pytest, whose Python then hosts it."""
 
 import os
 import re
@@ -16,7 +17,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
-BIN = os.path.abspath(os.environ.get("TURBO_BIN", str(ROOT / "target" / "release" / "turbo")))
+BIN = os.path.abspath(os.environ.get("TURBO_BIN", str(Path(sys.prefix) / "bin" / "turbo")))
 START_TIMEOUT = 30
 # TURBO_THREADS=N runs every server with --threads N (unless a test sets it),
 # so the same tests cover responses made on a shard's Python threads.
@@ -54,7 +55,6 @@ class Turbo:
         self.lines = []
         self.cond = threading.Condition()
         full_env = dict(os.environ)
-        full_env["VIRTUAL_ENV"] = sys.prefix
         full_env.pop("PORT", None)
         full_env.update(env or {})
         cmd = [*prefix, BIN, *([app] if app else []), "--bind", f"127.0.0.1:{self.port}", *args]

@@ -14,7 +14,7 @@ from conftest import APPS, BIN
 
 
 def run(*args, cwd=APPS, env=None):
-    full_env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    full_env = dict(os.environ)
     full_env.pop("GUNICORN_CMD_ARGS", None)
     full_env.update(env or {})
     return subprocess.run([BIN, *args], cwd=cwd, env=full_env, capture_output=True, text=True, timeout=30)

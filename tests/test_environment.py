@@ -66,7 +66,7 @@ def test_user_and_group_apply_to_workers(turbo):
 
 
 def test_unknown_user_is_an_error():
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    env = dict(os.environ)
     r = subprocess.run([BIN, "hello:app", "--user", "no-such-user-here"], cwd=APPS, env=env,
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2 and "no such user 'no-such-user-here'" in r.stderr
@@ -76,7 +76,7 @@ def test_daemon_detaches_and_serves(tmp_path):
     port = free_port()
     pidfile = tmp_path / "d.pid"
     log = tmp_path / "error.log"
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    env = dict(os.environ)
     r = subprocess.run([BIN, "hello:app", "-D", "--bind", f"127.0.0.1:{port}", "--cores", "1",
                         "--pid", str(pidfile), "--error-logfile", str(log)],
                        cwd=APPS, env=env, timeout=30, capture_output=True)

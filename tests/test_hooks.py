@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from conftest import APPS, free_port, read_response, wait_port
+from conftest import APPS, BIN, free_port, read_response, wait_port
 
 HOOKS = '''
 import os
@@ -60,7 +60,7 @@ def scenario(argv, tmp_path, name):
     """Start, serve a request, HUP (new worker, old one gone), TERM.
     Returns the hook calls per process, in order."""
     log = tmp_path / f"{name}.log"
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix, HOOK_LOG=str(log))
+    env = dict(os.environ, HOOK_LOG=str(log))
     env.pop("GUNICORN_CMD_ARGS", None)
     proc = subprocess.Popen(argv, cwd=APPS, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -84,11 +84,8 @@ def scenario(argv, tmp_path, name):
 def test_hooks_are_called_as_gunicorn_calls_them(tmp_path):
     conf = tmp_path / "hooks.conf.py"
     conf.write_text(HOOKS)
-    turbo_bin = os.environ.get("TURBO_BIN", "target/release/turbo")
-    turbo_bin = os.path.abspath(Path(__file__).resolve().parent.parent / turbo_bin) \
-        if not os.path.isabs(turbo_bin) else turbo_bin
     gunicorn = str(Path(sys.executable).parent / "gunicorn")
-    ours, err = scenario([turbo_bin, "hello:app", "-c", str(conf), "-w", "1",
+    ours, err = scenario([BIN, "hello:app", "-c", str(conf), "-w", "1",
                           "-b", f"127.0.0.1:{free_port()}"], tmp_path, "turbo")
     theirs, _ = scenario([gunicorn, "hello:app", "-c", str(conf), "-w", "1",
                           "-b", f"127.0.0.1:{free_port()}"], tmp_path, "gunicorn")

@@ -100,7 +100,7 @@ def start_with_dead_log(app, *args):
     read_end, write_end = os.pipe()
     os.close(read_end)
     port = free_port()
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    env = dict(os.environ)
     try:
         proc = subprocess.Popen(
             [BIN, app, "--bind", f"127.0.0.1:{port}", "--cores", "1", *args],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import httpx
 
-from conftest import APPS, free_port, wait_port
+from conftest import APPS, BIN, free_port, wait_port
 
 FORMATTER = '''
 import logging
@@ -43,7 +43,7 @@ def logging_dict(out):
 def serve(argv, out):
     """Starts a server, makes two requests, stops it; returns its log file's lines."""
     port = free_port()
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix, PYTHONPATH=str(out.parent))
+    env = dict(os.environ, PYTHONPATH=str(out.parent))
     env.pop("GUNICORN_CMD_ARGS", None)
     proc = subprocess.Popen([*argv, "-b", f"127.0.0.1:{port}", "-w", "1", "hello:app"], cwd=APPS, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -59,10 +59,7 @@ def serve(argv, out):
 
 
 def binaries():
-    turbo_bin = os.environ.get("TURBO_BIN", "target/release/turbo")
-    if not os.path.isabs(turbo_bin):
-        turbo_bin = str(Path(__file__).resolve().parent.parent / turbo_bin)
-    return turbo_bin, str(Path(sys.executable).parent / "gunicorn")
+    return BIN, str(Path(sys.executable).parent / "gunicorn")
 
 
 def check(ours, theirs):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import APPS, free_port, read_response, wait_port
+from conftest import APPS, BIN, free_port, read_response, wait_port
 
 V1 = b"PROXY TCP4 203.0.113.7 198.51.100.1 40001 443\r\n"
 V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
@@ -90,12 +90,10 @@ def test_modes_only_accept_their_version(turbo):
 
 
 def test_environ_matches_gunicorn():
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    env = dict(os.environ)
     env.pop("GUNICORN_CMD_ARGS", None)
-    turbo_bin = os.environ.get("TURBO_BIN", "target/release/turbo")
-    turbo_bin = str(Path(__file__).resolve().parent.parent / turbo_bin) if not os.path.isabs(turbo_bin) else turbo_bin
     results = []
-    for binary in (turbo_bin, str(Path(sys.executable).parent / "gunicorn")):
+    for binary in (BIN, str(Path(sys.executable).parent / "gunicorn")):
         port = free_port()
         proc = subprocess.Popen(
             [binary, "echo:environ_app", "-b", f"127.0.0.1:{port}", "-w", "1", "--proxy-protocol"],

@@ -44,7 +44,7 @@ class Collector:
 def run(argv, collector):
     """Starts a server, sends PATHS and returns the request datagrams."""
     port = free_port()
-    env = dict(os.environ, VIRTUAL_ENV=sys.prefix)
+    env = dict(os.environ)
     env.pop("GUNICORN_CMD_ARGS", None)
     proc = subprocess.Popen(
         [*argv, "-b", f"127.0.0.1:{port}", "-w", "1", "--statsd-host",

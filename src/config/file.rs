@@ -86,7 +86,6 @@ pub fn read(location: &str) -> Result<FileValues, String> {
     if !location.starts_with("python:") && !std::path::Path::new(location).exists() {
         return Err(format!("config file {location} does not exist"));
     }
-    crate::python::initialize()?;
     Python::attach(|py| read_in(py, location))
 }
 

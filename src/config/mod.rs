@@ -472,11 +472,21 @@ fn first_line(err: &clap::Error) -> String {
     first.trim_start_matches("error: ").to_string()
 }
 
+/// The command line turbo was started with, its program name first: read
+/// again at each reload.
+static COMMAND_LINE: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+
+/// Records the command line, once, before `load`.
+pub fn set_command_line(argv: Vec<String>) {
+    let _ = COMMAND_LINE.set(argv);
+}
+
 /// Every source merged, lowest precedence first: the config file,
 /// GUNICORN_CMD_ARGS, the command line. (The environment's $PORT and
 /// $WEB_CONCURRENCY apply in `Config::from_values` when nothing else did.)
 fn gather() -> Result<(Values, file::FileValues), Failure> {
-    let command_line = parse(std::env::args()).map_err(|err| {
+    let argv = COMMAND_LINE.get().cloned().unwrap_or_default();
+    let command_line = parse(argv).map_err(|err| {
         use clap::error::ErrorKind;
         match err.kind() {
             ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => Failure::Display(err),

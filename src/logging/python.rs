@@ -55,7 +55,6 @@ pub fn configure(config: &Config) -> Result<(), String> {
     let Some(logconfig) = &config.logconfig else {
         return Ok(());
     };
-    crate::python::initialize()?;
     let loggers = Python::attach(|py| {
         setup(py, config, logconfig).map_err(|e| {
             let text = crate::python::error_text(py, &e);

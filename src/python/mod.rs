@@ -1,6 +1,7 @@
-//! The embedded CPython: start-up against the active virtualenv, one own-GIL
-//! sub-interpreter per shard (PEP 684), and the main interpreter of a worker
-//! process as the fallback where sub-interpreters cannot serve the app.
+//! The hosting CPython: the virtualenv's own interpreter, which imported
+//! turbo, one own-GIL sub-interpreter per shard (PEP 684), and the main
+//! interpreter of a worker process as the fallback where sub-interpreters
+//! cannot serve the app.
 //!
 //! pyo3 keeps some process-wide caches that break across interpreters, so this
 //! module and the bridges use only per-interpreter objects: no `intern!`, no
@@ -10,12 +11,10 @@ pub mod app;
 pub mod lent;
 pub mod watchdog;
 
-use std::ffi::CString;
-use std::path::{Path, PathBuf};
-
 use pyo3::ffi;
 
-/// The Python version turbo was linked against, `major.minor`.
+/// The Python version turbo was built for, `major.minor`: the host's, since
+/// an extension module loads only into the version it was built for.
 pub const LINKED_VERSION: &str = env!("TURBO_PYTHON_VERSION");
 
 /// Where a shard's Python objects live.
@@ -32,98 +31,13 @@ pub fn supports_own_gil() -> bool {
     cfg!(Py_3_12)
 }
 
-/// The active virtualenv's interpreter, after checking its version matches ours.
-fn virtualenv_python() -> Result<Option<PathBuf>, String> {
-    let Some(venv) = std::env::var_os("VIRTUAL_ENV") else {
-        return Ok(None);
-    };
-    let venv = PathBuf::from(venv);
-    let cfg_path = venv.join("pyvenv.cfg");
-    let cfg = std::fs::read_to_string(&cfg_path).map_err(|e| {
-        format!(
-            "VIRTUAL_ENV is {} but {} cannot be read: {e}",
-            venv.display(),
-            cfg_path.display()
-        )
-    })?;
-    let version = cfg
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .find(|(k, _)| matches!(k.trim(), "version" | "version_info"))
-        .map(|(_, v)| v.trim().to_string())
-        .ok_or_else(|| format!("{} names no Python version", cfg_path.display()))?;
-    let major_minor: String = version.split('.').take(2).collect::<Vec<_>>().join(".");
-    if major_minor != LINKED_VERSION {
-        return Err(format!(
-            "the virtualenv {} is Python {major_minor}, but this turbo is built for Python \
-             {LINKED_VERSION}; activate a {LINKED_VERSION} virtualenv or build turbo with \
-             PYO3_PYTHON pointing at Python {major_minor}",
-            venv.display()
-        ));
+/// Readies the host's main interpreter (the virtualenv's own `python`, which
+/// imported turbo) to serve as the supervisor's; the caller holds its GIL.
+pub fn hosted(_py: pyo3::Python<'_>) {
+    if cfg!(all(Py_3_12, not(Py_3_13))) {
+        // SAFETY: the caller holds the main interpreter's GIL.
+        unsafe { preimport_for_312() };
     }
-    Ok(Some(venv.join("bin").join("python")))
-}
-
-/// Starts the main interpreter, configured for the active virtualenv, without
-/// Python's own signal handlers (the server owns signals). Returns with the main
-/// interpreter's GIL released.
-pub fn initialize() -> Result<(), String> {
-    if is_initialized() {
-        return Ok(());
-    }
-    let executable = match virtualenv_python()? {
-        Some(python) => Some(python),
-        // Without a virtualenv, use the Python turbo was built against, so the
-        // standard library always matches the linked libpython.
-        None => option_env!("TURBO_PYTHON_EXECUTABLE")
-            .map(PathBuf::from)
-            .filter(|p| p.exists()),
-    };
-    // SAFETY: the PyConfig calls follow CPython's documented initialisation sequence
-    // on a zeroed struct, on the main thread, before any other Python call.
-    unsafe {
-        let mut config: ffi::PyConfig = std::mem::zeroed();
-        ffi::PyConfig_InitPythonConfig(&mut config);
-        config.install_signal_handlers = 0;
-        config.parse_argv = 0;
-        if let Some(exe) = executable {
-            let field = &raw mut config.executable;
-            set_config_path(&raw mut config, field, &exe)?;
-        }
-        let status = ffi::Py_InitializeFromConfig(&config);
-        ffi::PyConfig_Clear(&mut config);
-        if ffi::PyStatus_Exception(status) != 0 {
-            let msg = if status.err_msg.is_null() {
-                "unknown error".to_string()
-            } else {
-                std::ffi::CStr::from_ptr(status.err_msg)
-                    .to_string_lossy()
-                    .into_owned()
-            };
-            return Err(format!("Python failed to start: {msg}"));
-        }
-        if LINKED_VERSION == "3.12" {
-            preimport_for_312();
-        }
-        ffi::PyEval_SaveThread();
-    }
-    Ok(())
-}
-
-unsafe fn set_config_path(
-    config: *mut ffi::PyConfig,
-    field: *mut *mut libc::wchar_t,
-    path: &Path,
-) -> Result<(), String> {
-    let c = CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|_| format!("bad path {}", path.display()))?;
-    // SAFETY: `field` points into `config`, as PyConfig_SetBytesString requires.
-    let status = unsafe { ffi::PyConfig_SetBytesString(config, field, c.as_ptr()) };
-    // SAFETY: reading a status returned by CPython.
-    if unsafe { ffi::PyStatus_Exception(status) } != 0 {
-        return Err(format!("cannot use {}", path.display()));
-    }
-    Ok(())
 }
 
 /// CPython 3.12.1 double-frees when a second interpreter first imports these
@@ -137,7 +51,7 @@ unsafe fn preimport_for_312() {
         c"_elementtree",
         c"pyexpat",
     ] {
-        // SAFETY: the main interpreter's GIL is held during initialize().
+        // SAFETY: the caller holds the main interpreter's GIL (`hosted`).
         unsafe {
             let module = ffi::PyImport_ImportModule(name.as_ptr());
             if module.is_null() {
@@ -184,7 +98,7 @@ pub fn attach_subinterpreter() -> Result<(), String> {
 
 /// Attaches the calling thread to the main interpreter with a new thread state.
 pub fn attach_main() {
-    // SAFETY: the main interpreter exists after initialize().
+    // SAFETY: the main interpreter is the host's, and lives as long as the process.
     attach_thread(InterpreterRef(unsafe { ffi::PyInterpreterState_Main() }));
 }
 
@@ -353,15 +267,9 @@ impl<T> std::fmt::Debug for Held<T> {
     }
 }
 
-/// Whether Python runs in this process (a config file, or --preload).
-pub fn is_initialized() -> bool {
-    // SAFETY: Py_IsInitialized may be called at any time.
-    unsafe { ffi::Py_IsInitialized() != 0 }
-}
-
-/// Forks a process in which Python is running (the supervisor after
-/// `--preload`), following CPython's protocol: the GIL is held across the fork,
-/// and the child leaves with it released, like `initialize`.
+/// Forks the supervisor, in which the host's Python runs, following
+/// CPython's protocol: the GIL is held across the fork, and the child leaves
+/// with it released, as the parent does.
 pub fn fork_with_python() -> libc::pid_t {
     // SAFETY: the calling thread is the main thread, which owns the main
     // interpreter's thread state; the calls bracket fork() as CPython documents.

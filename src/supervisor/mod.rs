@@ -49,7 +49,6 @@ struct Supervisor {
     workers: Vec<Worker>,
     /// The app preloaded in this process (`--preload`).
     preloaded: Option<Arc<Loaded>>,
-    python_running: bool,
     /// Set once TERM, INT or QUIT arrived: the time by which workers must be gone.
     stopping: Option<Instant>,
     /// A new supervisor started by USR2.
@@ -83,8 +82,8 @@ fn prepare_process(config: &Config) {
         // SAFETY: the supervisor has no other threads yet.
         unsafe { std::env::set_var(key, value) };
     }
-    if python::is_initialized() && !config.raw_env.is_empty() {
-        // The config file started Python, whose os.environ is a snapshot.
+    if !config.raw_env.is_empty() {
+        // Python's os.environ is a snapshot, taken as it started.
         Python::attach(|py| {
             if let Ok(environ) = py.import("os").and_then(|os| os.getattr("environ")) {
                 for (key, value) in &config.raw_env {
@@ -126,12 +125,7 @@ fn workers_gauge(shards: usize) {
 /// fork), with standard input and output on /dev/null.
 fn daemonize() {
     for step in 0..2 {
-        let pid = if python::is_initialized() {
-            python::fork_with_python()
-        } else {
-            // SAFETY: single-threaded here; the child carries on normally.
-            unsafe { libc::fork() }
-        };
+        let pid = python::fork_with_python();
         match pid {
             -1 => {
                 crate::logging::print_error(&format!(
@@ -261,7 +255,6 @@ pub fn run(mut config: Config) -> ! {
         isolation,
         probing,
         workers: Vec::new(),
-        python_running: python::is_initialized(),
         preloaded,
         stopping: None,
         successor: None,
@@ -276,10 +269,6 @@ pub fn run(mut config: Config) -> ! {
 
 /// Imports the app in this process's main interpreter, before any fork.
 fn preload(config: &Config) -> Arc<Loaded> {
-    if let Err(e) = python::initialize() {
-        log::error!("{e}");
-        exit_now(1);
-    }
     match Python::attach(|py| Loaded::load(py, &config.app, Isolation::Main, &config.pythonpath)) {
         Ok(loaded) => Arc::new(loaded),
         Err(LoadError::Failed(msg)) => {
@@ -583,7 +572,6 @@ impl Supervisor {
             sockets: &mut self.sockets,
             shards,
             isolation: self.isolation,
-            python_running: self.python_running,
             preloaded: self.preloaded.clone(),
             close_in_child: &others,
             hooks: &self.hooks,

@@ -44,7 +44,6 @@ pub struct Fork<'a> {
     pub sockets: &'a mut Sockets,
     pub shards: Vec<usize>,
     pub isolation: Isolation,
-    pub python_running: bool,
     pub preloaded: Option<Arc<Loaded>>,
     /// Supervisor descriptors the worker must not keep.
     pub close_in_child: &'a [RawFd],
@@ -83,13 +82,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
     use std::io::Write;
     let _ = std::io::stderr().flush();
     let quiet = crate::logging::python::quiet();
-    let pid = if fork.python_running {
-        python::fork_with_python()
-    } else {
-        // SAFETY: the supervisor is single-threaded (Python, if preloaded, is
-        // handled by fork_with_python), so the child may run normally.
-        unsafe { libc::fork() }
-    };
+    let pid = python::fork_with_python();
     drop(quiet);
     if pid < 0 {
         return Err(std::io::Error::last_os_error());
@@ -116,7 +109,6 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
             isolation: fork.isolation,
             board,
             report: write_end,
-            python_running: fork.python_running,
             preloaded: fork.preloaded,
             hooks: fork.hooks.clone(),
             age: fork.age,
