@@ -40,6 +40,33 @@ pub fn hosted(_py: pyo3::Python<'_>) {
     }
 }
 
+/// Makes the main interpreter's `os.environ`, which Python copied from the
+/// process's environment as it started, equal to that environment again.
+pub fn sync_environ() {
+    use pyo3::prelude::*;
+    pyo3::Python::attach(|py| {
+        let Ok(environ) = py.import("os").and_then(|os| os.getattr("environ")) else {
+            return;
+        };
+        let now: Vec<(std::ffi::OsString, std::ffi::OsString)> = std::env::vars_os().collect();
+        if let Ok(keys) = environ.call_method0("keys").and_then(|k| k.try_iter()) {
+            let gone: Vec<_> = keys
+                .flatten()
+                .filter(|key| {
+                    key.extract::<std::ffi::OsString>()
+                        .is_ok_and(|key| !now.iter().any(|(k, _)| *k == key))
+                })
+                .collect();
+            for key in gone {
+                let _ = environ.del_item(key);
+            }
+        }
+        for (key, value) in &now {
+            let _ = environ.set_item(key, value);
+        }
+    });
+}
+
 /// CPython 3.12.1 double-frees when a second interpreter first imports these
 /// single-phase extension modules; importing them in the main interpreter first
 /// avoids it (docs/architecture.md, "Facts").

@@ -82,16 +82,6 @@ fn prepare_process(config: &Config) {
         // SAFETY: the supervisor has no other threads yet.
         unsafe { std::env::set_var(key, value) };
     }
-    if !config.raw_env.is_empty() {
-        // Python's os.environ is a snapshot, taken as it started.
-        Python::attach(|py| {
-            if let Ok(environ) = py.import("os").and_then(|os| os.getattr("environ")) {
-                for (key, value) in &config.raw_env {
-                    let _ = environ.set_item(key, value);
-                }
-            }
-        });
-    }
     if config.daemon {
         daemonize();
     }
@@ -245,6 +235,10 @@ pub fn run(mut config: Config) -> ! {
     };
 
     let config = Arc::new(config);
+    // raw_env added variables, and the sockets' setup took systemd's and
+    // turbo's own away: the host's os.environ, a snapshot, follows, for an
+    // app preloaded here or served by a worker's main interpreter.
+    python::sync_environ();
     let preloaded = config.preload.then(|| preload(&config));
     hooks.call("when_ready", &[]);
     let mut supervisor = Supervisor {
