@@ -180,7 +180,7 @@ def scaling(args, turbo, env):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--turbo", required=True, help="the turbo binary")
+    ap.add_argument("--turbo", required=True, help="the turbo command: a virtualenv's bin/turbo (or an older standalone binary)")
     ap.add_argument("--duration", type=int, default=10, help="seconds of measured load per server and round")
     ap.add_argument("--warmup", type=int, default=2, help="seconds of load before measuring")
     ap.add_argument("--rounds", type=int, default=3)
