@@ -32,7 +32,9 @@ mod wsgi;
 
 use std::ffi::OsString;
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 
+use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
 #[global_allocator]
@@ -43,14 +45,21 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `--print-config`, `--check-config`, `--check-system`); serving ends the
 /// process itself, as the supervisor stops. The host's main interpreter
 /// goes on as the supervisor's, with its GIL released while turbo runs.
+///
+/// It runs once per process: an app that calls it again (from a worker,
+/// which is a fork of the supervisor) gets a RuntimeError.
 #[pyfunction]
-fn main(py: Python<'_>, argv: Vec<OsString>) -> i32 {
+fn main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<i32> {
+    static STARTED: AtomicBool = AtomicBool::new(false);
+    if STARTED.swap(true, Ordering::Relaxed) {
+        return Err(PyRuntimeError::new_err("turbo already runs in this process"));
+    }
     let argv = argv
         .into_iter()
         .map(|arg| arg.to_string_lossy().into_owned())
         .collect();
     python::hosted(py);
-    py.detach(move || run(argv))
+    Ok(py.detach(move || run(argv)))
 }
 
 fn run(argv: Vec<String>) -> i32 {

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import pytest
 
 from conftest import APPS, BIN, free_port, wait_port
 
@@ -87,3 +88,14 @@ def test_a_broken_extension_module_is_a_one_line_error(tmp_path):
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1, r.stderr
     assert r.stderr.startswith("turbo: error: cannot load turbo's extension module")
+
+
+@pytest.mark.parametrize("isolation", ["subinterpreter", "process"])
+def test_an_app_that_calls_turbo_from_a_request_is_refused(turbo, isolation):
+    if isolation == "subinterpreter" and sys.version_info < (3, 12):
+        pytest.skip("no sub-interpreters before Python 3.12")
+    srv = turbo("reenter:app", "--isolation", isolation)
+    for _ in range(2):
+        r = httpx.get(srv.url("/"), timeout=10)
+        assert r.status_code == 200
+        assert r.text == ("ImportError" if isolation == "subinterpreter" else "RuntimeError")
