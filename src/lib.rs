@@ -52,7 +52,9 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main(py: Python<'_>, argv: Vec<OsString>) -> PyResult<i32> {
     static STARTED: AtomicBool = AtomicBool::new(false);
     if STARTED.swap(true, Ordering::Relaxed) {
-        return Err(PyRuntimeError::new_err("turbo already runs in this process"));
+        return Err(PyRuntimeError::new_err(
+            "turbo already runs in this process",
+        ));
     }
     let argv = argv
         .into_iter()

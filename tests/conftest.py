@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 BIN = os.path.abspath(os.environ.get("TURBO_BIN", str(Path(sys.prefix) / "bin" / "turbo")))
 START_TIMEOUT = 30
