@@ -12,11 +12,17 @@ Callgrind itself varies by about 1% from run to run (the event loop's wake-ups
 depend on timing), so report differences beyond that.
 
     bench/instructions.py .venv-bench/bin/turbo /tmp/turbo-old-venv/bin/turbo --apps hello,asgihello
+
+`--also FLAGS` runs each build a second time with those flags added, for
+the cost of a feature in one build:
+
+    bench/instructions.py .venv-bench/bin/turbo --also "--metrics-bind 127.0.0.1:0"
 """
 
 import argparse
 import os
 import re
+import shlex
 import socket
 import subprocess
 import sys
@@ -80,14 +86,14 @@ def send_requests(port, count, connections=4):
     return done
 
 
-def worker_instructions(turbo, app, count, tmp):
+def worker_instructions(turbo, app, count, tmp, flags=()):
     """The instructions of the busiest process (the worker) serving `count`
     requests."""
     port = free_port()
     log = os.path.join(tmp, "valgrind.log")
     argv = ["valgrind", "--tool=callgrind", f"--callgrind-out-file={tmp}/callgrind.%p", "--trace-children=yes",
             turbo, app, "--cores", "1", "--bind", f"127.0.0.1:{port}", "--log-level", "warning",
-            "--io-engine", "epoll", "--timeout", "0"]
+            "--io-engine", "epoll", "--timeout", "0", *flags]
     with open(log, "w") as out:
         server = subprocess.Popen(argv, cwd=APPS, stdout=out, stderr=subprocess.STDOUT)
     try:
@@ -109,18 +115,22 @@ def main():
     ap.add_argument("--apps", default="hello,asgihello")
     ap.add_argument("--few", type=int, default=400)
     ap.add_argument("--many", type=int, default=4400)
+    ap.add_argument("--also", help="run each build again with these flags added")
     args = ap.parse_args()
     targets = {"hello": "hello:app", "asgihello": "asgihello:app"}
-    print("| app | build | instructions per request |")
-    print("|---|---|---|")
+    variants = [()] + ([tuple(shlex.split(args.also))] if args.also else [])
+    print("| app | build | flags | instructions per request |")
+    print("|---|---|---|---|")
     with tempfile.TemporaryDirectory(prefix="turbo-callgrind-") as tmp:
         for app in args.apps.split(","):
             for turbo in args.turbo:
-                few, n_few = worker_instructions(os.path.abspath(turbo), targets[app], args.few, tmp)
-                many, n_many = worker_instructions(os.path.abspath(turbo), targets[app], args.many, tmp)
-                per = (many - few) / (n_many - n_few)
-                print(f"| {app} | {turbo} | {per:,.0f} |")
-                sys.stdout.flush()
+                for flags in variants:
+                    path = os.path.abspath(turbo)
+                    few, n_few = worker_instructions(path, targets[app], args.few, tmp, flags)
+                    many, n_many = worker_instructions(path, targets[app], args.many, tmp, flags)
+                    per = (many - few) / (n_many - n_few)
+                    print(f"| {app} | {turbo} | {shlex.join(flags)} | {per:,.0f} |")
+                    sys.stdout.flush()
 
 
 if __name__ == "__main__":

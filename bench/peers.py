@@ -13,8 +13,8 @@ import sys
 from harness import BIN, HERE
 
 BARE = HERE / "bare" / "target" / "release" / "bare"
-WSGI_SERVERS = ["turbo", "turbo-nosendfile", "turbo-epoll", "bare", "bare-bufring", "bare-epoll", "bare-tokio", "granian", "bjoern", "gunicorn-sync", "gunicorn-gthread"]
-ASGI_SERVERS = ["turbo", "turbo-nosendfile", "turbo-epoll", "bare", "bare-bufring", "bare-epoll", "bare-tokio", "granian", "uvicorn", "gunicorn-asgi"]
+WSGI_SERVERS = ["turbo", "turbo-metrics", "turbo-nosendfile", "turbo-epoll", "bare", "bare-bufring", "bare-epoll", "bare-tokio", "granian", "bjoern", "gunicorn-sync", "gunicorn-gthread"]
+ASGI_SERVERS = ["turbo", "turbo-metrics", "turbo-nosendfile", "turbo-epoll", "bare", "bare-bufring", "bare-epoll", "bare-tokio", "granian", "uvicorn", "gunicorn-asgi"]
 GTHREAD_THREADS = 4  # the upper end of Gunicorn's advice (2-4 per core); apps that block set their own
 
 
@@ -29,7 +29,8 @@ def command(server, app, port, turbo, cores=1):
     host = ["127.0.0.1", str(port)]
     if server.startswith("turbo"):
         argv = [turbo, app.target, "--cores", str(cores), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"]
-        argv += {"turbo-nosendfile": ["--no-sendfile"], "turbo-epoll": ["--io-engine", "epoll"]}.get(server, [])
+        argv += {"turbo-nosendfile": ["--no-sendfile"], "turbo-epoll": ["--io-engine", "epoll"],
+                 "turbo-metrics": ["--metrics-bind", "127.0.0.1:0"]}.get(server, [])
         return argv + (["--threads", str(app.threads)] if app.threads else [])
     if server.startswith("bare"):
         engine = server.partition("-")[2] or "uring"
@@ -67,4 +68,6 @@ def applicable(app, wanted):
     names = WSGI_SERVERS if app.interface == "wsgi" else ASGI_SERVERS
     chosen = [n for n in names if n in wanted or n.split("-")[0] in wanted]
     return [n for n in chosen if n not in app.skip and (not n.startswith("bare") or app.bare)
-            and (n != "turbo-nosendfile" or app.sends_file) and (n != "turbo-epoll" or app.bare)]
+            and (n != "turbo-nosendfile" or app.sends_file) and (n != "turbo-epoll" or app.bare)
+            # The cost of counting for /metrics: only when named.
+            and (n != "turbo-metrics" or n in wanted)]

@@ -31,7 +31,21 @@ pub struct Format {
     pub wants_response_headers: bool,
 }
 
+/// The atom that holds the whole request as one JSON object
+/// (`access_log_json`).
+const JSON_ATOM: &str = "json";
+
 impl Format {
+    /// `access_log_json`: each line is one JSON object; Python's logging
+    /// gets it as the message, `%(json)s`.
+    pub fn json() -> Format {
+        Format {
+            source: format!("%({JSON_ATOM})s"),
+            parts: vec![Part::Atom(JSON_ATOM.to_string())],
+            wants_response_headers: false,
+        }
+    }
+
     pub fn parse(format: &str) -> Result<Format, String> {
         let mut parts = Vec::new();
         let mut text = String::new();
@@ -240,7 +254,7 @@ impl Format {
             if let Part::Atom(name) = part
                 && !atoms.iter().any(|(n, _)| n == name)
             {
-                atoms.push((name.clone(), escaped(&self.atom(name, entry))));
+                atoms.push((name.clone(), self.value(name, entry)));
             }
         }
         atoms
@@ -252,10 +266,20 @@ impl Format {
         for part in &self.parts {
             match part {
                 Part::Text(t) => out.push_str(t),
-                Part::Atom(name) => out.push_str(&escaped(&self.atom(name, entry))),
+                Part::Atom(name) => out.push_str(&self.value(name, entry)),
             }
         }
         out
+    }
+
+    /// An atom as it goes into a line: quotes escaped, as Gunicorn does,
+    /// except in the JSON object, which escapes its own strings.
+    fn value(&self, name: &str, entry: &Entry<'_>) -> String {
+        if name == JSON_ATOM {
+            json_line(entry)
+        } else {
+            escaped(&self.atom(name, entry))
+        }
     }
 
     fn atom(&self, name: &str, e: &Entry<'_>) -> String {
@@ -297,6 +321,90 @@ impl Format {
             }
         }
     }
+}
+
+/// Bytes from the request as text: UTF-8 when they are, otherwise one
+/// character per byte (latin-1, as WSGI reads headers), so nothing is lost.
+fn text(bytes: &[u8]) -> std::borrow::Cow<'_, str> {
+    match std::str::from_utf8(bytes) {
+        Ok(s) => s.into(),
+        Err(_) => latin1(bytes).into(),
+    }
+}
+
+/// Appends `s` as a JSON string: quotes, backslashes and every control
+/// character escaped, and U+2028/U+2029, which some JSON readers take for
+/// line ends.
+fn json_string(out: &mut String, s: &str) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{0}'..='\u{1f}' | '\u{7f}' | '\u{2028}' | '\u{2029}' => {
+                out.push_str(&format!("\\u{:04x}", c as u32));
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+fn json_optional(out: &mut String, value: Option<&[u8]>) {
+    match value {
+        Some(v) => json_string(out, &text(v)),
+        None => out.push_str("null"),
+    }
+}
+
+/// `2026-12-05T13:45:07.123Z`: UTC, ISO 8601, to the millisecond.
+fn iso8601(now: SystemTime) -> String {
+    let since = now
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = since.as_secs();
+    let (days, rest) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = crate::http::encode::civil_date(days);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60,
+        since.subsec_millis()
+    )
+}
+
+/// The request as one JSON object, without the newline (`access_log_json`).
+fn json_line(e: &Entry<'_>) -> String {
+    let mut out = String::with_capacity(256);
+    out.push_str("{\"time\":\"");
+    out.push_str(&iso8601(SystemTime::now()));
+    out.push_str("\",\"remote\":");
+    json_string(&mut out, e.remote);
+    out.push_str(",\"method\":");
+    json_string(&mut out, &text(e.method));
+    out.push_str(",\"path\":");
+    json_string(&mut out, e.path);
+    out.push_str(",\"query\":");
+    json_string(&mut out, &text(e.query));
+    out.push_str(",\"protocol\":");
+    json_string(&mut out, if e.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" });
+    out.push_str(&format!(
+        ",\"status\":{},\"bytes\":{},\"duration_ms\":{:.3},\"referer\":",
+        e.status,
+        e.sent.unwrap_or(0),
+        e.duration.as_secs_f64() * 1000.0
+    ));
+    json_optional(&mut out, header(e.request_headers, "referer"));
+    out.push_str(",\"user_agent\":");
+    json_optional(&mut out, header(e.request_headers, "user-agent"));
+    out.push_str(",\"request_id\":");
+    json_optional(&mut out, header(e.request_headers, "x-request-id"));
+    out.push('}');
+    out
 }
 
 /// `{var}e`: a key of the request's WSGI environ, by lower-case name, as
@@ -472,5 +580,33 @@ mod tests {
         );
         assert!(Format::parse("%(h)x").is_err());
         assert!(Format::parse("%h").is_err());
+    }
+
+    #[test]
+    fn json_lines_escape_whatever_the_request_carries() {
+        let headers = vec![
+            (b"User-Agent".to_vec(), b"a \"q\" \\ b\tc\x01".to_vec()),
+            (b"X-Request-ID".to_vec(), b"abc-1".to_vec()),
+            (b"Referer".to_vec(), b"caf\xe9".to_vec()),
+        ];
+        let line = Format::json().line(&entry(&headers, &[]));
+        let (time, rest) = line
+            .strip_prefix("{\"time\":\"")
+            .unwrap()
+            .split_once('"')
+            .unwrap();
+        assert_eq!((time.len(), &time[10..11], &time[19..20]), (24, "T", "."));
+        assert_eq!(
+            rest,
+            r#","remote":"127.0.0.1","method":"GET","path":"/a b","query":"x=1","protocol":"HTTP/1.1","status":200,"bytes":13,"duration_ms":1234.567,"referer":"café","user_agent":"a \"q\" \\ b\tc\u0001","request_id":"abc-1"}"#
+        );
+    }
+
+    #[test]
+    fn iso8601_dates() {
+        let at = |secs| SystemTime::UNIX_EPOCH + Duration::from_millis(secs);
+        assert_eq!(iso8601(at(0)), "1970-01-01T00:00:00.000Z");
+        assert_eq!(iso8601(at(951_782_400_123)), "2000-02-29T00:00:00.123Z");
+        assert_eq!(iso8601(at(1_796_477_107_000)), "2026-12-05T13:25:07.000Z");
     }
 }

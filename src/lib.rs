@@ -17,6 +17,7 @@ mod config;
 mod hooks;
 mod http;
 mod logging;
+mod metrics;
 mod observe;
 mod placement;
 mod python;

@@ -1,7 +1,9 @@
 //! What WSGI and ASGI do alike around each request, above the HTTP driver:
-//! the access log's line and Gunicorn's pre_request and post_request hooks.
+//! the access log's line, Gunicorn's pre_request and post_request hooks, and
+//! the request's metrics.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use pyo3::prelude::*;
 
@@ -10,12 +12,31 @@ use crate::hooks::RequestHooks;
 use crate::http::HttpError;
 use crate::http::conn::Exchange;
 use crate::http::stream::Endpoints;
+use crate::metrics::{self, Meters};
+use crate::scoreboard::Scoreboard;
+
+/// A shard's request meters in its worker's scoreboard (`--metrics-bind`).
+pub struct Meter {
+    board: Arc<Scoreboard>,
+    local: usize,
+}
+
+impl Meter {
+    pub fn new(board: Arc<Scoreboard>, local: usize) -> Meter {
+        Meter { board, local }
+    }
+
+    pub fn get(&self) -> &Meters {
+        self.board.meters(self.local)
+    }
+}
 
 /// The access log and the request hooks of one shard.
 pub struct Observers {
     pub access_log: Option<Arc<AccessLog>>,
     /// The config file's pre_request and post_request, in this interpreter.
     pub hooks: Option<RequestHooks>,
+    pub meter: Option<Meter>,
 }
 
 /// What became of a request, for the access log and post_request.
@@ -31,6 +52,8 @@ pub struct Done {
 pub struct Observed {
     request: Option<access_log::Request>,
     hook: Option<Py<PyAny>>,
+    /// The method's index in `metrics::METHODS`, and when the request began.
+    metered: Option<(u8, Instant)>,
 }
 
 impl Observers {
@@ -70,9 +93,13 @@ impl Observers {
         peer: Option<&Py<PyAny>>,
         utf8: bool,
     ) -> Result<Option<Observed>, ()> {
-        if self.access_log.is_none() && self.hooks.is_none() {
+        if self.access_log.is_none() && self.hooks.is_none() && self.meter.is_none() {
             return Ok(None);
         }
+        let metered = self.meter.as_ref().map(|_| {
+            let method = metrics::method_index(&ex.buf()[ex.head().method.clone()]);
+            (method, Instant::now())
+        });
         let request = self
             .access_log
             .as_ref()
@@ -95,6 +122,7 @@ impl Observers {
                         let observed = Observed {
                             request,
                             hook: None,
+                            metered,
                         };
                         self.finish(Some(observed), ex.remote(), failed);
                         return Err(());
@@ -103,7 +131,11 @@ impl Observers {
             }
             None => None,
         };
-        Ok(Some(Observed { request, hook }))
+        Ok(Some(Observed {
+            request,
+            hook,
+            metered,
+        }))
     }
 
     /// After the response: post_request, then the access log's line.
@@ -111,6 +143,11 @@ impl Observers {
         let Some(observed) = observed else {
             return;
         };
+        if let (Some(meter), Some((method, began))) = (&self.meter, observed.metered) {
+            meter
+                .get()
+                .request(method, done.outcome.status, began.elapsed());
+        }
         if let (Some(hooks), Some(hook)) = (&self.hooks, observed.hook) {
             Python::attach(|py| hooks.finish(py, hook, done.environ, &done.outcome));
         }

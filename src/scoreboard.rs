@@ -9,6 +9,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
+use crate::metrics::Meters;
+
 #[repr(C, align(64))]
 struct Slot {
     /// Milliseconds on CLOCK_MONOTONIC when the current app call began; 0 when idle.
@@ -72,7 +74,8 @@ impl Scoreboard {
         let slots = shards * threads;
         let len = std::mem::size_of::<Header>()
             + slots * std::mem::size_of::<Slot>()
-            + shards * std::mem::size_of::<ShardCounts>();
+            + shards * std::mem::size_of::<ShardCounts>()
+            + shards * std::mem::size_of::<Meters>();
         // SAFETY: a fresh anonymous shared mapping; zero bytes are valid atomics.
         let base = unsafe {
             libc::mmap(
@@ -122,6 +125,23 @@ impl Scoreboard {
                 .base
                 .add(std::mem::size_of::<Header>() + self.slots * std::mem::size_of::<Slot>())
                 .cast::<ShardCounts>()
+                .add(shard)
+        }
+    }
+
+    /// The request meters of the worker's `shard`-th shard.
+    pub fn meters(&self, shard: usize) -> &Meters {
+        assert!(shard < self.shards);
+        // SAFETY: in bounds of the meters that follow the counts.
+        unsafe {
+            &*self
+                .base
+                .add(
+                    std::mem::size_of::<Header>()
+                        + self.slots * std::mem::size_of::<Slot>()
+                        + self.shards * std::mem::size_of::<ShardCounts>(),
+                )
+                .cast::<Meters>()
                 .add(shard)
         }
     }

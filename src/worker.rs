@@ -71,7 +71,7 @@ pub fn run(spec: Spec) -> ! {
             signals::exit_now(WORKER_BOOT_ERROR);
         }
     };
-    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let cpus = shard_cpus();
     let mut stops = Vec::new();
     let mut gos = Vec::new();
     let mut watch = Vec::new();
@@ -213,6 +213,33 @@ pub fn run(spec: Spec) -> ! {
     }
 }
 
+/// The CPUs shards are pinned to, by shard number modulo their count; none
+/// where a cgroup CPU quota allows fewer CPUs than the affinity mask holds.
+/// That is a container under `docker run --cpus` or a Kubernetes CPU limit
+/// without a cpuset: every such container on a host has the host's CPUs in
+/// its mask, and pinning would crowd all their shards onto the mask's first
+/// CPUs while the rest idle. The kernel's scheduler spreads them instead.
+fn shard_cpus() -> Vec<core_affinity::CoreId> {
+    let cpus = core_affinity::get_core_ids().unwrap_or_default();
+    let quota = crate::config::cpu_quota();
+    if pins(cpus.len(), quota) {
+        return cpus;
+    }
+    log::info!(
+        "Shards are not pinned: the CPU quota ({:.1} CPUs) is below the {} CPUs this \
+         process may run on, which other containers share",
+        quota.unwrap_or(0.0),
+        cpus.len()
+    );
+    Vec::new()
+}
+
+/// Whether shards are pinned, with `mask` CPUs in the affinity mask and a
+/// cgroup CPU quota of `quota` CPUs.
+fn pins(mask: usize, quota: Option<f64>) -> bool {
+    quota.is_none_or(|q| q <= 0.0 || q >= mask as f64)
+}
+
 /// Python allocates bodies above 512 bytes with malloc. glibc hands freed heap
 /// back to the kernel eagerly and moves its mmap threshold as blocks come and
 /// go, so a request that allocates and frees a 100 KB body faults fresh,
@@ -230,5 +257,17 @@ fn tune_malloc() {
             // SAFETY: mallopt only sets allocator parameters.
             unsafe { libc::mallopt(param, value) };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn shards_are_pinned_unless_a_quota_is_below_the_mask() {
+        assert!(super::pins(2, None));
+        assert!(super::pins(2, Some(2.0)));
+        assert!(super::pins(2, Some(4.0)));
+        assert!(!super::pins(16, Some(2.0)));
+        assert!(!super::pins(2, Some(1.5)));
     }
 }

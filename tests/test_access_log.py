@@ -98,3 +98,38 @@ def test_no_access_log_by_default(turbo):
     httpx.get(srv.url("/quiet"), timeout=10)
     srv.stop()
     assert "/quiet" not in srv.log
+
+
+def test_json_lines_parse_back_whatever_the_request_carries(turbo, tmp_path):
+    """--access-log-json: one object per line, which a quote, a backslash or a
+    tab in a header cannot break."""
+    import json
+    import socket
+    log = tmp_path / "access.json"
+    srv = turbo("access_app:app", "--access-log-json", "--access-logfile", str(log))
+    agent = 'curl "quoted" \\back\\slash\ttab {"json": 1}'
+    with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as s:
+        s.sendall(b"GET /p%20q/x?a=1&b=%22 HTTP/1.1\r\nHost: x\r\nUser-Agent: "
+                  + agent.encode() + b"\r\nX-Request-ID: req-42\r\nReferer: caf\xe9\r\n\r\n")
+        read_response(s)
+    httpx.post(srv.url("/missing"), content=b"hello", timeout=10)
+    srv.stop()
+    first, second = (json.loads(line) for line in log.read_text().splitlines())
+    assert first.pop("time").endswith("Z")
+    assert isinstance(first.pop("duration_ms"), float)
+    assert first == {
+        "remote": "127.0.0.1", "method": "GET", "path": "/p q/x", "query": "a=1&b=%22",
+        "protocol": "HTTP/1.1", "status": 200, "bytes": len("path=/p q/x"),
+        "referer": "caf\xe9", "user_agent": agent, "request_id": "req-42",
+    }
+    assert (second["method"], second["status"], second["bytes"]) == ("POST", 404, 5)
+    assert second["user_agent"].startswith("python-httpx/")
+    assert second["referer"] is None and second["request_id"] is None
+
+
+def test_json_lines_go_to_standard_output_without_a_file(turbo):
+    import json
+    srv = turbo("access_app:asgi", "--access-log-json")
+    httpx.get(srv.url("/made"), timeout=10)
+    line = srv.wait_for(r'^\{"time":')
+    assert json.loads(line)["status"] == 201

@@ -55,7 +55,7 @@ impl Handler for Rc<Bridge> {
         // An upgraded connection is neither logged nor hooked: it is not a
         // request with a response.
         if ex.meta().minor == 1 && websocket::is_upgrade(ex.buf(), ex.head()) {
-            websocket::serve(&self.asgi, ex, &peer.peers).await
+            websocket::serve(&self.asgi, ex, &peer.peers, self.observers.meter.as_ref()).await
         } else {
             http::respond(
                 &self.asgi,

@@ -22,7 +22,10 @@ use crate::http::conn::Exchange;
 use crate::http::encode;
 use crate::http::parse::RequestHead;
 use crate::http::reason;
+use crate::http::stream::Stream;
 use crate::http::websocket::{self as ws, Incoming};
+use crate::metrics::Meters;
+use crate::observe::Meter;
 
 /// Messages the client sent that the app has not received yet, and their
 /// bytes, beyond which reading stops until it catches up: a connection holds
@@ -116,6 +119,9 @@ struct Session {
     close_sent: bool,
     /// The client is gone or the closing handshake is over.
     disconnected: bool,
+    /// The app has been handed `websocket.disconnect`: the client is gone,
+    /// or the server is going away.
+    told_disconnect: bool,
     /// The future a `send()` awaits while output drains.
     flush_waiter: Option<Py<PyAny>>,
     /// A denial response: status, header lines, body so far.
@@ -224,7 +230,7 @@ fn send(
 ) -> PyResult<Py<PyAny>> {
     let (message, kind) = task::message_type(py, asgi, message)?;
     let mut s = task::exclusive(shared)?;
-    if s.disconnected {
+    if s.disconnected || s.told_disconnect {
         return Err(task::disconnected(py, asgi));
     }
     let unexpected = || runtime_error(format!("Unexpected ASGI message '{kind}' sent"));
@@ -352,7 +358,12 @@ fn send(
 }
 
 /// Runs a WebSocket connection to its end; the connection then closes.
-pub async fn serve(asgi: &Asgi, mut ex: Exchange<'_>, peers: &Peers) -> Option<bool> {
+pub async fn serve(
+    asgi: &Asgi,
+    mut ex: Exchange<'_>,
+    peers: &Peers,
+    meter: Option<&Meter>,
+) -> Option<bool> {
     let date = ex.date();
     let (rbuf, head) = (ex.buf(), ex.head());
     let key = header(rbuf, head, b"sec-websocket-key").map(<[u8]>::to_vec);
@@ -404,8 +415,12 @@ pub async fn serve(asgi: &Asgi, mut ex: Exchange<'_>, peers: &Peers) -> Option<b
         ex.error(crate::http::HttpError::new(500, "start"));
         return Some(false);
     }
-    let (stream, rbuf, out) = ex.upgrade();
-    let stream = &stream;
+    let (stream, rbuf, out, host) = ex.upgrade();
+    let stream = &Metered {
+        stream,
+        meter: meter.map(Meter::get),
+    };
+    let _open = stream.meter.map(Meters::websocket);
 
     let mut decoder = ws::Decoder::new(asgi.ws_max_size);
     let mut reading: Option<LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>> = None;
@@ -453,6 +468,10 @@ pub async fn serve(asgi: &Asgi, mut ex: Exchange<'_>, peers: &Peers) -> Option<b
             }
             return client_gone(asgi);
         }
+        if phase == Phase::Open && !close_sent && host.drain.is_draining() {
+            go_away(asgi, &shared);
+            continue;
+        }
         if close_sent && closing_since.is_none() {
             closing_since = Some(std::time::Instant::now());
         }
@@ -460,12 +479,16 @@ pub async fn serve(asgi: &Asgi, mut ex: Exchange<'_>, peers: &Peers) -> Option<b
         if phase == Phase::Open && reading.is_none() && !backlogged {
             let mut buf = std::mem::take(&mut scratch);
             buf.clear();
-            let mut reader = stream.clone();
+            let mut reader = stream.stream.clone();
             reading = Some(Box::pin(async move { reader.read(buf).await }));
         }
         let mut changed = std::pin::pin!(link.changed());
+        let mut draining = std::pin::pin!(host.drain.started());
         let event = std::future::poll_fn(|cx| {
             if changed.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(None);
+            }
+            if !close_sent && draining.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
             if let Some(read) = reading.as_mut()
@@ -497,6 +520,9 @@ pub async fn serve(asgi: &Asgi, mut ex: Exchange<'_>, peers: &Peers) -> Option<b
                 return client_gone(asgi);
             }
         };
+        if let Some(meters) = stream.meter {
+            meters.received(n);
+        }
         rbuf.extend_from_slice(&buf[..n]);
         scratch = buf;
         loop {
@@ -527,6 +553,21 @@ pub async fn serve(asgi: &Asgi, mut ex: Exchange<'_>, peers: &Peers) -> Option<b
     }
 }
 
+/// The upgraded socket, whose writes count for /metrics.
+struct Metered<'a> {
+    stream: Stream,
+    meter: Option<&'a Meters>,
+}
+
+impl Metered<'_> {
+    async fn write_out(&self, out: &mut Vec<u8>) -> bool {
+        if let Some(meters) = self.meter {
+            meters.sent(out.len());
+        }
+        self.stream.write_out(out).await
+    }
+}
+
 /// Takes in one message from the client. Returns the close code and reason
 /// once the client closed (after queueing the echo of its close frame).
 fn take_in(shared: &Shared, msg: Incoming) -> Option<(u16, String)> {
@@ -552,13 +593,30 @@ fn take_in(shared: &Shared, msg: Incoming) -> Option<(u16, String)> {
     None
 }
 
-/// The connection is over: the app receives `websocket.disconnect` and its
-/// sends raise from now on.
+/// The connection is over: the app receives `websocket.disconnect`, unless
+/// it already has, and its sends raise from now on.
 fn disconnect(asgi: &Asgi, shared: &Shared, code: u16, reason: &str) {
     {
         let mut s = shared.borrow_mut();
         s.disconnected = true;
-        s.push(In::Disconnect(code, reason.to_string()));
+        if !std::mem::replace(&mut s.told_disconnect, true) {
+            s.push(In::Disconnect(code, reason.to_string()));
+        }
+    }
+    Python::attach(|py| answer_receive(py, asgi, shared));
+}
+
+/// The shard drains: the client gets a close frame with 1001 (going away)
+/// and the app `websocket.disconnect` at once, so a long-lived socket never
+/// holds the drain for the whole graceful timeout. The client's own close
+/// frame is still awaited, for `CLOSE_WAIT` at most.
+fn go_away(asgi: &Asgi, shared: &Shared) {
+    {
+        let mut s = shared.borrow_mut();
+        ws::close_frame(&mut s.out, ws::CLOSE_GOING_AWAY, "");
+        s.close_sent = true;
+        s.told_disconnect = true;
+        s.push(In::Disconnect(ws::CLOSE_GOING_AWAY, String::new()));
     }
     Python::attach(|py| answer_receive(py, asgi, shared));
 }

@@ -111,6 +111,8 @@ pub struct Config {
     /// Zero when off.
     pub timeout: Duration,
     pub graceful_timeout: Duration,
+    /// How long a SIGTERM'd server keeps serving before it drains.
+    pub shutdown_delay: Duration,
     pub max_requests: u64,
     pub max_requests_jitter: u64,
     pub preload: bool,
@@ -143,6 +145,8 @@ pub struct Config {
     /// The access log's file (`-` for standard output), if there is one.
     pub access_log: Option<String>,
     pub logconfig: Option<LogConfig>,
+    /// The operations port (`metrics_bind`): /metrics, /livez, /readyz.
+    pub metrics_bind: Option<std::net::SocketAddr>,
     /// `statsd_host`, with `statsd_prefix` and `dogstatsd_tags`.
     pub statsd: Option<(crate::statsd::Address, String, String)>,
     pub access_log_format: crate::access_log::Format,
@@ -259,7 +263,6 @@ fn parse_inet(bind: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(addrs)
 }
 
-/// CPUs in this process's affinity mask.
 /// The default number of shards: the CPUs in this process's affinity mask, or
 /// fewer when a cgroup CPU quota (a container's `--cpus`) allows fewer.
 pub fn available_cores() -> usize {
@@ -837,6 +840,7 @@ impl Config {
             ws_max_size: value(values, "ws_max_size", "a number of bytes")?,
             timeout: Duration::from_secs(seconds("timeout")?),
             graceful_timeout: Duration::from_secs(seconds("graceful_timeout")?),
+            shutdown_delay: Duration::from_secs(seconds("shutdown_delay")?),
             max_requests: value(values, "max_requests", "an integer")?,
             max_requests_jitter: value(values, "max_requests_jitter", "an integer")?,
             preload: values.is_set("preload_app"),
@@ -934,12 +938,20 @@ impl Config {
                     .collect::<Result<_, _>>()?,
                 None => crate::http::proxy::default_scheme_headers(),
             },
-            access_log: values.one("accesslog").map(str::to_string),
+            // JSON lines go to standard output when no file is named.
+            access_log: values
+                .one("accesslog")
+                .or(values.is_set("access_log_json").then_some("-"))
+                .map(str::to_string),
             // As Gunicorn: the dict first, then the JSON file, then the ini file.
             logconfig: match (values.one("logconfig_json"), values.one("logconfig")) {
                 (Some(json), _) => Some(LogConfig::Json(json.into())),
                 (None, Some(file)) => Some(LogConfig::File(file.into())),
                 (None, None) => None,
+            },
+            metrics_bind: match values.one("metrics_bind") {
+                Some(address) => Some(metrics_address(address)?),
+                None => None,
             },
             statsd: match values.one("statsd_host") {
                 Some(host) => Some((
@@ -949,16 +961,34 @@ impl Config {
                 )),
                 None => None,
             },
-            access_log_format: crate::access_log::Format::parse(
-                values
-                    .one("access_log_format")
-                    .unwrap_or(crate::access_log::DEFAULT_FORMAT),
-            )?,
+            access_log_format: if values.is_set("access_log_json") {
+                crate::access_log::Format::json()
+            } else {
+                crate::access_log::Format::parse(
+                    values
+                        .one("access_log_format")
+                        .unwrap_or(crate::access_log::DEFAULT_FORMAT),
+                )?
+            },
             warnings: Vec::new(),
             hooks: None,
             request_hooks: None,
         })
     }
+}
+
+/// `metrics_bind`: HOST:PORT, resolved once at start (`[::1]:9000`,
+/// `0.0.0.0:9000`, `localhost:9000`).
+fn metrics_address(text: &str) -> Result<std::net::SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let invalid = |why: String| format!("invalid metrics_bind '{text}': {why}");
+    if !text.contains(':') {
+        return Err(invalid("it needs HOST:PORT".into()));
+    }
+    text.to_socket_addrs()
+        .map_err(|e| invalid(e.to_string()))?
+        .next()
+        .ok_or_else(|| invalid("no address".into()))
 }
 
 #[cfg(test)]

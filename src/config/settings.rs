@@ -247,6 +247,18 @@ pub static SETTINGS: &[Setting] = &[
         "Seconds a stopping worker may take to finish its requests before it is killed.",
     ),
     setting(
+        "shutdown_delay",
+        "Worker Processes",
+        &["--shutdown-delay"],
+        Value,
+        "0",
+        "INT",
+        "Seconds to keep accepting and serving after SIGTERM, with /readyz already \
+         answering 503, so a load balancer (Kubernetes' endpoints) stops sending new \
+         requests before the drain begins. The drain then takes up to \
+         --graceful-timeout.",
+    ),
+    setting(
         "keepalive",
         "Worker Processes",
         &["--keep-alive", "--keepalive"],
@@ -592,6 +604,16 @@ pub static SETTINGS: &[Setting] = &[
         "The access log file; - is standard output. Off unless set. USR1 reopens it.",
     ),
     setting(
+        "metrics_bind",
+        "Logging",
+        &["--metrics-bind"],
+        Value,
+        "",
+        "ADDRESS",
+        "Serve GET /metrics (Prometheus), /livez and /readyz at HOST:PORT, from the \
+         supervisor, without entering Python. Off unless set.",
+    ),
+    setting(
         "statsd_host",
         "Logging",
         &["--statsd-host"],
@@ -628,6 +650,19 @@ pub static SETTINGS: &[Setting] = &[
         "STRING",
         "The access log format, in Gunicorn's atoms: h l u t r m U q H s B b f a T M D L p \
          {header}i {header}o {var}e.",
+    ),
+    setting(
+        "access_log_json",
+        "Logging",
+        &["--access-log-json"],
+        Bool,
+        "",
+        "",
+        "Write the access log as one JSON object per line (time, remote, method, path, \
+         query, protocol, status, bytes, duration_ms, referer, user_agent, request_id \
+         from X-Request-ID), escaped whatever the request carries, instead of \
+         access_log_format. Lines go to standard output unless --access-logfile says \
+         otherwise.",
     ),
     setting(
         "errorlog",

@@ -28,6 +28,8 @@ pub struct BodyStream {
     /// Called after each read that brings bytes: the reading thread's busy
     /// clock restarts, so a slow upload never counts as a stuck app.
     pub on_bytes: Option<Box<dyn Fn() + Send>>,
+    /// Bytes read from the client, after TLS.
+    pub received: usize,
 }
 
 impl BodyStream {
@@ -49,6 +51,7 @@ impl BodyStream {
             continue_needed,
             timeout,
             on_bytes: None,
+            received: 0,
         })
     }
 
@@ -85,6 +88,7 @@ impl BodyStream {
             if let Some(tls) = &self.tls {
                 let plain = lock(tls).take_all();
                 if !plain.is_empty() {
+                    self.received += plain.len();
                     self.pending.extend_from_slice(&plain);
                     continue;
                 }
@@ -109,7 +113,10 @@ impl BodyStream {
                         return Err("client disconnected before the end of the body".into());
                     }
                 }
-                None => self.pending.extend_from_slice(&chunk[..n]),
+                None => {
+                    self.received += n;
+                    self.pending.extend_from_slice(&chunk[..n]);
+                }
             }
         }
     }

@@ -80,6 +80,10 @@ pub trait Load {
     fn relief(&self, waiting_since: Instant) -> Option<usize>;
     /// Hands a connection to shard `to`; gives it back if `to` cannot take it.
     fn hand_off(&self, to: usize, handoff: Box<Handoff>) -> Result<(), Box<Handoff>>;
+    /// Bytes read from a client (after TLS).
+    fn received(&self, bytes: usize);
+    /// Bytes written to a client (before TLS).
+    fn sent(&self, bytes: usize);
 }
 
 /// A connection leaving its shard between two requests, for another shard to
@@ -425,6 +429,7 @@ impl Conn {
     async fn refuse_raw(&mut self, raw: &Stream, err: HttpError) {
         let mut out = Vec::new();
         encode::error_response(&mut out, err, &self.host.date());
+        self.host.load.sent(out.len());
         let _ = raw.write_out(&mut out).await;
     }
 
@@ -592,7 +597,10 @@ impl Conn {
                 self.rbuf = buf;
                 match res {
                     Ok(0) => Err(ReadError::Closed),
-                    Ok(_) => Ok(()),
+                    Ok(n) => {
+                        self.host.load.received(n);
+                        Ok(())
+                    }
                     Err(_) => Err(ReadError::Failed),
                 }
             }
@@ -613,9 +621,15 @@ impl Conn {
 
     /// Writes `out`; false when the client is gone or stalled.
     async fn flush(&mut self) -> bool {
-        self.stream
+        let bytes = self.pending();
+        let written = self
+            .stream
             .write_spliced(&mut self.out, &mut self.lent, self.zerocopy)
-            .await
+            .await;
+        if written {
+            self.host.load.sent(bytes);
+        }
+        written
     }
 
     /// Answers a bad request with its status and closes the connection.
@@ -731,10 +745,15 @@ impl<'c> Exchange<'c> {
     /// connection must close.
     pub async fn send_file(&mut self, file: FileSpan) -> bool {
         let sendfile = self.conn.host.settings.sendfile;
-        self.conn.flush().await
+        let bytes = file.len();
+        let sent = self.conn.flush().await
             && file
                 .send(&self.conn.stream, &mut Vec::new(), sendfile)
-                .await
+                .await;
+        if sent {
+            self.conn.host.load.sent(bytes as usize);
+        }
+        sent
     }
 
     /// Sends `100 Continue`, after whatever is owed before it.
@@ -843,6 +862,7 @@ impl<'c> Exchange<'c> {
     pub fn restore_body(&mut self, stream: Option<BodyStream>) -> bool {
         match stream {
             Some(stream) if stream.decoder.is_done() => {
+                self.conn.host.load.received(stream.received);
                 self.conn.rbuf.extend_from_slice(&stream.pending);
                 true
             }
@@ -877,12 +897,20 @@ impl<'c> Exchange<'c> {
     }
 
     /// Hands the connection over to another protocol (a WebSocket): the
-    /// socket, what was read past the head, and the output buffer, with any
-    /// earlier response still in it. The connection closes when it ends.
-    pub fn upgrade(mut self) -> (Stream, &'c mut Vec<u8>, &'c mut Vec<u8>) {
+    /// socket, what was read past the head, the output buffer, with any
+    /// earlier response still in it, and the host. The connection closes
+    /// when it ends.
+    /// The host comes along for its drain, which ends the upgraded
+    /// protocol's connections too.
+    pub fn upgrade(mut self) -> (Stream, &'c mut Vec<u8>, &'c mut Vec<u8>, Rc<Host>) {
         self.end_head();
         let conn = self.conn;
-        (conn.stream.clone(), &mut conn.rbuf, &mut conn.out)
+        (
+            conn.stream.clone(),
+            &mut conn.rbuf,
+            &mut conn.out,
+            conn.host.clone(),
+        )
     }
 }
 
@@ -983,6 +1011,7 @@ impl BodyReader {
         let BufResult(res, buf) = done;
         let read = match res {
             Ok(n) if n > 0 => {
+                ex.conn.host.load.received(n);
                 ex.conn.rbuf.extend_from_slice(&buf[..n]);
                 match self.decode(ex, into) {
                     Ok(()) => BodyRead::Data,

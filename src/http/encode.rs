@@ -76,16 +76,9 @@ impl DateCache {
     }
 }
 
-/// `Sun, 06 Nov 1994 08:49:37 GMT` for a Unix time.
-pub fn imf_fixdate(secs: u64) -> [u8; 29] {
-    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
-    const MONTHS: [&[u8; 3]; 12] = [
-        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
-        b"Dec",
-    ];
-    let days = secs / 86400;
-    let rem = secs % 86400;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+/// The year, month (1-12) and day of the month `days` after 1970-01-01
+/// (Howard Hinnant's algorithm).
+pub fn civil_date(days: u64) -> (u64, usize, u64) {
     let z = days as i64 + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
@@ -95,6 +88,19 @@ pub fn imf_fixdate(secs: u64) -> [u8; 29] {
     let day = (doy - (153 * mp + 2) / 5 + 1) as u64;
     let month = if mp < 10 { mp + 3 } else { mp - 9 } as usize;
     let year = (yoe + era * 400 + i64::from(month <= 2)) as u64;
+    (year, month, day)
+}
+
+/// `Sun, 06 Nov 1994 08:49:37 GMT` for a Unix time.
+pub fn imf_fixdate(secs: u64) -> [u8; 29] {
+    const DAYS: [&[u8; 3]; 7] = [b"Thu", b"Fri", b"Sat", b"Sun", b"Mon", b"Tue", b"Wed"];
+    const MONTHS: [&[u8; 3]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let days = secs / 86400;
+    let rem = secs % 86400;
+    let (year, month, day) = civil_date(days);
 
     let mut out = *b"Thu, 01 Jan 1970 00:00:00 GMT";
     out[..3].copy_from_slice(DAYS[(days % 7) as usize]);

@@ -19,7 +19,7 @@ use crate::asgi::{self, Asgi};
 use crate::config::{Config, InterfaceMode};
 use crate::hooks::RequestHooks;
 use crate::http::conn::{Handoff, Host, Load};
-use crate::observe::Observers;
+use crate::observe::{Meter, Observers};
 use crate::placement::ShardLoad;
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
@@ -69,6 +69,8 @@ struct Gauges {
     kernel: Option<&'static ShardLoad>,
     /// The worker's other shards, which take requests that waited here.
     peers: Option<Arc<Peers>>,
+    /// Bytes are counted for /metrics (`--metrics-bind`).
+    metered: bool,
 }
 
 impl Gauges {
@@ -122,6 +124,18 @@ impl Load for Gauges {
         match &self.peers {
             Some(peers) => peers.send(self.local, to, handoff),
             None => Err(handoff),
+        }
+    }
+
+    fn received(&self, bytes: usize) {
+        if self.metered {
+            self.board.meters(self.local).received(bytes);
+        }
+    }
+
+    fn sent(&self, bytes: usize) {
+        if self.metered {
+            self.board.meters(self.local).sent(bytes);
         }
     }
 }
@@ -246,6 +260,10 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
         let observers = Observers {
             access_log,
             hooks: request_hooks,
+            meter: config
+                .metrics_bind
+                .is_some()
+                .then(|| Meter::new(board.clone(), local)),
         };
         let slot = board.slot_index(local, 0);
         let app = match app {
@@ -272,6 +290,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             local,
             kernel: crate::placement::shard(id),
             peers,
+            metered: config.metrics_bind.is_some(),
         };
         let host = Host::new(
             config.http(),

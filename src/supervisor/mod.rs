@@ -5,21 +5,25 @@
 //! workers up before the old ones drain, resizes on TTIN/TTOU and re-executes
 //! itself on USR2. It imports no app code unless `--preload` is given.
 
+mod ops;
 mod sockets;
 mod workers;
 
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use pyo3::prelude::*;
 
 use crate::config::{Config, IoEngine, IsolationMode};
 use crate::hooks::Hooks;
+use crate::metrics::{self, Counts, Restart};
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
 use crate::signals::{self, exit_now};
 use crate::worker::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
+use ops::{Answer, Ops, Page};
 use sockets::Sockets;
 use workers::Worker;
 
@@ -51,6 +55,17 @@ struct Supervisor {
     preloaded: Option<Arc<Loaded>>,
     /// Set once TERM, INT or QUIT arrived: the time by which workers must be gone.
     stopping: Option<Instant>,
+    /// Set when TERM arrived with a `--shutdown-delay`: workers serve on
+    /// until then, and are told to drain at that moment.
+    drain_at: Option<Instant>,
+    /// The operations port, `--metrics-bind`.
+    ops: Option<Ops>,
+    /// Every shard has been served by a ready worker at least once.
+    booted: bool,
+    /// Workers replaced, by `metrics::RESTARTS`.
+    restarts: [u64; metrics::RESTARTS.len()],
+    /// What the workers that exited counted, by shard.
+    retired: Vec<Counts>,
     /// A new supervisor started by USR2.
     successor: Option<libc::pid_t>,
     /// Whether every shard was served by a ready worker at the last check.
@@ -234,6 +249,18 @@ pub fn run(mut config: Config) -> ! {
         }
     };
 
+    // Bound before the app is imported, so a probe waits in the backlog
+    // rather than being refused while a --preload runs.
+    let ops = config.metrics_bind.map(|address| match Ops::bind(address) {
+        Ok(ops) => {
+            log::info!("Serving /metrics, /livez and /readyz at: http://{address}");
+            ops
+        }
+        Err(e) => {
+            log::error!("Cannot listen at {address} (--metrics-bind): {e}");
+            exit_now(1);
+        }
+    });
     let config = Arc::new(config);
     // raw_env added variables, and the sockets' setup took systemd's and
     // turbo's own away: the host's os.environ, a snapshot, follows, for an
@@ -251,6 +278,11 @@ pub fn run(mut config: Config) -> ! {
         workers: Vec::new(),
         preloaded,
         stopping: None,
+        drain_at: None,
+        ops,
+        booted: false,
+        restarts: [0; metrics::RESTARTS.len()],
+        retired: Vec::new(),
         successor: None,
         all_ready: false,
         hooks,
@@ -291,7 +323,106 @@ impl Supervisor {
             self.read_reports();
             self.reap();
             self.check_workers();
+            if self.drain_at.is_some_and(|at| Instant::now() >= at) {
+                self.drain_at = None;
+                self.stop(libc::SIGTERM);
+            }
+            self.serve_ops();
         }
+    }
+
+    /// Answers what the operations port has been asked.
+    fn serve_ops(&mut self) {
+        let Some(mut ops) = self.ops.take() else {
+            return;
+        };
+        ops.serve(|page| self.answer(page));
+        self.ops = Some(ops);
+    }
+
+    fn answer(&self, page: Page) -> Answer {
+        match page {
+            Page::Live if self.live() => Answer::text(200, "ok"),
+            Page::Live => Answer::text(503, "a worker is stuck past --timeout"),
+            Page::Ready if self.ready() => Answer::text(200, "ok"),
+            Page::Ready if self.stopping.is_some() || self.drain_at.is_some() => {
+                Answer::text(503, "shutting down")
+            }
+            Page::Ready if !self.booted => Answer::text(503, "starting"),
+            Page::Ready => Answer::text(503, "no worker is serving"),
+            Page::Metrics => Answer {
+                status: 200,
+                content_type: "text/plain; version=0.0.4; charset=utf-8",
+                body: self.metrics(),
+            },
+        }
+    }
+
+    /// /readyz: every shard has booted (ASGI lifespan startup included: a
+    /// shard reports ready after it), some worker serves, and no TERM has
+    /// arrived.
+    fn ready(&self) -> bool {
+        self.booted
+            && self.stopping.is_none()
+            && self.drain_at.is_none()
+            && self
+                .workers
+                .iter()
+                .any(|w| w.ready && w.stopped_at.is_none())
+    }
+
+    /// /livez: no worker's request has run past `--timeout` for longer than
+    /// the supervisor takes to replace it (the unwind and abort graces,
+    /// and a second to notice).
+    fn live(&self) -> bool {
+        if self.config.timeout.is_zero() {
+            return true;
+        }
+        let limit = self.config.timeout + UNWIND_GRACE + ABORT_GRACE + Duration::from_secs(1);
+        let now = crate::scoreboard::now_ms();
+        !self.workers.iter().any(|w| {
+            w.board
+                .longest_busy(now)
+                .is_some_and(|ms| ms > limit.as_millis() as u64)
+        })
+    }
+
+    /// /metrics: the counters of every worker that served each shard, the
+    /// exited ones' included, and the gauges of the live ones.
+    fn metrics(&self) -> String {
+        let served = self
+            .workers
+            .iter()
+            .flat_map(|w| w.shards.iter().map(|&s| s + 1))
+            .max()
+            .unwrap_or(0);
+        let count = self.cores.max(served).max(self.retired.len());
+        let mut shards: Vec<metrics::Shard> = (0..count)
+            .map(|s| metrics::Shard {
+                counts: self.retired.get(s).cloned().unwrap_or_default(),
+                queued: crate::placement::shard(s)
+                    .map_or(0, |l| u64::from(l.queued.load(Ordering::Relaxed))),
+                ..metrics::Shard::default()
+            })
+            .collect();
+        for w in &self.workers {
+            for (local, &shard) in w.shards.iter().enumerate() {
+                let counts = w.board.counts(local);
+                let live = worker_counts(w, local);
+                let view = &mut shards[shard];
+                view.websockets += live.websockets_open();
+                view.counts.add(&live);
+                view.in_flight += u64::from(counts.in_flight.load(Ordering::Relaxed));
+                view.connections += u64::from(counts.connections.load(Ordering::Relaxed));
+            }
+        }
+        metrics::Report {
+            shards: &shards,
+            restarts: &self.restarts,
+            workers: self.workers.len(),
+            ready: self.ready(),
+        }
+        .render()
     }
 
     /// Sleeps until a signal, a worker report, or the next periodic check.
@@ -321,6 +452,21 @@ impl Supervisor {
             let left = at.saturating_duration_since(Instant::now()).as_millis();
             tick = tick.min(i32::try_from(left).unwrap_or(i32::MAX));
         }
+        if let Some(ops) = &self.ops {
+            fds.extend(ops.poll_fds().into_iter().map(|(fd, events)| libc::pollfd {
+                fd,
+                events,
+                revents: 0,
+            }));
+        }
+        let deadlines = [
+            self.drain_at,
+            self.ops.as_ref().and_then(Ops::next_deadline),
+        ];
+        for at in deadlines.into_iter().flatten() {
+            let left = at.saturating_duration_since(Instant::now()).as_millis() + 1;
+            tick = tick.min(i32::try_from(left).unwrap_or(i32::MAX));
+        }
         // SAFETY: polls an array of valid pollfd structs of the given length.
         unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, tick) };
     }
@@ -331,9 +477,12 @@ impl Supervisor {
         }
         match sig {
             libc::SIGCHLD => {}
-            libc::SIGTERM => self.stop(libc::SIGTERM),
-            libc::SIGINT | libc::SIGQUIT => self.stop(libc::SIGQUIT),
-            _ if self.stopping.is_some() => {}
+            libc::SIGTERM => self.terminate(),
+            libc::SIGINT | libc::SIGQUIT => {
+                self.drain_at = None;
+                self.stop(libc::SIGQUIT);
+            }
+            _ if self.stopping.is_some() || self.drain_at.is_some() => {}
             libc::SIGHUP => {
                 log::info!("Hang up: Master");
                 // As in Gunicorn: the configuration first, then the hooks.
@@ -384,6 +533,7 @@ impl Supervisor {
                         let cores = self.cores;
                         for w in self.workers.iter_mut().filter(|w| w.shards[0] >= cores) {
                             w.retiring = true;
+                            w.replaced_for = Restart::Reload;
                         }
                     }
                 }
@@ -445,6 +595,26 @@ impl Supervisor {
     fn replace_all(&mut self) {
         for w in self.workers.iter_mut().filter(|w| w.stopped_at.is_none()) {
             w.retiring = true;
+            w.replaced_for = Restart::Reload;
+        }
+    }
+
+    /// TERM: /readyz fails at once; the workers serve on for
+    /// `--shutdown-delay`, so the load balancer stops sending requests
+    /// before any is refused, and then drain.
+    fn terminate(&mut self) {
+        if self.stopping.is_some() || self.drain_at.is_some() {
+            return;
+        }
+        let delay = self.config.shutdown_delay;
+        if delay.is_zero() {
+            self.stop(libc::SIGTERM);
+        } else {
+            log::info!(
+                "Serving for {} s more (--shutdown-delay), then draining",
+                delay.as_secs()
+            );
+            self.drain_at = Some(Instant::now() + delay);
         }
     }
 
@@ -528,6 +698,7 @@ impl Supervisor {
                 w.stop(libc::SIGTERM);
             }
         }
+        self.booted |= covered.iter().all(|&c| c);
         let all_ready = covered.iter().all(|&c| c) && self.workers.iter().all(|w| !w.retiring);
         if all_ready && !self.all_ready {
             let mode = match self.isolation {
@@ -560,6 +731,7 @@ impl Supervisor {
             .iter()
             .filter_map(Worker::report_fd)
             .chain([self.signals.as_raw_fd()])
+            .chain(self.ops.iter().flat_map(Ops::fds))
             .collect();
         let spawned = workers::spawn(workers::Fork {
             config: &self.config,
@@ -649,6 +821,17 @@ impl Supervisor {
         }
     }
 
+    /// Keeps what an exited worker counted, so the counters of /metrics
+    /// survive it.
+    fn retire_counts(&mut self, gone: &Worker) {
+        for (local, &shard) in gone.shards.iter().enumerate() {
+            if self.retired.len() <= shard {
+                self.retired.resize_with(shard + 1, Counts::default);
+            }
+            self.retired[shard].add(&worker_counts(gone, local));
+        }
+    }
+
     /// Collects exited children and decides what their exit means.
     fn reap(&mut self) {
         loop {
@@ -670,10 +853,21 @@ impl Supervisor {
             let w = self.workers.swap_remove(i);
             w.log_exit(status);
             self.release_placement(&w);
+            self.retire_counts(&w);
             self.hooks
                 .call("child_exit", &[i64::from(pid), w.age as i64]);
             let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
             let expected = w.stopped_at.is_some() || w.gone_quietly;
+            if !w.gone_quietly && self.stopping.is_none() {
+                let reason = match () {
+                    () if w.aborted_at.is_some() => Restart::Timeout,
+                    () if w.stopped_at.is_some() => w.replaced_for,
+                    () => Restart::Crash,
+                };
+                if let Some(i) = metrics::RESTARTS.iter().position(|(r, _)| *r == reason) {
+                    self.restarts[i] += 1;
+                }
+            }
             if expected || self.stopping.is_some() {
                 continue;
             }
@@ -753,6 +947,7 @@ impl Supervisor {
                     w.max_requests
                 );
                 w.retiring = true;
+                w.replaced_for = Restart::MaxRequests;
             }
         }
     }
@@ -819,6 +1014,13 @@ impl Supervisor {
             let _ = std::fs::rename(oldbin(path), path);
         }
     }
+}
+
+/// What one worker counted for its `local`-th shard.
+fn worker_counts(w: &Worker, local: usize) -> Counts {
+    let mut counts = Counts::of(w.board.meters(local));
+    counts.moved = u64::from(w.board.counts(local).moved_out.load(Ordering::Relaxed));
+    counts
 }
 
 fn oldbin(path: &std::path::Path) -> std::path::PathBuf {

@@ -10,6 +10,7 @@ use std::time::Instant;
 use super::sockets::Sockets;
 use crate::config::Config;
 use crate::hooks::Hooks;
+use crate::metrics::Restart;
 use crate::python::app::Loaded;
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;
@@ -27,6 +28,8 @@ pub struct Worker {
     pub ready: bool,
     /// To be stopped once successors serve its shards (reload, recycling, resize).
     pub retiring: bool,
+    /// Why it is retiring, for `turbo_worker_restarts_total`.
+    pub replaced_for: Restart,
     /// When it was told to stop.
     pub stopped_at: Option<Instant>,
     /// When it was sent SIGABRT for a timeout.
@@ -136,6 +139,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
         partial: Vec::new(),
         ready: false,
         retiring: false,
+        replaced_for: Restart::Crash,
         stopped_at: None,
         aborted_at: None,
         max_requests,

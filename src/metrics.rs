@@ -1,0 +1,406 @@
+//! Prometheus metrics (`--metrics-bind`). Each shard counts its requests,
+//! their durations, its bytes and its WebSockets in `Meters`, which live in
+//! the scoreboard's shared memory: relaxed atomic adds on the shard's own
+//! cache lines, no lock and no system call. The supervisor reads every
+//! worker's meters, adds what exited workers had counted (so counters survive
+//! restarts), and writes them in the text format, version 0.0.4
+//! (docs/architecture.md, "Operations port").
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+/// The `method` label's values; any other method counts as `other`.
+pub const METHODS: [&str; 8] = [
+    "GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "other",
+];
+/// The `status` label's values, by the status's first digit.
+pub const CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+/// The duration histogram's upper bounds, in microseconds: 1 ms to 30 s.
+pub const BOUNDS_US: [u64; 14] = [
+    1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+    5_000_000, 10_000_000, 30_000_000,
+];
+const BUCKETS: usize = BOUNDS_US.len() + 1;
+
+/// The index of a method in `METHODS`.
+pub fn method_index(method: &[u8]) -> u8 {
+    METHODS[..METHODS.len() - 1]
+        .iter()
+        .position(|m| m.as_bytes() == method)
+        .unwrap_or(METHODS.len() - 1) as u8
+}
+
+/// One shard's counters, written by the shard's threads; zeroed memory is a
+/// valid, empty set. Every field only grows: a gauge is the difference of
+/// two of them, so a reader never sees one go below zero.
+#[repr(C, align(64))]
+#[derive(Default)]
+pub struct Meters {
+    requests: [[AtomicU64; CLASSES.len()]; METHODS.len()],
+    /// Requests by duration: one count per bucket (not cumulative), the last
+    /// past every bound.
+    durations: [AtomicU64; BUCKETS],
+    duration_us: AtomicU64,
+    received: AtomicU64,
+    sent: AtomicU64,
+    websockets_opened: AtomicU64,
+    websockets_closed: AtomicU64,
+}
+
+fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+impl Meters {
+    /// A request answered with `status` after `elapsed` in the app. One
+    /// that got no response (status 0: the client left first) is not counted.
+    pub fn request(&self, method: u8, status: u16, elapsed: Duration) {
+        if status < 100 {
+            return;
+        }
+        let class = usize::from(status / 100).clamp(1, CLASSES.len()) - 1;
+        let method = usize::from(method).min(METHODS.len() - 1);
+        add(&self.requests[method][class], 1);
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        let bucket = BOUNDS_US.partition_point(|&bound| bound < us);
+        add(&self.durations[bucket], 1);
+        add(&self.duration_us, us);
+    }
+
+    /// Bytes read from clients.
+    pub fn received(&self, bytes: usize) {
+        add(&self.received, bytes as u64);
+    }
+
+    /// Bytes written to clients.
+    pub fn sent(&self, bytes: usize) {
+        add(&self.sent, bytes as u64);
+    }
+
+    /// A WebSocket connection opens; it counts until the guard drops.
+    pub fn websocket(&self) -> WebSocketOpen<'_> {
+        add(&self.websockets_opened, 1);
+        WebSocketOpen(self)
+    }
+}
+
+/// An open WebSocket connection, as `Meters::websocket` counted it.
+pub struct WebSocketOpen<'a>(&'a Meters);
+
+impl Drop for WebSocketOpen<'_> {
+    fn drop(&mut self) {
+        add(&self.0.websockets_closed, 1);
+    }
+}
+
+/// A copy of one shard's counters, which the supervisor adds up.
+#[derive(Clone, Default, Debug, PartialEq)]
+pub struct Counts {
+    pub requests: [[u64; CLASSES.len()]; METHODS.len()],
+    pub durations: [u64; BUCKETS],
+    pub duration_us: u64,
+    pub received: u64,
+    pub sent: u64,
+    pub websockets_opened: u64,
+    pub websockets_closed: u64,
+    /// Connections handed to a peer shard (the scoreboard's `moved_out`).
+    pub moved: u64,
+}
+
+impl Counts {
+    /// What `meters` counted so far.
+    pub fn of(meters: &Meters) -> Counts {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        Counts {
+            requests: meters
+                .requests
+                .each_ref()
+                .map(|row| row.each_ref().map(load)),
+            durations: meters.durations.each_ref().map(load),
+            duration_us: load(&meters.duration_us),
+            received: load(&meters.received),
+            sent: load(&meters.sent),
+            websockets_opened: load(&meters.websockets_opened),
+            websockets_closed: load(&meters.websockets_closed),
+            moved: 0,
+        }
+    }
+
+    /// WebSocket connections open now.
+    pub fn websockets_open(&self) -> u64 {
+        self.websockets_opened
+            .saturating_sub(self.websockets_closed)
+    }
+
+    pub fn add(&mut self, other: &Counts) {
+        for (row, more) in self.requests.iter_mut().zip(&other.requests) {
+            for (n, m) in row.iter_mut().zip(more) {
+                *n += m;
+            }
+        }
+        for (n, m) in self.durations.iter_mut().zip(&other.durations) {
+            *n += m;
+        }
+        self.duration_us += other.duration_us;
+        self.received += other.received;
+        self.sent += other.sent;
+        self.websockets_opened += other.websockets_opened;
+        self.websockets_closed += other.websockets_closed;
+        self.moved += other.moved;
+    }
+}
+
+/// One shard as /metrics shows it: its counters over every worker that
+/// served it, and its gauges over the live ones.
+#[derive(Default, Debug)]
+pub struct Shard {
+    pub counts: Counts,
+    pub in_flight: u64,
+    pub connections: u64,
+    /// Connections the kernel placed on the shard that it has not accepted.
+    pub queued: u64,
+    pub websockets: u64,
+}
+
+/// Why the supervisor replaced a worker (`turbo_worker_restarts_total`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Restart {
+    /// It died unasked: a signal, an exit, or a failed boot.
+    Crash,
+    /// It was killed for a request past `--timeout`.
+    Timeout,
+    /// It served its `--max-requests`.
+    MaxRequests,
+    /// HUP, `--reload`, or a change in the number of shards.
+    Reload,
+}
+
+pub const RESTARTS: [(Restart, &str); 4] = [
+    (Restart::Crash, "crash"),
+    (Restart::Timeout, "timeout"),
+    (Restart::MaxRequests, "max_requests"),
+    (Restart::Reload, "reload"),
+];
+
+/// Everything /metrics reports.
+pub struct Report<'a> {
+    pub shards: &'a [Shard],
+    pub restarts: &'a [u64; RESTARTS.len()],
+    pub workers: usize,
+    pub ready: bool,
+}
+
+/// A per-shard family: its name, type, help, and value.
+type PerShard = (&'static str, &'static str, &'static str, fn(&Shard) -> u64);
+
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+    let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+}
+
+fn per_shard(out: &mut String, report: &Report<'_>, name: &str, value: impl Fn(&Shard) -> u64) {
+    for (i, shard) in report.shards.iter().enumerate() {
+        let _ = writeln!(out, "{name}{{shard=\"{i}\"}} {}", value(shard));
+    }
+}
+
+/// Seconds from microseconds, as Prometheus writes floats.
+fn seconds(us: u64) -> String {
+    let text = format!("{:.6}", us as f64 / 1e6);
+    text.trim_end_matches('0').trim_end_matches('.').to_string()
+}
+
+impl Report<'_> {
+    /// The text format, version 0.0.4. A request series appears once it has
+    /// counted something, as client libraries do with labelled counters.
+    pub fn render(&self) -> String {
+        let mut out = String::with_capacity(4096 + self.shards.len() * 2048);
+        family(
+            &mut out,
+            "turbo_requests_total",
+            "counter",
+            "Requests answered, by shard, method and status class.",
+        );
+        for (i, shard) in self.shards.iter().enumerate() {
+            for (m, row) in shard.counts.requests.iter().enumerate() {
+                for (c, &n) in row.iter().enumerate().filter(|(_, n)| **n > 0) {
+                    let _ = writeln!(
+                        out,
+                        "turbo_requests_total{{shard=\"{i}\",method=\"{}\",status=\"{}\"}} {n}",
+                        METHODS[m], CLASSES[c]
+                    );
+                }
+            }
+        }
+        family(
+            &mut out,
+            "turbo_request_duration_seconds",
+            "histogram",
+            "Time from the app's start on a request to its response's end.",
+        );
+        for (i, shard) in self.shards.iter().enumerate() {
+            let mut below = 0;
+            for (b, &n) in shard.counts.durations.iter().enumerate() {
+                below += n;
+                let le = BOUNDS_US
+                    .get(b)
+                    .map_or("+Inf".to_string(), |&us| seconds(us));
+                let _ = writeln!(
+                    out,
+                    "turbo_request_duration_seconds_bucket{{shard=\"{i}\",le=\"{le}\"}} {below}"
+                );
+            }
+            let _ = writeln!(
+                out,
+                "turbo_request_duration_seconds_sum{{shard=\"{i}\"}} {}\n\
+                 turbo_request_duration_seconds_count{{shard=\"{i}\"}} {below}",
+                seconds(shard.counts.duration_us)
+            );
+        }
+        let gauges: [PerShard; 8] = [
+            (
+                "turbo_requests_in_flight",
+                "gauge",
+                "Requests being answered.",
+                |s| s.in_flight,
+            ),
+            (
+                "turbo_connections",
+                "gauge",
+                "Open client connections.",
+                |s| s.connections,
+            ),
+            (
+                "turbo_connections_queued",
+                "gauge",
+                "Connections the kernel placed on the shard that it has not accepted yet.",
+                |s| s.queued,
+            ),
+            (
+                "turbo_connections_moved_total",
+                "counter",
+                "Keep-alive connections handed to an idle shard after a request waited.",
+                |s| s.counts.moved,
+            ),
+            (
+                "turbo_received_bytes_total",
+                "counter",
+                "Bytes read from clients (after TLS).",
+                |s| s.counts.received,
+            ),
+            (
+                "turbo_sent_bytes_total",
+                "counter",
+                "Bytes written to clients (before TLS).",
+                |s| s.counts.sent,
+            ),
+            (
+                "turbo_websocket_connections",
+                "gauge",
+                "Open WebSocket connections.",
+                |s| s.websockets,
+            ),
+            (
+                "turbo_websocket_connections_total",
+                "counter",
+                "WebSocket connections opened.",
+                |s| s.counts.websockets_opened,
+            ),
+        ];
+        for (name, kind, help, value) in gauges {
+            family(&mut out, name, kind, help);
+            per_shard(&mut out, self, name, value);
+        }
+        family(
+            &mut out,
+            "turbo_worker_restarts_total",
+            "counter",
+            "Worker processes replaced, by reason.",
+        );
+        for ((_, reason), n) in RESTARTS.iter().zip(self.restarts) {
+            let _ = writeln!(
+                out,
+                "turbo_worker_restarts_total{{reason=\"{reason}\"}} {n}"
+            );
+        }
+        for (name, help, value) in [
+            ("turbo_workers", "Live worker processes.", self.workers),
+            ("turbo_shards", "Shards configured.", self.shards.len()),
+            (
+                "turbo_ready",
+                "1 while /readyz answers 200.",
+                usize::from(self.ready),
+            ),
+        ] {
+            family(&mut out, name, "gauge", help);
+            let _ = writeln!(out, "{name} {value}");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_land_in_their_method_class_and_bucket() {
+        let meters = Meters::default();
+        meters.request(method_index(b"GET"), 200, Duration::from_micros(1_000));
+        meters.request(method_index(b"PROPFIND"), 404, Duration::from_millis(40));
+        meters.request(method_index(b"POST"), 599, Duration::from_secs(31));
+        meters.request(method_index(b"POST"), 0, Duration::from_secs(1));
+        let counts = Counts::of(&meters);
+        assert_eq!(counts.requests[0][1], 1);
+        assert_eq!(counts.requests[7][3], 1);
+        assert_eq!(counts.requests[2][4], 1);
+        assert_eq!(counts.requests[2].iter().sum::<u64>(), 1);
+        assert_eq!((counts.durations[0], counts.durations[5]), (1, 1));
+        assert_eq!(counts.durations[BUCKETS - 1], 1);
+        assert_eq!(counts.duration_us, 31_041_000);
+    }
+
+    #[test]
+    fn the_text_is_cumulative_and_labelled() {
+        let meters = Meters::default();
+        meters.request(0, 200, Duration::from_micros(1_500));
+        meters.request(0, 503, Duration::from_micros(900));
+        let open = meters.websocket();
+        let mut counts = Counts::default();
+        counts.add(&Counts::of(&meters));
+        drop(open);
+        assert_eq!(Counts::of(&meters).websockets_open(), 0);
+        let shards = [Shard {
+            counts,
+            websockets: 1,
+            ..Shard::default()
+        }];
+        let text = Report {
+            shards: &shards,
+            restarts: &[1, 0, 0, 2],
+            workers: 1,
+            ready: true,
+        }
+        .render();
+        for line in [
+            "turbo_requests_total{shard=\"0\",method=\"GET\",status=\"2xx\"} 1",
+            "turbo_requests_total{shard=\"0\",method=\"GET\",status=\"5xx\"} 1",
+            "turbo_request_duration_seconds_bucket{shard=\"0\",le=\"0.001\"} 1",
+            "turbo_request_duration_seconds_bucket{shard=\"0\",le=\"0.0025\"} 2",
+            "turbo_request_duration_seconds_bucket{shard=\"0\",le=\"+Inf\"} 2",
+            "turbo_request_duration_seconds_sum{shard=\"0\"} 0.0024",
+            "turbo_request_duration_seconds_count{shard=\"0\"} 2",
+            "turbo_websocket_connections{shard=\"0\"} 1",
+            "turbo_websocket_connections_total{shard=\"0\"} 1",
+            "turbo_worker_restarts_total{reason=\"crash\"} 1",
+            "turbo_worker_restarts_total{reason=\"reload\"} 2",
+            "turbo_ready 1",
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing from\n{text}"
+            );
+        }
+        assert!(!text.contains("status=\"4xx\""));
+    }
+}

@@ -1,0 +1,42 @@
+"""Apps for the operations port's tests: a WSGI app whose answers the test
+picks (status, pid, an echo), and an ASGI app with lifespan and a WebSocket
+that says how it ended."""
+
+import os
+import sys
+
+
+def note(text):
+    print(text, file=sys.stderr, flush=True)
+
+
+def app(environ, start_response):
+    path = environ["PATH_INFO"]
+    status = path.rsplit("/", 1)[-1] if path.startswith("/status/") else "200"
+    body = environ["wsgi.input"].read() or str(os.getpid()).encode()
+    start_response(f"{status} X", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+async def asgi(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.shutdown":
+                note("lifespan shutdown ran")
+            await send({"type": message["type"] + ".complete"})
+            if message["type"] == "lifespan.shutdown":
+                return
+    if scope["type"] == "http":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"ok"})
+        return
+    await receive()
+    await send({"type": "websocket.accept"})
+    note("websocket open")
+    while True:
+        message = await receive()
+        if message["type"] == "websocket.disconnect":
+            note(f"websocket disconnect {message['code']}")
+            return
+        await send({"type": "websocket.send", "text": message.get("text") or ""})
