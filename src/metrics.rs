@@ -31,8 +31,8 @@ pub fn method_index(method: &[u8]) -> u8 {
         .unwrap_or(METHODS.len() - 1) as u8
 }
 
-/// One shard's counters, written by the shard's threads; zeroed memory is a
-/// valid, empty set. Every field only grows: a gauge is the difference of
+/// One shard's counters, written by the shard's thread only; zeroed memory
+/// is a valid, empty set. Every field only grows: a gauge is the difference of
 /// two of them, so a reader never sees one go below zero.
 #[repr(C, align(64))]
 #[derive(Default)]
@@ -48,8 +48,14 @@ pub struct Meters {
     websockets_closed: AtomicU64,
 }
 
+/// Only the shard's own thread writes its meters (the driver, the handlers
+/// and the WebSocket loop all run there), so a plain load and store do: no
+/// locked instruction on the request path.
 fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+    counter.store(
+        counter.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
 }
 
 impl Meters {

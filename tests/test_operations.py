@@ -163,6 +163,20 @@ def test_probes_answer_while_the_app_is_busy_and_hostile_clients_wait(turbo):
         assert status == 200 and body.isdigit()
 
 
+def test_readiness_waits_for_lifespan_startup_while_liveness_answers(turbo, tmp_path):
+    gate = tmp_path / "gate"
+    port = free_port()
+    srv = turbo("ops_app:asgi", "--metrics-bind", f"127.0.0.1:{port}", env={"OPS_GATE": str(gate)},
+                wait=False)
+    srv.wait_for("lifespan startup began", timeout=30)
+    assert ops_get(port, "/livez")[0] == 200
+    assert ops_get(port, "/readyz") == (503, "starting\n")
+    assert total(scrape(port), "turbo_ready") == 0
+    gate.touch()
+    srv.wait_for("Ready:", timeout=30)
+    assert ops_get(port, "/readyz")[0] == 200
+
+
 def test_readiness_fails_on_sigterm_while_the_app_serves_for_the_delay(turbo):
     srv = start(turbo, "ops_app:app", "--shutdown-delay", "3")
     assert ops_get(srv.ops, "/readyz")[0] == 200
@@ -203,3 +217,18 @@ def test_websockets_get_1001_when_the_drain_starts_and_lifespan_shutdown_runs(tu
     srv.wait_for("lifespan shutdown ran", timeout=15)
     # Long before the 60 s graceful timeout.
     assert srv.wait_exit(timeout=20) == 0
+
+
+@pytest.mark.worker_deaths
+def test_a_worker_killed_for_timeout_is_counted_and_livez_holds(turbo):
+    srv = start(turbo, "lifecycle:app", "--timeout", "1")
+    with srv.connect(timeout=30) as hung:
+        hung.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
+        srv.wait_for("WORKER TIMEOUT", timeout=20)
+        # The supervisor is replacing it: nothing for the kubelet to restart.
+        assert ops_get(srv.ops, "/livez")[0] == 200
+        assert hung.recv(100) == b""
+    srv.wait_for_count("Ready:", 2, timeout=30)
+    samples = scrape(srv.ops)
+    assert total(samples, "turbo_worker_restarts_total", reason="timeout") == 1
+    assert total(samples, "turbo_worker_restarts_total", reason="crash") == 0

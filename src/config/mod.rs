@@ -805,6 +805,10 @@ impl Config {
                 ));
             }
         };
+        let metrics_bind = match values.one("metrics_bind") {
+            Some(address) => Some(metrics_address(address, &binds)?),
+            None => None,
+        };
         let seconds = |name| value::<u64>(values, name, "a number of seconds");
         let errorlog = values.one("errorlog").unwrap_or("-");
         Ok(Config {
@@ -949,10 +953,7 @@ impl Config {
                 (None, Some(file)) => Some(LogConfig::File(file.into())),
                 (None, None) => None,
             },
-            metrics_bind: match values.one("metrics_bind") {
-                Some(address) => Some(metrics_address(address)?),
-                None => None,
-            },
+            metrics_bind,
             statsd: match values.one("statsd_host") {
                 Some(host) => Some((
                     crate::statsd::Address::parse(host)?,
@@ -978,22 +979,48 @@ impl Config {
 }
 
 /// `metrics_bind`: HOST:PORT, resolved once at start (`[::1]:9000`,
-/// `0.0.0.0:9000`, `localhost:9000`).
-fn metrics_address(text: &str) -> Result<std::net::SocketAddr, String> {
-    use std::net::ToSocketAddrs;
+/// `0.0.0.0:9000`, `localhost:9000`). It may not overlap an app bind: its
+/// socket has SO_REUSEPORT, and would join the app's group of sockets.
+fn metrics_address(text: &str, binds: &[Bind]) -> Result<SocketAddr, String> {
     let invalid = |why: String| format!("invalid metrics_bind '{text}': {why}");
     if !text.contains(':') {
         return Err(invalid("it needs HOST:PORT".into()));
     }
-    text.to_socket_addrs()
+    let address = text
+        .to_socket_addrs()
         .map_err(|e| invalid(e.to_string()))?
         .next()
-        .ok_or_else(|| invalid("no address".into()))
+        .ok_or_else(|| invalid("no address".into()))?;
+    let overlaps = |bind: &SocketAddr| {
+        bind.port() == address.port()
+            && (bind.ip() == address.ip()
+                || bind.ip().is_unspecified()
+                || address.ip().is_unspecified())
+    };
+    match binds
+        .iter()
+        .find(|b| matches!(b, Bind::Tcp(a) if overlaps(a)))
+    {
+        Some(Bind::Tcp(bind)) => Err(invalid(format!("the app listens there too ({bind})"))),
+        _ => Ok(address),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn metrics_bind_needs_a_port_of_its_own() {
+        let binds = [Bind::Tcp("0.0.0.0:8000".parse().unwrap())];
+        let ok = metrics_address("127.0.0.1:9000", &binds).unwrap();
+        assert_eq!(ok, "127.0.0.1:9000".parse().unwrap());
+        assert!(metrics_address("9000", &binds).is_err());
+        assert!(metrics_address("127.0.0.1:8000", &binds).is_err());
+        let local = [Bind::Tcp("127.0.0.1:8000".parse().unwrap())];
+        assert!(metrics_address("[::1]:8000", &local).is_ok());
+        assert!(metrics_address("0.0.0.0:8000", &local).is_err());
+    }
 
     #[test]
     fn app_specs() {

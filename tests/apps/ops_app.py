@@ -2,6 +2,7 @@
 picks (status, pid, an echo), and an ASGI app with lifespan and a WebSocket
 that says how it ended."""
 
+import asyncio
 import os
 import sys
 
@@ -18,10 +19,22 @@ def app(environ, start_response):
     return [body]
 
 
+async def gate():
+    """Lifespan startup waits, for 30 s at most, until $OPS_GATE exists."""
+    path = os.environ.get("OPS_GATE")
+    for _ in range(3000):
+        if not path or os.path.exists(path):
+            return
+        await asyncio.sleep(0.01)
+
+
 async def asgi(scope, receive, send):
     if scope["type"] == "lifespan":
         while True:
             message = await receive()
+            if message["type"] == "lifespan.startup":
+                note("lifespan startup began")
+                await gate()
             if message["type"] == "lifespan.shutdown":
                 note("lifespan shutdown ran")
             await send({"type": message["type"] + ".complete"})
