@@ -22,6 +22,9 @@ pub const BOUNDS_US: [u64; 14] = [
     5_000_000, 10_000_000, 30_000_000,
 ];
 const BUCKETS: usize = BOUNDS_US.len() + 1;
+/// The statuses turbo refuses requests with itself, before or instead of
+/// the app (`turbo_requests_refused_total`); any other counts as `other`.
+pub const REFUSALS: [u16; 9] = [400, 403, 408, 413, 414, 431, 500, 501, 505];
 
 /// The index of a method in `METHODS`.
 pub fn method_index(method: &[u8]) -> u8 {
@@ -42,6 +45,8 @@ pub struct Meters {
     /// past every bound.
     durations: [AtomicU64; BUCKETS],
     duration_us: AtomicU64,
+    /// Requests turbo refused itself, by `REFUSALS`, the last for others.
+    refused: [AtomicU64; REFUSALS.len() + 1],
     received: AtomicU64,
     sent: AtomicU64,
     websockets_opened: AtomicU64,
@@ -72,6 +77,15 @@ impl Meters {
         let bucket = BOUNDS_US.partition_point(|&bound| bound < us);
         add(&self.durations[bucket], 1);
         add(&self.duration_us, us);
+    }
+
+    /// A request turbo refused with `status`, without the app's answer.
+    pub fn refused(&self, status: u16) {
+        let i = REFUSALS
+            .iter()
+            .position(|&s| s == status)
+            .unwrap_or(REFUSALS.len());
+        add(&self.refused[i], 1);
     }
 
     /// Bytes read from clients.
@@ -106,6 +120,7 @@ pub struct Counts {
     pub requests: [[u64; CLASSES.len()]; METHODS.len()],
     pub durations: [u64; BUCKETS],
     pub duration_us: u64,
+    pub refused: [u64; REFUSALS.len() + 1],
     pub received: u64,
     pub sent: u64,
     pub websockets_opened: u64,
@@ -125,6 +140,7 @@ impl Counts {
                 .map(|row| row.each_ref().map(load)),
             durations: meters.durations.each_ref().map(load),
             duration_us: load(&meters.duration_us),
+            refused: meters.refused.each_ref().map(load),
             received: load(&meters.received),
             sent: load(&meters.sent),
             websockets_opened: load(&meters.websockets_opened),
@@ -149,6 +165,9 @@ impl Counts {
             *n += m;
         }
         self.duration_us += other.duration_us;
+        for (n, m) in self.refused.iter_mut().zip(&other.refused) {
+            *n += m;
+        }
         self.received += other.received;
         self.sent += other.sent;
         self.websockets_opened += other.websockets_opened;
@@ -263,6 +282,28 @@ impl Report<'_> {
                 seconds(shard.counts.duration_us)
             );
         }
+        family(
+            &mut out,
+            "turbo_requests_refused_total",
+            "counter",
+            "Requests turbo answered itself with an error, without the app's answer: \
+             bad heads, bodies past the limit, slow clients.",
+        );
+        for (i, shard) in self.shards.iter().enumerate() {
+            for (r, &n) in shard
+                .counts
+                .refused
+                .iter()
+                .enumerate()
+                .filter(|(_, n)| **n > 0)
+            {
+                let status = REFUSALS.get(r).map_or("other".to_string(), u16::to_string);
+                let _ = writeln!(
+                    out,
+                    "turbo_requests_refused_total{{shard=\"{i}\",status=\"{status}\"}} {n}"
+                );
+            }
+        }
         let gauges: [PerShard; 8] = [
             (
                 "turbo_requests_in_flight",
@@ -371,6 +412,8 @@ mod tests {
         let meters = Meters::default();
         meters.request(0, 200, Duration::from_micros(1_500));
         meters.request(0, 503, Duration::from_micros(900));
+        meters.refused(431);
+        meters.refused(418);
         let open = meters.websocket();
         let mut counts = Counts::default();
         counts.add(&Counts::of(&meters));
@@ -397,6 +440,8 @@ mod tests {
             "turbo_request_duration_seconds_sum{shard=\"0\"} 0.0024",
             "turbo_request_duration_seconds_count{shard=\"0\"} 2",
             "turbo_websocket_connections{shard=\"0\"} 1",
+            "turbo_requests_refused_total{shard=\"0\",status=\"431\"} 1",
+            "turbo_requests_refused_total{shard=\"0\",status=\"other\"} 1",
             "turbo_websocket_connections_total{shard=\"0\"} 1",
             "turbo_worker_restarts_total{reason=\"crash\"} 1",
             "turbo_worker_restarts_total{reason=\"reload\"} 2",

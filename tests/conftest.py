@@ -3,6 +3,7 @@ tests/apps, and stops it after the test. TURBO_BIN names the command; by
 default it is the `turbo` that pip installed into the virtualenv running
 pytest, whose Python then hosts it."""
 
+import http.client
 import os
 import re
 import socket
@@ -14,6 +15,7 @@ import weakref
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 APPS = Path(__file__).resolve().parent / "apps"
 BIN = os.path.abspath(os.environ.get("TURBO_BIN", str(Path(sys.prefix) / "bin" / "turbo")))
@@ -264,3 +266,31 @@ def read_response(sock, timeout=10):
         rest = b""
     _LEFTOVER[sock] = rest
     return status, headers, body, head
+
+
+# The operations port (--metrics-bind), read as Prometheus reads it.
+def ops_get(port, path, method="GET", timeout=10):
+    """(status, body) of one request to the operations port."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request(method, path)
+        response = conn.getresponse()
+        return response.status, response.read().decode()
+    finally:
+        conn.close()
+
+
+def scrape(port):
+    """/metrics parsed by prometheus_client: [(labels, value)] by sample name."""
+    status, text = ops_get(port, "/metrics")
+    assert status == 200
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
+    return samples
+
+
+def total(samples, name, **labels):
+    """The sum of the samples of `name` whose labels include `labels`."""
+    return sum(v for l, v in samples.get(name, []) if all(l.get(k) == w for k, w in labels.items()))

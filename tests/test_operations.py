@@ -12,33 +12,7 @@ import socket
 import time
 
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
-
-from conftest import free_port, read_response
-
-
-def ops_get(port, path, method="GET", timeout=10):
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request(method, path)
-        response = conn.getresponse()
-        return response.status, response.read().decode()
-    finally:
-        conn.close()
-
-
-def scrape(port):
-    status, text = ops_get(port, "/metrics")
-    assert status == 200
-    samples = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            samples.setdefault(sample.name, []).append((sample.labels, sample.value))
-    return samples
-
-
-def total(samples, name, **labels):
-    return sum(v for l, v in samples.get(name, []) if all(l.get(k) == w for k, w in labels.items()))
+from conftest import free_port, ops_get, read_response, scrape, total
 
 
 def request(srv, method, path, body=None):
@@ -115,6 +89,21 @@ def test_metrics_match_the_requests_across_shards_and_a_killed_worker(turbo):
     assert total(samples, "turbo_worker_restarts_total", reason="reload") == 0
 
 
+def test_requests_turbo_refuses_itself_are_counted_apart(turbo):
+    srv = start(turbo, "ops_app:app", "--limit-request-body", "10")
+    for raw in [b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 11\r\n\r\nhello world",
+                b"GET /" + b"a" * 9000 + b" HTTP/1.1\r\n\r\n"]:
+        with srv.connect() as s:
+            s.sendall(raw)
+            read_response(s)
+    assert request(srv, "GET", "/")[0] == 200
+    samples = scrape(srv.ops)
+    refused = {l["status"]: v for l, v in samples["turbo_requests_refused_total"]}
+    assert refused == {"400": 1, "413": 1, "414": 1}
+    assert total(samples, "turbo_requests_total") == 1
+
+
 def test_max_requests_and_reload_restarts_are_counted(turbo):
     srv = start(turbo, "ops_app:app", "--max-requests", "10", "--max-requests-jitter", "0")
     for _ in range(12):
@@ -140,7 +129,7 @@ def test_probes_answer_while_the_app_is_busy_and_hostile_clients_wait(turbo):
     assert ops_get(srv.ops, "/metrics", method="POST")[0] == 405
     # The only shard is stuck in a view; probes do not enter Python.
     with srv.connect(timeout=30) as busy:
-        busy.sendall(b"GET /slow?3 HTTP/1.1\r\nHost: x\r\n\r\n")
+        busy.sendall(b"GET /slow?2 HTTP/1.1\r\nHost: x\r\n\r\n")
         srv.wait_for("slow request started")
         assert ops_get(srv.ops, "/livez")[0] == 200
         samples = scrape(srv.ops)
@@ -178,7 +167,7 @@ def test_readiness_waits_for_lifespan_startup_while_liveness_answers(turbo, tmp_
 
 
 def test_readiness_fails_on_sigterm_while_the_app_serves_for_the_delay(turbo):
-    srv = start(turbo, "ops_app:app", "--shutdown-delay", "3")
+    srv = start(turbo, "ops_app:app", "--shutdown-delay", "2")
     assert ops_get(srv.ops, "/readyz")[0] == 200
     srv.proc.send_signal(signal.SIGTERM)
     signalled = time.monotonic()
@@ -193,7 +182,7 @@ def test_readiness_fails_on_sigterm_while_the_app_serves_for_the_delay(turbo):
     assert total(scrape(srv.ops), "turbo_ready") == 0
     assert ops_get(srv.ops, "/livez")[0] == 200
     srv.wait_for("Worker exiting", timeout=15)
-    assert time.monotonic() - signalled >= 2.9
+    assert time.monotonic() - signalled >= 1.9
     assert srv.wait_exit() == 0
     assert "Shutting down: Master" in srv.log
 
@@ -218,17 +207,3 @@ def test_websockets_get_1001_when_the_drain_starts_and_lifespan_shutdown_runs(tu
     # Long before the 60 s graceful timeout.
     assert srv.wait_exit(timeout=20) == 0
 
-
-@pytest.mark.worker_deaths
-def test_a_worker_killed_for_timeout_is_counted_and_livez_holds(turbo):
-    srv = start(turbo, "lifecycle:app", "--timeout", "1")
-    with srv.connect(timeout=30) as hung:
-        hung.sendall(b"GET /hang HTTP/1.1\r\nHost: x\r\n\r\n")
-        srv.wait_for("WORKER TIMEOUT", timeout=20)
-        # The supervisor is replacing it: nothing for the kubelet to restart.
-        assert ops_get(srv.ops, "/livez")[0] == 200
-        assert hung.recv(100) == b""
-    srv.wait_for_count("Ready:", 2, timeout=30)
-    samples = scrape(srv.ops)
-    assert total(samples, "turbo_worker_restarts_total", reason="timeout") == 1
-    assert total(samples, "turbo_worker_restarts_total", reason="crash") == 0

@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from conftest import read_response
+from conftest import free_port, ops_get, read_response, scrape, total
 
 OWN_GIL = sys.version_info >= (3, 12)
 
@@ -131,7 +131,8 @@ def test_in_process_mode_the_other_workers_keep_serving(turbo):
 @pytest.mark.worker_deaths
 @pytest.mark.parametrize("threads", ["1", "2"])
 def test_a_hung_worker_is_killed_after_timeout(turbo, threads):
-    srv = turbo("lifecycle:app", "--timeout", "1", "--threads", threads)
+    ops = free_port()
+    srv = turbo("lifecycle:app", "--timeout", "1", "--threads", threads, "--metrics-bind", f"127.0.0.1:{ops}")
     old = worker_pid(srv)
     with pytest.raises((ConnectionError, http.client.HTTPException)):
         get(srv, "/hang", timeout=30)
@@ -139,6 +140,11 @@ def test_a_hung_worker_is_killed_after_timeout(turbo, threads):
     srv.wait_for(re.escape(f"Worker (pid:{old}) was sent SIGABRT!"))
     srv.wait_for_count("Ready:", 2)
     assert worker_pid(srv) != old
+    # The supervisor replaced it: liveness held, and the restart is counted.
+    assert ops_get(ops, "/livez")[0] == 200
+    samples = scrape(ops)
+    assert total(samples, "turbo_worker_restarts_total", reason="timeout") == 1
+    assert total(samples, "turbo_worker_restarts_total", reason="crash") == 0
 
 
 def test_term_finishes_the_request_in_flight(turbo):

@@ -28,6 +28,7 @@ API_VERSIONS = {
 # The metric families `--metrics-bind`'s /metrics exports, with their labels.
 FAMILIES = {
     "turbo_requests_total": {"shard", "method", "status"},
+    "turbo_requests_refused_total": {"shard", "status"},
     "turbo_request_duration_seconds": {"shard"},
     "turbo_requests_in_flight": {"shard"},
     "turbo_connections": {"shard"},

@@ -540,7 +540,7 @@ async fn exchange(
     let scope = match scope {
         Ok(scope) => scope,
         Err(err) => {
-            ex.error(err);
+            ex.refuse(err);
             return Some(false);
         }
     };
@@ -557,7 +557,7 @@ async fn exchange(
         let mut state = shared.borrow_mut();
         if let Err(err) = body.decode(ex, &mut state.pending) {
             drop(state);
-            ex.error(err);
+            ex.refuse(err);
             return Some(false);
         }
         state.request_complete = body.is_done();
@@ -725,7 +725,7 @@ async fn exchange(
                 if let BodyRead::Refused(err) = gone {
                     log::debug!("Refusing a request body: {} {}", err.status, err.detail);
                     if !shared.borrow().framer.head_sent() {
-                        ex.error(err);
+                        ex.refuse(err);
                         client_gone(asgi);
                         return Some(false);
                     }

@@ -369,7 +369,7 @@ pub async fn serve(
     let key = header(rbuf, head, b"sec-websocket-key").map(<[u8]>::to_vec);
     let version_ok = header(rbuf, head, b"sec-websocket-version") == Some(b"13");
     let Some(key) = key.filter(|k| !k.is_empty() && version_ok) else {
-        ex.error(crate::http::HttpError::bad_request(
+        ex.refuse(crate::http::HttpError::bad_request(
             "bad WebSocket handshake",
         ));
         return Some(false);

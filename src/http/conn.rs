@@ -80,6 +80,8 @@ pub trait Load {
     fn relief(&self, waiting_since: Instant) -> Option<usize>;
     /// Hands a connection to shard `to`; gives it back if `to` cannot take it.
     fn hand_off(&self, to: usize, handoff: Box<Handoff>) -> Result<(), Box<Handoff>>;
+    /// A request refused with `status` by turbo itself, not by the app.
+    fn refused(&self, status: u16);
     /// Bytes read from a client (after TLS).
     fn received(&self, bytes: usize);
     /// Bytes written to a client (before TLS).
@@ -427,6 +429,7 @@ impl Conn {
 
     /// Refuses a connection before any TLS: the answer goes out as it is.
     async fn refuse_raw(&mut self, raw: &Stream, err: HttpError) {
+        self.host.load.refused(err.status);
         let mut out = Vec::new();
         encode::error_response(&mut out, err, &self.host.date());
         self.host.load.sent(out.len());
@@ -635,6 +638,7 @@ impl Conn {
     /// Answers a bad request with its status and closes the connection.
     async fn refuse(&mut self, err: HttpError) {
         log::debug!("Refusing request: {} {}", err.status, err.detail);
+        self.host.load.refused(err.status);
         encode::error_response(&mut self.out, err, &self.host.date());
         self.open.end();
         if self.flush().await {
@@ -733,6 +737,13 @@ impl<'c> Exchange<'c> {
     /// Answers with turbo's own error response; the connection then closes.
     pub fn error(&mut self, err: HttpError) {
         encode::error_response(&mut self.conn.out, err, &self.conn.host.date());
+    }
+
+    /// Answers with turbo's own error where the request itself is at fault
+    /// (its target, its body), and counts the refusal.
+    pub fn refuse(&mut self, err: HttpError) {
+        self.conn.host.load.refused(err.status);
+        self.error(err);
     }
 
     /// Writes what the output holds, behind any earlier pipelined responses;

@@ -127,6 +127,12 @@ impl Load for Gauges {
         }
     }
 
+    fn refused(&self, status: u16) {
+        if self.metered {
+            self.board.meters(self.local).refused(status);
+        }
+    }
+
     fn received(&self, bytes: usize) {
         if self.metered {
             self.board.meters(self.local).received(bytes);

@@ -859,10 +859,12 @@ impl Supervisor {
             let code = libc::WIFEXITED(status).then(|| libc::WEXITSTATUS(status));
             let expected = w.stopped_at.is_some() || w.gone_quietly;
             if !w.gone_quietly && self.stopping.is_none() {
-                let reason = match () {
-                    () if w.aborted_at.is_some() => Restart::Timeout,
-                    () if w.stopped_at.is_some() => w.replaced_for,
-                    () => Restart::Crash,
+                let reason = if w.aborted_at.is_some() {
+                    Restart::Timeout
+                } else if w.stopped_at.is_some() {
+                    w.replaced_for
+                } else {
+                    Restart::Crash
                 };
                 if let Some(i) = metrics::RESTARTS.iter().position(|(r, _)| *r == reason) {
                     self.restarts[i] += 1;

@@ -77,7 +77,7 @@ impl Handler for std::rc::Rc<Bridge> {
         let body = match ex.read_body(stream_at).await {
             Ok(body) => body,
             Err(Some(err)) => {
-                ex.error(err);
+                ex.refuse(err);
                 return Some(false);
             }
             Err(None) => return None,
