@@ -15,8 +15,13 @@
 #   profile that allows io_uring_setup, io_uring_enter and io_uring_register:
 #   --security-opt seccomp=/path/to/seccomp-io-uring.json (tuning/README.md).
 # - CPUs: turbo starts one shard per CPU the container may use. With a quota
-#   (--cpus 2) it takes the quota, rounded up; with --cpuset-cpus, those CPUs.
-#   --workers N (or -e WEB_CONCURRENCY=N) overrides both.
+#   (--cpus 2) it takes the quota, rounded up, and leaves the shards unpinned
+#   (containers under a quota share the host's CPUs); with --cpuset-cpus, those
+#   CPUs, one shard pinned to each. --workers N (or -e WEB_CONCURRENCY=N)
+#   overrides both.
+# - Orchestrators: add --metrics-bind 0.0.0.0:9000 for /metrics, /livez and
+#   /readyz, and --shutdown-delay for a drain that waits for the load balancer
+#   (tuning/kubernetes/).
 # - Memory: each shard is a sub-interpreter in one process; budget for the
 #   app's own footprint once per shard.
 
