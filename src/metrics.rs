@@ -213,6 +213,9 @@ pub struct Report<'a> {
     pub shards: &'a [Shard],
     pub restarts: &'a [u64; RESTARTS.len()],
     pub workers: usize,
+    /// Shards configured (`shards` may hold more: ones a TTOU retired,
+    /// whose counters stay).
+    pub cores: usize,
     pub ready: bool,
 }
 
@@ -372,7 +375,7 @@ impl Report<'_> {
         }
         for (name, help, value) in [
             ("turbo_workers", "Live worker processes.", self.workers),
-            ("turbo_shards", "Shards configured.", self.shards.len()),
+            ("turbo_shards", "Shards configured.", self.cores),
             (
                 "turbo_ready",
                 "1 while /readyz answers 200.",
@@ -428,6 +431,7 @@ mod tests {
             shards: &shards,
             restarts: &[1, 0, 0, 2],
             workers: 1,
+            cores: 1,
             ready: true,
         }
         .render();

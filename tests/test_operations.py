@@ -207,3 +207,42 @@ def test_websockets_get_1001_when_the_drain_starts_and_lifespan_shutdown_runs(tu
     # Long before the 60 s graceful timeout.
     assert srv.wait_exit(timeout=20) == 0
 
+
+def test_a_handshake_pending_when_the_drain_starts_is_accepted_then_closed_with_1001(turbo):
+    import threading
+
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    srv = start(turbo, "ops_app:asgi", "--graceful-timeout", "60")
+    codes = []
+
+    def client():
+        with connect(f"ws://127.0.0.1:{srv.port}/slow-accept", open_timeout=15, close_timeout=10) as ws:
+            try:
+                ws.recv(timeout=15)
+            except ConnectionClosed as closed:
+                codes.append(closed.rcvd.code if closed.rcvd else None)
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    srv.wait_for("accept pending")
+    srv.proc.send_signal(signal.SIGTERM)
+    thread.join(30)
+    assert codes == [1001]
+    srv.wait_for("websocket disconnect 1001")
+    assert srv.wait_exit(timeout=20) == 0
+
+
+def test_the_port_answers_half_closed_clients_and_unread_input(turbo):
+    srv = start(turbo, "ops_app:app", "--cores", "2")
+    with socket.create_connection(("127.0.0.1", srv.ops), timeout=10) as s:
+        s.sendall(b"GET /livez HTTP/1.0\r\n\r\n")
+        s.shutdown(socket.SHUT_WR)
+        assert read_response(s)[0] == 200
+    # A body and a pipelined request stay unread: the answer still arrives
+    # whole, not cut by a reset.
+    with socket.create_connection(("127.0.0.1", srv.ops), timeout=10) as s:
+        s.sendall(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" + b"GET /livez HTTP/1.1\r\n\r\n" * 2000)
+        status, _, body, _ = read_response(s)
+        assert status == 200 and b"turbo_shards 2" in body

@@ -299,7 +299,8 @@ def test_without_preload_the_supervisor_imports_nothing(turbo):
 
 def test_usr2_starts_a_new_supervisor_on_the_same_sockets(turbo, tmp_path):
     pidfile = tmp_path / "turbo.pid"
-    srv = turbo("lifecycle:app", "--pid", str(pidfile))
+    ops = free_port()
+    srv = turbo("lifecycle:app", "--pid", str(pidfile), "--metrics-bind", f"127.0.0.1:{ops}")
     old = srv.proc.pid
     assert pidfile.read_text().strip() == str(old)
     srv.proc.send_signal(signal.SIGUSR2)
@@ -313,6 +314,9 @@ def test_usr2_starts_a_new_supervisor_on_the_same_sockets(turbo, tmp_path):
         srv.proc.send_signal(signal.SIGTERM)
         srv.wait_for(re.escape(f"[{old}] [INFO] Shutting down: Master"))
         assert get(srv)[0] == 200
+        # The operations port went over with the app's sockets.
+        assert ops_get(ops, "/readyz")[0] == 200
+        assert total(scrape(ops), "turbo_workers") == 1
     finally:
         os.kill(new, signal.SIGTERM)
     srv.wait_for(re.escape(f"[{new}] [INFO] Shutting down: Master"))

@@ -24,7 +24,7 @@ use crate::http::parse::RequestHead;
 use crate::http::reason;
 use crate::http::stream::Stream;
 use crate::http::websocket::{self as ws, Incoming};
-use crate::metrics::Meters;
+use crate::metrics::{Meters, WebSocketOpen};
 use crate::observe::Meter;
 
 /// Messages the client sent that the app has not received yet, and their
@@ -420,7 +420,9 @@ pub async fn serve(
         stream,
         meter: meter.map(Meter::get),
     };
-    let _open = stream.meter.map(Meters::websocket);
+    // Some from the app's accept on, holding the meters' count of open
+    // WebSockets when there are meters.
+    let mut open: Option<Option<WebSocketOpen<'_>>> = None;
 
     let mut decoder = ws::Decoder::new(asgi.ws_max_size);
     let mut reading: Option<LocalBoxFuture<'static, BufResult<usize, Vec<u8>>>> = None;
@@ -468,7 +470,13 @@ pub async fn serve(
             }
             return client_gone(asgi);
         }
-        if phase == Phase::Open && !close_sent && host.drain.is_draining() {
+        if phase == Phase::Open && open.is_none() {
+            open = Some(stream.meter.map(Meters::websocket));
+        }
+        // Only an open socket goes away at once; a handshake in progress
+        // waits for the app's answer.
+        let goes_away = phase == Phase::Open && !close_sent;
+        if goes_away && host.drain.is_draining() {
             go_away(asgi, &shared);
             continue;
         }
@@ -488,7 +496,7 @@ pub async fn serve(
             if changed.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
-            if !close_sent && draining.as_mut().poll(cx).is_ready() {
+            if goes_away && draining.as_mut().poll(cx).is_ready() {
                 return Poll::Ready(None);
             }
             if let Some(read) = reading.as_mut()
@@ -573,6 +581,9 @@ impl Metered<'_> {
 fn take_in(shared: &Shared, msg: Incoming) -> Option<(u16, String)> {
     let mut s = shared.borrow_mut();
     match msg {
+        // After the app's disconnect (the server went away), messages are
+        // dropped: nothing may follow it.
+        Incoming::Text(_) | Incoming::Binary(_) if s.told_disconnect => {}
         Incoming::Text(t) => s.push(In::Text(t)),
         Incoming::Binary(b) => s.push(In::Bytes(b)),
         Incoming::Ping(p) => ws::frame(&mut s.out, ws::OP_PONG, &p),

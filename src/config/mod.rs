@@ -979,8 +979,8 @@ impl Config {
 }
 
 /// `metrics_bind`: HOST:PORT, resolved once at start (`[::1]:9000`,
-/// `0.0.0.0:9000`, `localhost:9000`). It may not overlap an app bind: its
-/// socket has SO_REUSEPORT, and would join the app's group of sockets.
+/// `0.0.0.0:9000`, `localhost:9000`). An app bind's port is refused here,
+/// with its reason, rather than as an address in use at start.
 fn metrics_address(text: &str, binds: &[Bind]) -> Result<SocketAddr, String> {
     let invalid = |why: String| format!("invalid metrics_bind '{text}': {why}");
     if !text.contains(':') {

@@ -9,7 +9,7 @@ mod ops;
 mod sockets;
 mod workers;
 
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -208,6 +208,9 @@ pub fn run(mut config: Config) -> ! {
             exit_now(1);
         }
     };
+    // A successor (USR2) takes over the operations port's socket, before
+    // `ensure` closes what it does not use.
+    let inherited_ops = config.metrics_bind.and_then(|a| sockets.take_spare(a));
     if let Err(e) = sockets.ensure(config.cores) {
         log::error!("{e}");
         exit_now(1);
@@ -251,16 +254,18 @@ pub fn run(mut config: Config) -> ! {
 
     // Bound before the app is imported, so a probe waits in the backlog
     // rather than being refused while a --preload runs.
-    let ops = config.metrics_bind.map(|address| match Ops::bind(address) {
-        Ok(ops) => {
-            log::info!("Serving /metrics, /livez and /readyz at: http://{address}");
-            ops
-        }
-        Err(e) => {
-            log::error!("Cannot listen at {address} (--metrics-bind): {e}");
-            exit_now(1);
-        }
-    });
+    let ops = config
+        .metrics_bind
+        .map(|address| match Ops::bind(address, inherited_ops) {
+            Ok(ops) => {
+                log::info!("Serving /metrics, /livez and /readyz at: http://{address}");
+                ops
+            }
+            Err(e) => {
+                log::error!("Cannot listen at {address} (--metrics-bind): {e}");
+                exit_now(1);
+            }
+        });
     let config = Arc::new(config);
     // raw_env added variables, and the sockets' setup took systemd's and
     // turbo's own away: the host's os.environ, a snapshot, follows, for an
@@ -420,6 +425,7 @@ impl Supervisor {
             shards: &shards,
             restarts: &self.restarts,
             workers: self.workers.len(),
+            cores: self.cores,
             ready: self.ready(),
         }
         .render()
@@ -482,6 +488,8 @@ impl Supervisor {
                 self.drain_at = None;
                 self.stop(libc::SIGQUIT);
             }
+            // The delay still serves: its logs may be rotated.
+            libc::SIGUSR1 if self.stopping.is_none() => self.reopen_logs(),
             _ if self.stopping.is_some() || self.drain_at.is_some() => {}
             libc::SIGHUP => {
                 log::info!("Hang up: Master");
@@ -538,17 +546,19 @@ impl Supervisor {
                     }
                 }
             }
-            libc::SIGUSR1 => {
-                crate::logging::reopen_error_log(
-                    self.config.error_logfile.as_deref(),
-                    self.config.capture_output,
-                );
-                for w in &self.workers {
-                    w.signal(libc::SIGUSR1);
-                }
-            }
             libc::SIGUSR2 => self.reexec(),
             _ => {}
+        }
+    }
+
+    /// USR1: the error log is reopened here and in every worker.
+    fn reopen_logs(&self) {
+        crate::logging::reopen_error_log(
+            self.config.error_logfile.as_deref(),
+            self.config.capture_output,
+        );
+        for w in &self.workers {
+            w.signal(libc::SIGUSR1);
         }
     }
 
@@ -578,6 +588,12 @@ impl Supervisor {
         if config.binds != self.config.binds {
             log::warn!("A changed bind takes effect in a new supervisor (USR2), not on HUP");
             config.binds.clone_from(&self.config.binds);
+        }
+        if config.metrics_bind != self.config.metrics_bind {
+            log::warn!(
+                "A changed metrics_bind takes effect in a new supervisor (USR2), not on HUP"
+            );
+            config.metrics_bind = self.config.metrics_bind;
         }
         if let Err(e) = self.sockets.ensure(config.cores) {
             log::error!("Cannot open sockets for {} shards: {e}", config.cores);
@@ -776,7 +792,8 @@ impl Supervisor {
                 }
             }
         }
-        if reload && self.stopping.is_none() && !self.workers.iter().any(|w| w.retiring) {
+        let serving_on = self.stopping.is_none() && self.drain_at.is_none();
+        if reload && serving_on && !self.workers.iter().any(|w| w.retiring) {
             self.replace_all();
         }
         if self.probing && self.workers.iter().any(|w| w.ready) {
@@ -992,7 +1009,8 @@ impl Supervisor {
             log::warn!("USR2 ignored: a new supervisor is already running");
             return;
         }
-        let (fds, env) = self.sockets.handover();
+        let ops: Vec<RawFd> = self.ops.iter().map(Ops::listener_fd).collect();
+        let (fds, env) = self.sockets.handover(&ops);
         if let Some(path) = &self.config.pidfile {
             let _ = std::fs::rename(path, oldbin(path));
         }

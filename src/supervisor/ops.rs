@@ -5,8 +5,9 @@
 //! Each client gets one response and a close. The port is built for
 //! probes and scrapers, not for the open internet, but a hostile client
 //! still costs little: at most `CLIENTS_MAX` connections (the oldest is cut
-//! to make room), a head of at most `HEAD_MAX` bytes, and `DEADLINE` to send
-//! it and read the answer.
+//! to make room; a new client whose request is already there is answered
+//! before the next accept), a head of at most `HEAD_MAX` bytes, and
+//! `DEADLINE` to send it and read the answer.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -42,12 +43,20 @@ impl Answer {
     }
 }
 
+/// Where a client is: sending its request, being answered, or, once the
+/// answer is out and the socket half-closed, having what it sent beyond
+/// the head read and dropped until it closes, so that closing with unread
+/// input does not reset the connection before the answer is read.
+enum Phase {
+    Reading,
+    Writing(Vec<u8>, usize),
+    Lingering,
+}
+
 struct Client {
     stream: TcpStream,
     input: Vec<u8>,
-    /// The response, once the head is in; `written` of it went out.
-    output: Option<Vec<u8>>,
-    written: usize,
+    phase: Phase,
     deadline: Instant,
 }
 
@@ -60,15 +69,21 @@ pub struct Ops {
 }
 
 impl Ops {
-    /// Listens at `address`. SO_REUSEPORT lets the new supervisor that USR2
-    /// starts bind the same port while this one still serves.
-    pub fn bind(address: SocketAddr) -> std::io::Result<Ops> {
+    /// Listens at `address`, or takes over `inherited`, the socket the
+    /// previous supervisor listened on (USR2): both then accept from it
+    /// until the old one stops.
+    pub fn bind(address: SocketAddr, inherited: Option<socket2::Socket>) -> std::io::Result<Ops> {
         use socket2::{Domain, Socket, Type};
-        let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
-        socket.set_reuse_address(true)?;
-        socket.set_reuse_port(true)?;
-        socket.bind(&address.into())?;
-        socket.listen(128)?;
+        let socket = match inherited {
+            Some(socket) => socket,
+            None => {
+                let socket = Socket::new(Domain::for_address(address), Type::STREAM, None)?;
+                socket.set_reuse_address(true)?;
+                socket.bind(&address.into())?;
+                socket.listen(128)?;
+                socket
+            }
+        };
         socket.set_nonblocking(true)?;
         Ok(Ops {
             listener: socket.into(),
@@ -77,18 +92,20 @@ impl Ops {
         })
     }
 
+    /// The listening socket, which USR2 hands to the new supervisor.
+    pub fn listener_fd(&self) -> RawFd {
+        self.listener.as_raw_fd()
+    }
+
     /// The descriptors to poll, with the events each waits for.
     pub fn poll_fds(&self) -> Vec<(RawFd, libc::c_short)> {
         let accepting = self.resume_accept.is_none_or(|at| Instant::now() >= at);
-        let mut fds = vec![(
-            self.listener.as_raw_fd(),
-            if accepting { libc::POLLIN } else { 0 },
-        )];
+        let listening = if accepting { libc::POLLIN } else { 0 };
+        let mut fds = vec![(self.listener.as_raw_fd(), listening)];
         fds.extend(self.clients.iter().map(|c| {
-            let events = if c.output.is_some() {
-                libc::POLLOUT
-            } else {
-                libc::POLLIN
+            let events = match c.phase {
+                Phase::Writing(..) => libc::POLLOUT,
+                Phase::Reading | Phase::Lingering => libc::POLLIN,
             };
             (c.stream.as_raw_fd(), events)
         }));
@@ -109,34 +126,16 @@ impl Ops {
             .min()
     }
 
-    /// Accepts, reads, answers and writes what it can without blocking;
-    /// `answer` makes the response to each complete request.
+    /// Reads, answers and writes what it can without blocking, for the
+    /// clients it has and then for each one it accepts, at once: a probe
+    /// whose request is already there is answered before the next accept,
+    /// so a flood of connections cannot push it out. `answer` makes the
+    /// response to each complete request.
     pub fn serve(&mut self, mut answer: impl FnMut(Page) -> Answer) {
-        self.accept();
         let now = Instant::now();
-        self.clients.retain_mut(|client| {
-            if now >= client.deadline {
-                return false;
-            }
-            if client.output.is_none() {
-                match read_head(client) {
-                    Step::Wait => return true,
-                    Step::Close => return false,
-                    Step::Answer(response) => {
-                        let response = match response {
-                            Ok((page, head_only)) => encode(answer(page), head_only),
-                            Err(answer) => encode(answer, false),
-                        };
-                        client.output = Some(response);
-                    }
-                }
-            }
-            write_out(client)
-        });
-    }
-
-    fn accept(&mut self) {
-        if self.resume_accept.is_some_and(|at| Instant::now() < at) {
+        self.clients
+            .retain_mut(|client| now < client.deadline && step(client, &mut answer));
+        if self.resume_accept.is_some_and(|at| now < at) {
             return;
         }
         self.resume_accept = None;
@@ -146,17 +145,20 @@ impl Ops {
                     if stream.set_nonblocking(true).is_err() {
                         continue;
                     }
+                    let mut client = Client {
+                        stream,
+                        input: Vec::new(),
+                        phase: Phase::Reading,
+                        deadline: Instant::now() + DEADLINE,
+                    };
+                    if !step(&mut client, &mut answer) {
+                        continue;
+                    }
                     if self.clients.len() >= CLIENTS_MAX {
                         // The oldest has had the longest to finish.
                         self.clients.remove(0);
                     }
-                    self.clients.push(Client {
-                        stream,
-                        input: Vec::new(),
-                        output: None,
-                        written: 0,
-                        deadline: Instant::now() + DEADLINE,
-                    });
+                    self.clients.push(client);
                 }
                 // A client that reset before its accept.
                 Err(e)
@@ -175,6 +177,47 @@ impl Ops {
     }
 }
 
+/// Moves a client on as far as it can go now; false once it is done with.
+fn step(client: &mut Client, answer: &mut impl FnMut(Page) -> Answer) -> bool {
+    if let Phase::Reading = client.phase {
+        let response = match read_head(client) {
+            Step::Wait => return true,
+            Step::Close => return false,
+            Step::Answer(Ok((page, head_only))) => encode(answer(page), head_only),
+            Step::Answer(Err(refusal)) => encode(refusal, false),
+        };
+        client.phase = Phase::Writing(response, 0);
+    }
+    if let Phase::Writing(output, written) = &mut client.phase {
+        while *written < output.len() {
+            match client.stream.write(&output[*written..]) {
+                Ok(0) => return false,
+                Ok(n) => *written += n,
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+                Err(_) => return false,
+            }
+        }
+        if client.stream.shutdown(std::net::Shutdown::Write).is_err() {
+            return false;
+        }
+        client.phase = Phase::Lingering;
+    }
+    // Lingering: drop what comes until the client closes, a bounded amount
+    // per turn, so a client that keeps sending cannot hold the loop.
+    let mut buf = [0u8; 4096];
+    for _ in 0..16 {
+        match client.stream.read(&mut buf) {
+            Ok(0) => return false,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
 enum Step {
     Wait,
     Close,
@@ -185,22 +228,37 @@ enum Step {
 fn read_head(client: &mut Client) -> Step {
     let mut buf = [0u8; 2048];
     loop {
-        match client.stream.read(&mut buf) {
-            Ok(0) => return Step::Close,
-            Ok(n) => client.input.extend_from_slice(&buf[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+        // A client may half-close once its request is sent.
+        let ended = match client.stream.read(&mut buf) {
+            Ok(0) => true,
+            Ok(n) => {
+                client.input.extend_from_slice(&buf[..n]);
+                false
+            }
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return Step::Wait,
             Err(_) => return Step::Close,
-        }
-        if client.input.len() > HEAD_MAX {
-            return Step::Answer(Err(Answer::text(431, "request head too large")));
+        };
+        // What follows a complete head (a body, pipelined requests) is
+        // never read as part of it.
+        match parse(&client.input) {
+            Some(step) => return step,
+            None if ended => return Step::Close,
+            None if client.input.len() > HEAD_MAX => {
+                return Step::Answer(Err(Answer::text(431, "request head too large")));
+            }
+            None => {}
         }
     }
+}
+
+/// The answer to a complete head; None while it is partial.
+fn parse(input: &[u8]) -> Option<Step> {
     let mut headers = [httparse::EMPTY_HEADER; 32];
     let mut request = httparse::Request::new(&mut headers);
-    match request.parse(&client.input) {
-        Ok(httparse::Status::Partial) => Step::Wait,
-        Err(_) => Step::Answer(Err(Answer::text(400, "bad request"))),
+    match request.parse(input) {
+        Ok(httparse::Status::Partial) => None,
+        Err(_) => Some(Step::Answer(Err(Answer::text(400, "bad request")))),
         Ok(httparse::Status::Complete(_)) => {
             let method = request.method.unwrap_or("");
             let path = request.path.unwrap_or("");
@@ -209,13 +267,13 @@ fn read_head(client: &mut Client) -> Step {
                 "/metrics" => Page::Metrics,
                 "/livez" => Page::Live,
                 "/readyz" => Page::Ready,
-                _ => return Step::Answer(Err(Answer::text(404, "not found"))),
+                _ => return Some(Step::Answer(Err(Answer::text(404, "not found")))),
             };
-            match method {
-                "GET" => Step::Answer(Ok((page, false))),
-                "HEAD" => Step::Answer(Ok((page, true))),
-                _ => Step::Answer(Err(Answer::text(405, "method not allowed"))),
-            }
+            Some(Step::Answer(match method {
+                "GET" => Ok((page, false)),
+                "HEAD" => Ok((page, true)),
+                _ => Err(Answer::text(405, "method not allowed")),
+            }))
         }
     }
 }
@@ -247,24 +305,4 @@ fn encode(answer: Answer, head_only: bool) -> Vec<u8> {
         out.extend_from_slice(answer.body.as_bytes());
     }
     out
-}
-
-/// Writes what the socket takes; false once the client is done with.
-fn write_out(client: &mut Client) -> bool {
-    let Some(output) = &client.output else {
-        return true;
-    };
-    while client.written < output.len() {
-        match client.stream.write(&output[client.written..]) {
-            Ok(0) => return false,
-            Ok(n) => client.written += n,
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if e.kind() == ErrorKind::WouldBlock => return true,
-            Err(_) => return false,
-        }
-    }
-    // All of it went out: half-close and let the client read it. The
-    // request was read whole, so closing sends no reset over unread bytes.
-    let _ = client.stream.shutdown(std::net::Shutdown::Write);
-    false
 }

@@ -183,6 +183,14 @@ impl Sockets {
             .collect()
     }
 
+    /// A TCP socket the previous supervisor passed on for `addr` that is not
+    /// an app bind (the operations port); call before `ensure`, which
+    /// closes the spares it does not use.
+    pub fn take_spare(&mut self, addr: SocketAddr) -> Option<Socket> {
+        let found = self.spare.get_mut(&format!("tcp:{addr}"))?;
+        (!found.is_empty()).then(|| found.remove(0))
+    }
+
     /// Whether the binds came from systemd, so the configured ones do not apply.
     pub fn systemd_activated(&self) -> bool {
         self.systemd
@@ -256,14 +264,16 @@ impl Sockets {
         taken
     }
 
-    /// What a re-executed supervisor needs: every descriptor, and the
-    /// environment that tells it where they came from.
-    pub fn handover(&self) -> (Vec<RawFd>, Vec<(String, String)>) {
+    /// What a re-executed supervisor needs: every descriptor, `extra` ones
+    /// (the operations port) included, and the environment that tells it
+    /// where they came from.
+    pub fn handover(&self, extra: &[RawFd]) -> (Vec<RawFd>, Vec<(String, String)>) {
         let fds: Vec<RawFd> = self
             .per_shard
             .iter()
             .flatten()
             .map(|l| l.socket.as_raw_fd())
+            .chain(extra.iter().copied())
             .collect();
         let list = |fds: &[RawFd]| {
             fds.iter()

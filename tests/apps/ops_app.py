@@ -45,6 +45,9 @@ async def asgi(scope, receive, send):
         await send({"type": "http.response.body", "body": b"ok"})
         return
     await receive()
+    if scope["path"] == "/slow-accept":
+        note("accept pending")
+        await asyncio.sleep(1)
     await send({"type": "websocket.accept"})
     note("websocket open")
     while True:
