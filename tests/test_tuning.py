@@ -340,3 +340,25 @@ def test_the_readme_lists_every_file():
     assert DASHBOARD in files and KUBE / "deployment.yaml" in files
     missing = [str(p.relative_to(TUNING)) for p in files if p.name not in first]
     assert not missing, f"not in tuning/README.md's first paragraph: {missing}"
+
+
+def test_the_metric_families_here_are_the_ones_turbo_exports(turbo):
+    """FAMILIES, which the dashboard's queries are checked against, is what a
+    real /metrics holds, labels included."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from conftest import free_port, ops_get
+    port = free_port()
+    turbo("hello:app", "--metrics-bind", f"127.0.0.1:{port}")
+    status, text = ops_get(port, "/metrics")
+    assert status == 200
+    exported = {}
+    for family in text_string_to_metric_families(text):
+        # The parser names a counter's family without its _total.
+        name = family.name + ("_total" if family.type == "counter" else "")
+        exported[name] = set()
+        for sample in family.samples:
+            exported[name] |= set(sample.labels) - {"le"}
+    assert set(exported) == set(FAMILIES)
+    for name, labels in exported.items():
+        assert labels <= FAMILIES[name], name
