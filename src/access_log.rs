@@ -3,7 +3,9 @@
 //! request fills an `Entry` and gets one line, written with one write(2).
 
 use std::sync::Mutex;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
+
+use std::fmt::Write;
 
 use base64::Engine;
 
@@ -113,7 +115,6 @@ pub struct Request {
     query: Vec<u8>,
     minor: u8,
     headers: Vec<(Vec<u8>, Vec<u8>)>,
-    started: Instant,
 }
 
 impl Request {
@@ -138,7 +139,6 @@ impl Request {
                 .map(|(n, v)| (buf[n.clone()].to_vec(), buf[v.clone()].to_vec()))
                 .collect(),
             target,
-            started: Instant::now(),
         }
     }
 }
@@ -345,7 +345,7 @@ fn json_string(out: &mut String, s: &str) {
             '\r' => out.push_str("\\r"),
             '\t' => out.push_str("\\t"),
             '\u{0}'..='\u{1f}' | '\u{7f}' | '\u{2028}' | '\u{2029}' => {
-                out.push_str(&format!("\\u{:04x}", c as u32));
+                let _ = write!(out, "\\u{:04x}", c as u32);
             }
             c => out.push(c),
         }
@@ -392,12 +392,13 @@ fn json_line(e: &Entry<'_>) -> String {
     json_string(&mut out, &text(e.query));
     out.push_str(",\"protocol\":");
     json_string(&mut out, if e.minor == 0 { "HTTP/1.0" } else { "HTTP/1.1" });
-    out.push_str(&format!(
+    let _ = write!(
+        out,
         ",\"status\":{},\"bytes\":{},\"duration_ms\":{:.3},\"referer\":",
         e.status,
         e.sent.unwrap_or(0),
         e.duration.as_secs_f64() * 1000.0
-    ));
+    );
     json_optional(&mut out, header(e.request_headers, "referer"));
     out.push_str(",\"user_agent\":");
     json_optional(&mut out, header(e.request_headers, "user-agent"));
@@ -488,9 +489,8 @@ impl AccessLog {
         Ok(false)
     }
 
-    /// Logs a finished request from `remote`.
-    pub fn log(&self, remote: &str, request: &Request, outcome: &Outcome) {
-        let duration = request.started.elapsed();
+    /// Logs a finished request from `remote`, `duration` after it began.
+    pub fn log(&self, remote: &str, request: &Request, outcome: &Outcome, duration: Duration) {
         if let Some(statsd) = self.statsd {
             statsd.request(outcome.status, duration);
         }

@@ -1,7 +1,7 @@
 //! Prometheus metrics (`--metrics-bind`). Each shard counts its requests,
 //! their durations, its bytes and its WebSockets in `Meters`, which live in
-//! the scoreboard's shared memory: relaxed atomic adds on the shard's own
-//! cache lines, no lock and no system call. The supervisor reads every
+//! the scoreboard's shared memory: plain relaxed stores by the shard's own
+//! thread on its own cache lines, no lock and no system call. The supervisor reads every
 //! worker's meters, adds what exited workers had counted (so counters survive
 //! restarts), and writes them in the text format, version 0.0.4
 //! (docs/architecture.md, "Operations port").
@@ -201,12 +201,9 @@ pub enum Restart {
     Reload,
 }
 
-pub const RESTARTS: [(Restart, &str); 4] = [
-    (Restart::Crash, "crash"),
-    (Restart::Timeout, "timeout"),
-    (Restart::MaxRequests, "max_requests"),
-    (Restart::Reload, "reload"),
-];
+/// The `reason` label's values, in the order of `Restart`, which indexes
+/// the counts.
+pub const RESTARTS: [&str; 4] = ["crash", "timeout", "max_requests", "reload"];
 
 /// Everything /metrics reports.
 pub struct Report<'a> {
@@ -367,7 +364,7 @@ impl Report<'_> {
             "counter",
             "Worker processes replaced, by reason.",
         );
-        for ((_, reason), n) in RESTARTS.iter().zip(self.restarts) {
+        for (reason, n) in RESTARTS.iter().zip(self.restarts) {
             let _ = writeln!(
                 out,
                 "turbo_worker_restarts_total{{reason=\"{reason}\"}} {n}"
@@ -457,5 +454,13 @@ mod tests {
             );
         }
         assert!(!text.contains("status=\"4xx\""));
+        for (reason, label) in [
+            (Restart::Crash, "crash"),
+            (Restart::Timeout, "timeout"),
+            (Restart::MaxRequests, "max_requests"),
+            (Restart::Reload, "reload"),
+        ] {
+            assert_eq!(RESTARTS[reason as usize], label);
+        }
     }
 }

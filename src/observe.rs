@@ -16,6 +16,7 @@ use crate::metrics::{self, Meters};
 use crate::scoreboard::Scoreboard;
 
 /// A shard's request meters in its worker's scoreboard (`--metrics-bind`).
+#[derive(Clone)]
 pub struct Meter {
     board: Arc<Scoreboard>,
     local: usize,
@@ -52,8 +53,11 @@ pub struct Done {
 pub struct Observed {
     request: Option<access_log::Request>,
     hook: Option<Py<PyAny>>,
-    /// The method's index in `metrics::METHODS`, and when the request began.
-    metered: Option<(u8, Instant)>,
+    /// The method's index in `metrics::METHODS`, when metered.
+    method: Option<u8>,
+    /// When the app began on the request: the access log's and the
+    /// meters' duration.
+    began: Instant,
 }
 
 impl Observers {
@@ -96,10 +100,11 @@ impl Observers {
         if self.access_log.is_none() && self.hooks.is_none() && self.meter.is_none() {
             return Ok(None);
         }
-        let metered = self.meter.as_ref().map(|_| {
-            let method = metrics::method_index(&ex.buf()[ex.head().method.clone()]);
-            (method, Instant::now())
-        });
+        let began = Instant::now();
+        let method = self
+            .meter
+            .as_ref()
+            .map(|_| metrics::method_index(&ex.buf()[ex.head().method.clone()]));
         let request = self
             .access_log
             .as_ref()
@@ -122,7 +127,8 @@ impl Observers {
                         let observed = Observed {
                             request,
                             hook: None,
-                            metered,
+                            method,
+                            began,
                         };
                         self.finish(Some(observed), ex.remote(), failed);
                         return Err(());
@@ -134,7 +140,8 @@ impl Observers {
         Ok(Some(Observed {
             request,
             hook,
-            metered,
+            method,
+            began,
         }))
     }
 
@@ -143,16 +150,15 @@ impl Observers {
         let Some(observed) = observed else {
             return;
         };
-        if let (Some(meter), Some((method, began))) = (&self.meter, observed.metered) {
-            meter
-                .get()
-                .request(method, done.outcome.status, began.elapsed());
+        let elapsed = observed.began.elapsed();
+        if let (Some(meter), Some(method)) = (&self.meter, observed.method) {
+            meter.get().request(method, done.outcome.status, elapsed);
         }
         if let (Some(hooks), Some(hook)) = (&self.hooks, observed.hook) {
             Python::attach(|py| hooks.finish(py, hook, done.environ, &done.outcome));
         }
         if let (Some(log), Some(request)) = (&self.access_log, observed.request) {
-            log.log(remote, &request, &done.outcome);
+            log.log(remote, &request, &done.outcome, elapsed);
         }
     }
 }

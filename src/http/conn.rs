@@ -909,10 +909,8 @@ impl<'c> Exchange<'c> {
 
     /// Hands the connection over to another protocol (a WebSocket): the
     /// socket, what was read past the head, the output buffer, with any
-    /// earlier response still in it, and the host. The connection closes
-    /// when it ends.
-    /// The host comes along for its drain, which ends the upgraded
-    /// protocol's connections too.
+    /// earlier response still in it, and the host, whose drain ends the
+    /// upgraded connection too. The connection closes when it ends.
     pub fn upgrade(mut self) -> (Stream, &'c mut Vec<u8>, &'c mut Vec<u8>, Rc<Host>) {
         self.end_head();
         let conn = self.conn;

@@ -69,8 +69,8 @@ struct Gauges {
     kernel: Option<&'static ShardLoad>,
     /// The worker's other shards, which take requests that waited here.
     peers: Option<Arc<Peers>>,
-    /// Bytes are counted for /metrics (`--metrics-bind`).
-    metered: bool,
+    /// Where bytes and refusals are counted for /metrics (`--metrics-bind`).
+    meter: Option<Meter>,
 }
 
 impl Gauges {
@@ -128,20 +128,20 @@ impl Load for Gauges {
     }
 
     fn refused(&self, status: u16) {
-        if self.metered {
-            self.board.meters(self.local).refused(status);
+        if let Some(meter) = &self.meter {
+            meter.get().refused(status);
         }
     }
 
     fn received(&self, bytes: usize) {
-        if self.metered {
-            self.board.meters(self.local).received(bytes);
+        if let Some(meter) = &self.meter {
+            meter.get().received(bytes);
         }
     }
 
     fn sent(&self, bytes: usize) {
-        if self.metered {
-            self.board.meters(self.local).sent(bytes);
+        if let Some(meter) = &self.meter {
+            meter.get().sent(bytes);
         }
     }
 }
@@ -263,13 +263,14 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             }
         };
         let config_reload = config.reload.is_some();
+        let meter = config
+            .metrics_bind
+            .is_some()
+            .then(|| Meter::new(board.clone(), local));
         let observers = Observers {
             access_log,
             hooks: request_hooks,
-            meter: config
-                .metrics_bind
-                .is_some()
-                .then(|| Meter::new(board.clone(), local)),
+            meter: meter.clone(),
         };
         let slot = board.slot_index(local, 0);
         let app = match app {
@@ -296,7 +297,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             local,
             kernel: crate::placement::shard(id),
             peers,
-            metered: config.metrics_bind.is_some(),
+            meter,
         };
         let host = Host::new(
             config.http(),

@@ -62,7 +62,7 @@ struct Supervisor {
     ops: Option<Ops>,
     /// Every shard has been served by a ready worker at least once.
     booted: bool,
-    /// Workers replaced, by `metrics::RESTARTS`.
+    /// Workers replaced, indexed by `Restart`.
     restarts: [u64; metrics::RESTARTS.len()],
     /// What the workers that exited counted, by shard.
     retired: Vec<Counts>,
@@ -350,9 +350,7 @@ impl Supervisor {
             Page::Live if self.live() => Answer::text(200, "ok"),
             Page::Live => Answer::text(503, "a worker is stuck past --timeout"),
             Page::Ready if self.ready() => Answer::text(200, "ok"),
-            Page::Ready if self.stopping.is_some() || self.drain_at.is_some() => {
-                Answer::text(503, "shutting down")
-            }
+            Page::Ready if self.terminating() => Answer::text(503, "shutting down"),
             Page::Ready if !self.booted => Answer::text(503, "starting"),
             Page::Ready => Answer::text(503, "no worker is serving"),
             Page::Metrics => Answer {
@@ -368,8 +366,7 @@ impl Supervisor {
     /// arrived.
     fn ready(&self) -> bool {
         self.booted
-            && self.stopping.is_none()
-            && self.drain_at.is_none()
+            && !self.terminating()
             && self
                 .workers
                 .iter()
@@ -490,7 +487,7 @@ impl Supervisor {
             }
             // The delay still serves: its logs may be rotated.
             libc::SIGUSR1 if self.stopping.is_none() => self.reopen_logs(),
-            _ if self.stopping.is_some() || self.drain_at.is_some() => {}
+            _ if self.terminating() => {}
             libc::SIGHUP => {
                 log::info!("Hang up: Master");
                 // As in Gunicorn: the configuration first, then the hooks.
@@ -615,11 +612,16 @@ impl Supervisor {
         }
     }
 
+    /// TERM, INT or QUIT has arrived: in the shutdown delay or stopping.
+    fn terminating(&self) -> bool {
+        self.stopping.is_some() || self.drain_at.is_some()
+    }
+
     /// TERM: /readyz fails at once; the workers serve on for
     /// `--shutdown-delay`, so the load balancer stops sending requests
     /// before any is refused, and then drain.
     fn terminate(&mut self) {
-        if self.stopping.is_some() || self.drain_at.is_some() {
+        if self.terminating() {
             return;
         }
         let delay = self.config.shutdown_delay;
@@ -792,8 +794,7 @@ impl Supervisor {
                 }
             }
         }
-        let serving_on = self.stopping.is_none() && self.drain_at.is_none();
-        if reload && serving_on && !self.workers.iter().any(|w| w.retiring) {
+        if reload && !self.terminating() && !self.workers.iter().any(|w| w.retiring) {
             self.replace_all();
         }
         if self.probing && self.workers.iter().any(|w| w.ready) {
@@ -883,9 +884,7 @@ impl Supervisor {
                 } else {
                     Restart::Crash
                 };
-                if let Some(i) = metrics::RESTARTS.iter().position(|(r, _)| *r == reason) {
-                    self.restarts[i] += 1;
-                }
+                self.restarts[reason as usize] += 1;
             }
             if expected || self.stopping.is_some() {
                 continue;

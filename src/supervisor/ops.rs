@@ -279,15 +279,7 @@ fn parse(input: &[u8]) -> Option<Step> {
 }
 
 fn encode(answer: Answer, head_only: bool) -> Vec<u8> {
-    let reason = match answer.status {
-        200 => "OK",
-        400 => "Bad Request",
-        404 => "Not Found",
-        405 => "Method Not Allowed",
-        431 => "Request Header Fields Too Large",
-        503 => "Service Unavailable",
-        _ => "",
-    };
+    let reason = crate::http::reason(answer.status);
     let allow = if answer.status == 405 {
         "Allow: GET, HEAD\r\n"
     } else {
