@@ -22,6 +22,7 @@ mod observe;
 mod placement;
 mod python;
 mod reloader;
+mod report;
 mod runtime;
 mod scoreboard;
 mod shard;
@@ -74,7 +75,10 @@ fn run(argv: Vec<String>) -> i32 {
             print!("{text}");
             0
         }
-        config::Action::CheckPassed => 0,
+        config::Action::CheckPassed(config) => {
+            print!("{}", supervisor::isolation_report(&config));
+            0
+        }
         config::Action::CheckSystem(backlog) => {
             let (report, all_ok) = check_system::report(backlog);
             print!("{report}");

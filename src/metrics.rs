@@ -199,11 +199,14 @@ pub enum Restart {
     MaxRequests,
     /// HUP, `--reload`, or a change in the number of shards.
     Reload,
+    /// Auto isolation turned sub-interpreter workers into processes: a
+    /// request imported a module that refuses sub-interpreters.
+    Isolation,
 }
 
 /// The `reason` label's values, in the order of `Restart`, which indexes
 /// the counts.
-pub const RESTARTS: [&str; 4] = ["crash", "timeout", "max_requests", "reload"];
+pub const RESTARTS: [&str; 5] = ["crash", "timeout", "max_requests", "reload", "isolation"];
 
 /// Everything /metrics reports.
 pub struct Report<'a> {
@@ -426,7 +429,7 @@ mod tests {
         }];
         let text = Report {
             shards: &shards,
-            restarts: &[1, 0, 0, 2],
+            restarts: &[1, 0, 0, 2, 0],
             workers: 1,
             cores: 1,
             ready: true,
@@ -459,6 +462,7 @@ mod tests {
             (Restart::Timeout, "timeout"),
             (Restart::MaxRequests, "max_requests"),
             (Restart::Reload, "reload"),
+            (Restart::Isolation, "isolation"),
         ] {
             assert_eq!(RESTARTS[reason as usize], label);
         }

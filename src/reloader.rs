@@ -5,7 +5,6 @@
 //! serve until the new ones are ready, so an edit that breaks the app leaves
 //! the running code in place.
 
-use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
@@ -36,8 +35,8 @@ pub fn module_files(py: Python<'_>) -> Vec<PathBuf> {
     listed.unwrap_or_default()
 }
 
-/// Starts the watching thread; it writes `reload` to `report` on a change.
-pub fn spawn(files: Vec<PathBuf>, mut report: std::fs::File) -> std::io::Result<()> {
+/// Starts the watching thread; it reports `reload` to the supervisor on a change.
+pub fn spawn(files: Vec<PathBuf>) -> std::io::Result<()> {
     let mtime = |path: &PathBuf| std::fs::metadata(path).and_then(|m| m.modified()).ok();
     let mut seen: Vec<(PathBuf, Option<SystemTime>)> = files
         .into_iter()
@@ -56,7 +55,7 @@ pub fn spawn(files: Vec<PathBuf>, mut report: std::fs::File) -> std::io::Result<
                     if now != *last {
                         *last = now;
                         log::info!("Worker reloading: {} modified", path.display());
-                        let _ = report.write_all(b"reload\n");
+                        crate::report::send("reload");
                     }
                 }
             }

@@ -3,7 +3,7 @@
 //! it is ready, then waits for a signal. TERM drains the shards gracefully; INT
 //! and QUIT leave at once.
 
-use std::io::Write;
+use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 use std::sync::mpsc;
 
@@ -39,23 +39,22 @@ pub struct Spec {
     pub age: u64,
 }
 
-/// Reports one line to the supervisor (`ready`, or `refused REASON`).
-fn report(pipe: &mut std::fs::File, line: &str) {
-    // One short write, so the line arrives whole.
-    let _ = pipe.write_all(format!("{line}\n").as_bytes());
-}
-
 pub fn run(spec: Spec) -> ! {
     let Spec {
         config,
         shards,
         isolation,
         board,
-        report: mut report_pipe,
+        report: report_pipe,
         preloaded,
         hooks,
         age,
     } = spec;
+    // Held open for the worker's life; any thread may report.
+    crate::report::set_pipe(report_pipe.into_raw_fd());
+    if config.isolation == crate::config::IsolationMode::Auto {
+        crate::report::drain_on_refusal();
+    }
     // The logging threads, if any, did not survive the fork.
     crate::logging::sink::start();
     crate::logging::python::start();
@@ -128,7 +127,7 @@ pub fn run(spec: Spec) -> ! {
                 log::info!("Booting shard {id} on {on} ({mode})");
             }
             Ok(Ready::RefusesSubinterpreter(reason)) => {
-                report(&mut report_pipe, &format!("refused {reason}"));
+                crate::report::send(&format!("refused {reason}"));
                 signals::exit_now(0);
             }
             Ok(Ready::Failed(msg)) => {
@@ -145,10 +144,7 @@ pub fn run(spec: Spec) -> ! {
     if let Some(extra) = config.reload.as_ref().filter(|_| watcher) {
         watch.extend(extra.iter().cloned());
         let files = watch.len();
-        let started = report_pipe
-            .try_clone()
-            .and_then(|pipe| crate::reloader::spawn(watch, pipe));
-        match started {
+        match crate::reloader::spawn(watch) {
             Ok(()) => log::info!("Watching {files} files for changes (--reload)"),
             Err(e) => log::error!("Cannot watch the app's files (--reload): {e}"),
         }
@@ -162,10 +158,13 @@ pub fn run(spec: Spec) -> ! {
     for go in gos {
         let _ = go.send(());
     }
-    report(&mut report_pipe, "ready");
+    crate::report::send("ready");
 
     loop {
         match signals::wait(&waits) {
+            // A second TERM (the worker drained itself after a late
+            // refusal, then the supervisor asked) changes nothing.
+            libc::SIGTERM if stops.is_empty() => {}
             libc::SIGTERM => {
                 log::info!("Worker exiting (pid: {})", std::process::id());
                 board.set_stopping();

@@ -25,6 +25,11 @@ START_TIMEOUT = 30
 THREADS = int(os.environ.get("TURBO_THREADS", "1"))
 # TURBO_IO_ENGINE=epoll runs every server on the epoll engine instead.
 IO_ENGINE = os.environ.get("TURBO_IO_ENGINE")
+# TURBO_ISOLATION=MODE runs every server with --isolation MODE, unless a test
+# sets it or asks for the default (default_isolation=True). The suite's own
+# virtualenv holds modules that refuse sub-interpreters (pydantic-core,
+# PyYAML), so without it auto would serve every test from processes.
+ISOLATION = os.environ.get("TURBO_ISOLATION")
 
 
 def free_port():
@@ -50,7 +55,8 @@ class Turbo:
     """A running turbo process whose error log is collected line by line."""
 
     def __init__(
-        self, app, *args, env=None, cwd=APPS, wait=True, prefix=(), pass_fds=(), port=None
+        self, app, *args, env=None, cwd=APPS, wait=True, prefix=(), pass_fds=(), port=None,
+        command=None, default_isolation=False,
     ):
         self.port = port or free_port()
         self.lines = []
@@ -58,13 +64,15 @@ class Turbo:
         full_env = dict(os.environ)
         full_env.pop("PORT", None)
         full_env.update(env or {})
-        cmd = [*prefix, BIN, *([app] if app else []), "--bind", f"127.0.0.1:{self.port}", *args]
+        cmd = [*prefix, *(command or [BIN]), *([app] if app else []), "--bind", f"127.0.0.1:{self.port}", *args]
         if not any(a.startswith("--cores") or a == "-w" for a in args):
             cmd += ["--cores", "1"]
         if THREADS != 1 and "--threads" not in args:
             cmd += ["--threads", str(THREADS)]
         if IO_ENGINE and "--io-engine" not in args:
             cmd += ["--io-engine", IO_ENGINE]
+        if ISOLATION and not default_isolation and not any(a.startswith("--isolation") for a in args):
+            cmd += ["--isolation", ISOLATION]
         self.proc = subprocess.Popen(
             cmd,
             cwd=cwd,
@@ -180,6 +188,34 @@ def turbo(request):
         for server in started:
             deaths = worker_deaths(server.log)
             assert not deaths, "a worker died during the test:\n" + "\n".join(deaths)
+
+
+@pytest.fixture(scope="session")
+def venv_with(tmp_path_factory):
+    """venv_with(*packages) is the python of a virtualenv of this Python that
+    holds turbo and just those packages (import names; their dependencies
+    too must be named), linked from the suite's virtualenv: an app's own
+    environment, without the suite's modules that refuse sub-interpreters."""
+    import sysconfig
+
+    ours = Path(sysconfig.get_path("purelib"))
+    made = {}
+
+    def make(*packages):
+        if packages not in made:
+            root = tmp_path_factory.mktemp("venv")
+            subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
+            site = root / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
+            wanted = {"turbo", *packages}
+            for entry in ours.iterdir():
+                name = entry.name.lower()
+                base = name.split("-")[0] if name.endswith(".dist-info") else name.removesuffix(".py")
+                if base in wanted:
+                    (site / entry.name).symlink_to(entry)
+            made[packages] = [str(root / "bin" / "python"), "-m", "turbo"]
+        return made[packages]
+
+    return make
 
 
 def wait_for_file(path, limit=20, text=None):

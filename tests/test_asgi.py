@@ -319,7 +319,7 @@ def test_starlette(turbo, tmp_path):
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="on 3.11 every app runs in processes")
 def test_fastapi_just_works_through_the_process_fallback(turbo):
-    srv = turbo("fastapi_app:app", "--cores", "2")
+    srv = turbo("fastapi_app:app", "--cores", "2", default_isolation=True)
     assert "pydantic_core" in srv.log and "one worker process per shard" in srv.log
     assert get(srv, "/").json() == {"message": "Hello from FastAPI"}
     r = httpx.post(srv.url("/items"), json={"name": "pen", "price": 1.5}, timeout=10)

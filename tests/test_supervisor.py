@@ -265,8 +265,11 @@ def test_ttin_and_ttou_change_the_shard_count(turbo):
 
 
 @pytest.mark.skipif(not OWN_GIL, reason="sub-interpreters need Python 3.12+")
-def test_auto_falls_back_to_processes_naming_the_module(turbo):
-    srv = turbo("refuses:app", "--cores", "2")
+def test_auto_falls_back_to_processes_naming_the_module(turbo, venv_with):
+    # The standard library's extensions are not probed: this one refuses as
+    # the app loads, in a virtualenv whose own modules all load.
+    srv = turbo("refuses:app", "--cores", "2", command=venv_with(), default_isolation=True)
+    assert "one sub-interpreter per shard: all" in srv.log
     assert srv.log.count("cannot load in a sub-interpreter") == 1
     assert "_testsinglephase" in srv.log
     assert "one worker process per shard" in srv.log
@@ -324,7 +327,7 @@ def test_usr2_starts_a_new_supervisor_on_the_same_sockets(turbo, tmp_path):
 
 @pytest.mark.skipif(not OWN_GIL, reason="sub-interpreters need Python 3.12+")
 def test_a_pydantic_app_just_works_with_no_flag(turbo):
-    srv = turbo("pydantic_app:app", "--cores", "2")
+    srv = turbo("pydantic_app:app", "--cores", "2", default_isolation=True)
     assert "pydantic_core" in srv.log
     assert "one worker process per shard" in srv.log
     status, body = get(srv, "/?name=pen&price=1.5")

@@ -453,7 +453,7 @@ pub enum Action {
     /// `--print-config`: the resolved settings, one per line.
     Print(String),
     /// `--check-config` found the configuration valid.
-    CheckPassed,
+    CheckPassed(Box<Config>),
     /// `--check-system`, with the backlog asked for.
     CheckSystem(u32),
 }
@@ -557,7 +557,7 @@ pub fn load() -> Action {
     let built = Config::build(&values, extras);
     match built {
         Ok(config) if values.is_set("print_config") => Action::Print(print(&values, &config)),
-        Ok(_) if checking => Action::CheckPassed,
+        Ok(config) if checking => Action::CheckPassed(Box::new(config)),
         Ok(config) => Action::Serve(Box::new(config)),
         Err(msg) if checking => {
             crate::logging::print_error(&format!("turbo: error: {msg}"));

@@ -28,7 +28,10 @@ pub struct Loaded {
     pub app: Py<PyAny>,
     /// ASGI 3 rather than WSGI, as detected.
     pub asgi: bool,
+    isolation: Isolation,
     format_exception: Py<PyAny>,
+    /// The loader's `subinterpreter_refusal`.
+    refusal: Py<PyAny>,
 }
 
 impl Loaded {
@@ -42,10 +45,14 @@ impl Loaded {
     ) -> Result<Loaded, LoadError> {
         let loader = PyModule::from_code(py, LOADER, c"turbo_loader.py", c"turbo_loader")
             .map_err(|e| LoadError::Failed(format!("turbo's loader failed: {e}")))?;
-        let format_exception = loader
-            .getattr("format_exception")
-            .map_err(|e| LoadError::Failed(format!("turbo's loader is broken: {e}")))?
-            .unbind();
+        let function = |name: &str| {
+            loader
+                .getattr(name)
+                .map(Bound::unbind)
+                .map_err(|e| LoadError::Failed(format!("turbo's loader is broken: {e}")))
+        };
+        let format_exception = function("format_exception")?;
+        let refusal = function("subinterpreter_refusal")?;
         if isolation == Isolation::Subinterpreter && super::LINKED_VERSION == "3.12" {
             // CPython 3.12's _zoneinfo crashes when a second interpreter imports it;
             // zoneinfo then uses its pure-Python implementation.
@@ -62,18 +69,11 @@ impl Loaded {
                     pythonpath.to_vec(),
                 ))
             })
-            .map_err(|err| {
-                let refusal = loader
-                    .getattr("subinterpreter_refusal")
-                    .and_then(|f| f.call1((err.value(py),)))
-                    .ok()
-                    .filter(|r| !r.is_none());
-                match refusal {
-                    Some(module) if isolation == Isolation::Subinterpreter => {
-                        LoadError::RefusesSubinterpreter(module.to_string())
-                    }
-                    _ => LoadError::Failed(format_error(py, &format_exception, &err)),
+            .map_err(|err| match refused(py, &refusal, &err) {
+                Some(reason) if isolation == Isolation::Subinterpreter => {
+                    LoadError::RefusesSubinterpreter(reason)
                 }
+                _ => LoadError::Failed(format_error(py, &format_exception, &err)),
             })?;
         let asgi = loader
             .getattr("is_asgi")
@@ -83,7 +83,9 @@ impl Loaded {
         Ok(Loaded {
             app: app.unbind(),
             asgi,
+            isolation,
             format_exception,
+            refusal,
         })
     }
 
@@ -109,8 +111,30 @@ impl Loaded {
             log::error!("The app called sys.exit({code}); the worker exits");
             crate::signals::exit_now(code);
         }
+        if self.isolation == Isolation::Subinterpreter
+            && let Some(reason) = refused(py, &self.refusal, err)
+        {
+            // A module outside what auto probed (one loaded by path, or
+            // installed since): auto's supervisor turns the workers into
+            // processes, so this request is the only one it costs.
+            log::error!(
+                "The app imported a module that refuses sub-interpreters ({reason}); \
+                 --isolation process serves it"
+            );
+            crate::report::refused_late(&reason);
+        }
         self.log_exception(py, "Error handling request", err);
     }
+}
+
+/// The refusal's text where `err` is, or was caused by, a module that
+/// refused to load in a sub-interpreter.
+fn refused(py: Python<'_>, refusal: &Py<PyAny>, err: &PyErr) -> Option<String> {
+    refusal
+        .call1(py, (err.value(py),))
+        .ok()
+        .filter(|r| !r.is_none(py))
+        .map(|r| r.to_string())
 }
 
 fn format_error(py: Python<'_>, format_exception: &Py<PyAny>, err: &PyErr) -> String {

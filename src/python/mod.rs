@@ -9,6 +9,7 @@
 
 pub mod app;
 pub mod lent;
+pub mod probe;
 pub mod watchdog;
 
 use pyo3::ffi;

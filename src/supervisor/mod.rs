@@ -230,8 +230,12 @@ pub fn run(mut config: Config) -> ! {
     }
 
     let (isolation, probing) = match config.isolation {
-        IsolationMode::Process => (Isolation::Main, false),
+        IsolationMode::Process => {
+            log::info!("{}", isolation_report(&config).trim_end());
+            (Isolation::Main, false)
+        }
         IsolationMode::Subinterpreter if python::supports_own_gil() => {
+            log::info!("{}", isolation_report(&config).trim_end());
             (Isolation::Subinterpreter, false)
         }
         IsolationMode::Subinterpreter => {
@@ -242,13 +246,17 @@ pub fn run(mut config: Config) -> ! {
             );
             exit_now(2);
         }
-        IsolationMode::Auto if python::supports_own_gil() => (Isolation::Subinterpreter, true),
         IsolationMode::Auto => {
-            log::info!(
-                "Python {} has no per-interpreter GIL; one worker process per shard",
-                python::LINKED_VERSION
-            );
-            (Isolation::Main, false)
+            let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+            let verdict = auto_isolation(&config, &cwd);
+            log::info!("{}", verdict.line);
+            let isolation = match verdict.subinterpreters {
+                true => Isolation::Subinterpreter,
+                false => Isolation::Main,
+            };
+            // An app that refuses while it loads still turns the workers
+            // into processes (`read_reports`).
+            (isolation, isolation == Isolation::Subinterpreter)
         }
     };
 
@@ -296,6 +304,49 @@ pub fn run(mut config: Config) -> ! {
         respawn_at: None,
     };
     supervisor.run()
+}
+
+/// What `--isolation auto` takes, and why: a sub-interpreter per shard only
+/// where every compiled module the app could import supports them
+/// (docs/architecture.md, "Choosing the isolation").
+fn auto_isolation(config: &Config, cwd: &std::path::Path) -> python::probe::Verdict {
+    if !python::supports_own_gil() {
+        return python::probe::Verdict {
+            subinterpreters: false,
+            line: format!(
+                "Isolation: one worker process per shard: Python {} has no per-interpreter GIL",
+                python::LINKED_VERSION
+            ),
+            refused: Vec::new(),
+        };
+    }
+    python::probe::decide(config, cwd)
+}
+
+/// `--check-config`: the isolation the server would take, and why, with
+/// every refusing module where auto found some.
+pub fn isolation_report(config: &Config) -> String {
+    match config.isolation {
+        IsolationMode::Process => {
+            "Isolation: one worker process per shard (--isolation process)\n".into()
+        }
+        IsolationMode::Subinterpreter => {
+            "Isolation: one sub-interpreter per shard (--isolation subinterpreter)\n".into()
+        }
+        IsolationMode::Auto => {
+            // The server changes to --chdir before it decides; this check does not.
+            let mut cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+            if let Some(dir) = &config.chdir {
+                cwd = cwd.join(dir);
+            }
+            let verdict = auto_isolation(config, &cwd);
+            let mut out = format!("{}\n", verdict.line);
+            for (module, reason) in &verdict.refused {
+                out.push_str(&format!("  {module}: {reason}\n"));
+            }
+            out
+        }
+    }
 }
 
 /// Imports the app in this process's main interpreter, before any fork.
@@ -777,6 +828,7 @@ impl Supervisor {
 
     fn read_reports(&mut self) {
         let mut refused = None;
+        let mut refused_late = None;
         let mut reload = false;
         for w in self.workers.iter_mut() {
             for line in w.read_reports() {
@@ -791,6 +843,8 @@ impl Supervisor {
                 } else if let Some(reason) = line.strip_prefix("refused ") {
                     refused = Some(reason.to_string());
                     w.gone_quietly = true;
+                } else if let Some(reason) = line.strip_prefix("refused-late ") {
+                    refused_late.get_or_insert_with(|| reason.to_string());
                 }
             }
         }
@@ -799,6 +853,9 @@ impl Supervisor {
         }
         if self.probing && self.workers.iter().any(|w| w.ready) {
             self.probing = false;
+        }
+        if let Some(reason) = refused_late {
+            self.refused_late(&reason);
         }
         if let Some(reason) = refused {
             if self.probing {
@@ -815,6 +872,33 @@ impl Supervisor {
                 );
                 self.halt(APP_LOAD_ERROR, "App failed to load.");
             }
+        }
+    }
+
+    /// A request imported a module that refuses sub-interpreters (it cost
+    /// that request a 500). Under auto, every worker becomes a process now:
+    /// the new workers start, and the old ones drain at once (the one that
+    /// refused has begun already), so no other request meets the refusal;
+    /// new connections wait in the backlog meanwhile. An explicit
+    /// `--isolation subinterpreter` stays.
+    fn refused_late(&mut self, reason: &str) {
+        if self.config.isolation != IsolationMode::Auto
+            || self.isolation != Isolation::Subinterpreter
+            || self.terminating()
+        {
+            return;
+        }
+        log::warn!(
+            "A request imported a module that refuses sub-interpreters ({reason}); \
+             replacing the workers with one worker process per shard \
+             (--isolation process starts that way)"
+        );
+        self.isolation = Isolation::Main;
+        self.probing = false;
+        for w in self.workers.iter_mut().filter(|w| w.stopped_at.is_none()) {
+            w.retiring = true;
+            w.replaced_for = Restart::Isolation;
+            w.stop(libc::SIGTERM);
         }
     }
 
