@@ -192,30 +192,126 @@ def turbo(request):
 
 @pytest.fixture(scope="session")
 def venv_with(tmp_path_factory):
-    """venv_with(*packages) is the python of a virtualenv of this Python that
-    holds turbo and just those packages (import names; their dependencies
-    too must be named), linked from the suite's virtualenv: an app's own
-    environment, without the suite's modules that refuse sub-interpreters."""
+    """venv_with(*requirements) is the turbo command of a virtualenv of this
+    Python that holds turbo and just those distributions with what they
+    depend on ("psycopg[binary]" takes the extra), linked from the suite's
+    virtualenv: an app's own environment, without the suite's other modules
+    (some of which refuse sub-interpreters)."""
+    import importlib.metadata
     import sysconfig
 
-    ours = Path(sysconfig.get_path("purelib"))
+    from packaging.requirements import Requirement
+
     made = {}
 
-    def make(*packages):
-        if packages not in made:
+    def closure(requirements):
+        """The distributions `requirements` need, with their extras."""
+        extras, dists, todo = {}, {}, [Requirement(r) for r in requirements]
+        while todo:
+            req = todo.pop()
+            name = req.name.lower().replace("_", "-")
+            if name in extras and req.extras <= extras[name]:
+                continue
+            dist = dists.setdefault(name, importlib.metadata.distribution(req.name))
+            extras[name] = extras.get(name, set()) | req.extras
+            envs = [{"extra": e} for e in ("", *extras[name])]
+            for dep in map(Requirement, dist.requires or ()):
+                if dep.marker is None or any(dep.marker.evaluate(env) for env in envs):
+                    todo.append(dep)
+        return dists.values()
+
+    def make(*requirements):
+        if requirements not in made:
             root = tmp_path_factory.mktemp("venv")
             subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(root)], check=True)
-            site = root / "lib" / f"python{sys.version_info[0]}.{sys.version_info[1]}" / "site-packages"
-            wanted = {"turbo", *packages}
-            for entry in ours.iterdir():
-                name = entry.name.lower()
-                base = name.split("-")[0] if name.endswith(".dist-info") else name.removesuffix(".py")
-                if base in wanted:
-                    (site / entry.name).symlink_to(entry)
-            made[packages] = [str(root / "bin" / "python"), "-m", "turbo"]
-        return made[packages]
+            site = Path(sysconfig.get_path("purelib", vars={"base": str(root), "platbase": str(root)}))
+            for dist in closure(["turbo-server", *requirements]):
+                tops = {f.parts[0] for f in dist.files or () if f.parts[0] != ".."}
+                for top in tops:
+                    if not (site / top).exists():
+                        (site / top).symlink_to(dist.locate_file(top))
+            made[requirements] = [str(root / "bin" / "python"), "-m", "turbo"]
+        return made[requirements]
 
     return make
+
+
+class Postgres:
+    """A real PostgreSQL server from Debian's package, in its own temporary
+    folder and on its own port; libpq's PG* variables reach it."""
+
+    def __init__(self):
+        import glob
+        import shutil
+        import tempfile
+
+        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
+        assert found, "no PostgreSQL server: .ci/run installs Debian's postgresql package"
+        bindir = os.path.dirname(found[-1])
+        # initdb refuses to run as root; the package made a postgres user.
+        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        self.root = tempfile.mkdtemp(prefix="turbo-pg-")
+        if self.as_user:
+            shutil.chown(self.root, "postgres")
+        self.port = free_port()
+        self.env = {"PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": "turbo", "PGDATABASE": "postgres"}
+        data = os.path.join(self.root, "data")
+        subprocess.run([*self.as_user, f"{bindir}/initdb", "-D", data, "-U", "turbo", "--auth=trust",
+                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
+        self.log = open(os.path.join(self.root, "server.log"), "wb")
+        self.proc = subprocess.Popen(
+            [*self.as_user, f"{bindir}/postgres", "-D", data, "-p", str(self.port), "-k", self.root,
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
+            stdout=self.log, stderr=subprocess.STDOUT,
+        )
+        try:
+            deadline = time.monotonic() + 30
+            while self.sql("postgres", "SELECT 1", check=False).returncode != 0:
+                assert self.proc.poll() is None, "PostgreSQL exited:\n" + self.server_log()
+                assert time.monotonic() < deadline, "PostgreSQL did not start:\n" + self.server_log()
+                time.sleep(0.1)
+        except BaseException:
+            self.stop()
+            raise
+
+    def sql(self, database, statement, check=True):
+        """Runs SQL with psql, as the turbo superuser."""
+        return subprocess.run(
+            ["psql", "-v", "ON_ERROR_STOP=1", "-qAt", "-d", database, "-c", statement],
+            env={**os.environ, **self.env}, capture_output=True, text=True, check=check,
+        )
+
+    def database(self, name):
+        """The PG* variables of a new, empty database `name`."""
+        self.sql("postgres", f'CREATE DATABASE "{name}"')
+        return {**self.env, "PGDATABASE": name}
+
+    def server_log(self):
+        with open(os.path.join(self.root, "server.log"), errors="replace") as f:
+            return f.read()
+
+    def stop(self):
+        import shutil
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres():
+    """The session's PostgreSQL server, stopped at the end even when tests fail."""
+    server = Postgres()
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 def wait_for_file(path, limit=20, text=None):
