@@ -35,17 +35,17 @@ def free_port():
 
 class Server:
     """A server process, as a context manager: started under `taskset -c cpus`
-    (unpinned when cpus is None) with the apps directory as working directory and
-    on PYTHONPATH, ready once its port accepts, stopped (SIGTERM, then SIGKILL to
+    (unpinned when cpus is None) with `cwd` (the apps directory) as working
+    directory and on PYTHONPATH, ready once its port accepts, stopped (SIGTERM, then SIGKILL to
     its whole group) on exit."""
 
-    def __init__(self, argv, port, cpus="0", env=None, log_dir=None):
+    def __init__(self, argv, port, cpus="0", env=None, log_dir=None, cwd=APPS):
         self.port = port
         self.log = tempfile.NamedTemporaryFile("w+", prefix="server-", suffix=".log", dir=log_dir, delete=False)
-        env = dict(os.environ, VIRTUAL_ENV=str(BIN.parent), PYTHONPATH=str(APPS), **(env or {}))
+        env = dict(os.environ, VIRTUAL_ENV=str(BIN.parent), PYTHONPATH=str(cwd), **(env or {}))
         env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
         pin = ["taskset", "-c", cpus] if cpus else []
-        self.proc = subprocess.Popen([*pin, *argv], cwd=APPS, env=env, stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([*pin, *argv], cwd=cwd, env=env, stdin=subprocess.DEVNULL,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
         self.ps = psutil.Process(self.proc.pid)
 
@@ -140,15 +140,22 @@ def _ms(value, unit):
     return float(value) * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
 
-def wrk(port, duration, connections, cpus=LOAD_CPUS, post_bytes=None):
-    """wrk -t1 pinned to `cpus`; with post_bytes, POSTs that many bytes per request
-    through bench/post.lua. Returns rate, count, p50/p99 ms, non-2xx and socket errors."""
-    argv = ["taskset", "-c", cpus, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
+def wrk(port, duration, connections, cpus=LOAD_CPUS, post_bytes=None, path="/", pipeline=None):
+    """wrk -t1 pinned to `cpus` (unpinned when None) on `path`; with post_bytes,
+    POSTs that many bytes per request through bench/post.lua; with pipeline,
+    sends that many requests at once through bench/pipeline.lua. Returns rate,
+    count, p50/p99 ms, non-2xx and socket errors."""
+    pin = ["taskset", "-c", cpus] if cpus else []
+    argv = [*pin, "wrk", "-t1", f"-c{connections}", f"-d{duration}s", "--latency"]
     if post_bytes is not None:
         argv += ["-s", str(POST_LUA)]
-    argv.append(f"http://127.0.0.1:{port}/")
+    elif pipeline is not None:
+        argv += ["-s", str(HERE / "pipeline.lua")]
+    argv.append(f"http://127.0.0.1:{port}{path}")
     if post_bytes is not None:
         argv += ["--", str(post_bytes)]
+    elif pipeline is not None:
+        argv += ["--", str(pipeline)]
     out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
     return parse_wrk(out)
 

@@ -115,6 +115,30 @@ def bench_apps(args, turbo, env):
     print(f"\nWrote {out.path}" + (f" and {png}" if png else ""), file=sys.stderr)
 
 
+def pss_rounds(args, env, variants):
+    """Median PSS in MiB of each variant's whole process tree after a warm-up
+    load, and why any failed. `variants` maps a key to argv(port); their order
+    flips every round."""
+    app = suite.BY_NAME["flask"]
+    pss = {key: [] for key in variants}
+    failures = {}
+    for r in range(args.rounds):
+        keys = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for key in keys:
+            port = free_port()
+            try:
+                with Server(variants[key](port), port, cpus=None, env=env, log_dir=args.tmp) as srv:
+                    check(app, port)
+                    harness.wrk(port, args.warmup, args.connections)
+                    pss[key].append(srv.pss_bytes() / 2**20)
+            except Exception as e:
+                failures[key] = " ".join(str(e).split())[:200]
+                print(f"  round {r + 1} {key}: FAILED {failures[key]}", file=sys.stderr)
+                continue
+            print(f"  round {r + 1} {key}: {pss[key][-1]:.1f} MiB", file=sys.stderr)
+    return {k: statistics.median(v) if v else float("nan") for k, v in pss.items()}, failures
+
+
 def memory(args, turbo, env):
     """PSS of the Flask app's whole process tree at one and two workers, after a
     short warm-up load, for turbo (shards share one process), Gunicorn and Granian
@@ -124,24 +148,9 @@ def memory(args, turbo, env):
     out.add("# turbo memory benchmark", "", report.environment(turbo), "", inspect.cleandoc(memory.__doc__), "")
     app = suite.BY_NAME["flask"]
     configs = [("turbo", "turbo"), ("gunicorn", "gunicorn-sync"), ("granian", "granian")]
-    pss = {(label, c): [] for label, _ in configs for c in (1, 2)}
-    failures = {}
-    for r in range(args.rounds):
-        runs = [(label, server, c) for label, server in configs for c in (1, 2)]
-        for label, server, cores in runs if r % 2 == 0 else reversed(runs):
-            port = free_port()
-            argv = peers.command(server, app, port, turbo, cores=cores)
-            try:
-                with Server(argv, port, cpus=None, env=env, log_dir=args.tmp) as srv:
-                    check(app, port)
-                    harness.wrk(port, args.warmup, args.connections)
-                    pss[label, cores].append(srv.pss_bytes() / 2**20)
-            except Exception as e:
-                failures[label, cores] = " ".join(str(e).split())[:200]
-                print(f"  round {r + 1} {label} x{cores}: FAILED {failures[label, cores]}", file=sys.stderr)
-                continue
-            print(f"  round {r + 1} {label} x{cores}: {pss[label, cores][-1]:.1f} MiB", file=sys.stderr)
-    med = {k: statistics.median(v) if v else float("nan") for k, v in pss.items()}
+    med, failures = pss_rounds(args, env, {
+        (label, c): (lambda port, server=server, c=c: peers.command(server, app, port, turbo, cores=c))
+        for label, server in configs for c in (1, 2)})
     out.add(f"Flask hello, warm-up wrk -c{args.connections} {args.warmup} s, PSS summed over the process tree, "
             f"medians over {args.rounds} rounds.", "",
             "| server | PSS MiB, 1 worker | PSS MiB, 2 workers | growth per added worker MiB |", "|---|---|---|---|")
@@ -155,6 +164,36 @@ def memory(args, turbo, env):
         out.add("", f"turbo/{label} PSS at 2 workers: **{report.fmt(ratio, 2)}x**{target}.")
     for (label, cores), why in failures.items():
         out.add("", f"{label} with {cores} workers failed: {why}")
+
+
+def memory_process(args, turbo, env):
+    """PSS of the Flask app's whole process tree in turbo's process mode
+    (`--isolation process --cores N`) and Gunicorn's sync workers (`-w N`), at
+    2, 4 and 8 workers, with and without `--preload`, after a short warm-up
+    load. Not pinned."""
+    out = report.Report("memory-process.md")
+    out.add("# turbo process-mode memory", "", report.environment(turbo), "",
+            inspect.cleandoc(memory_process.__doc__), "")
+    app = suite.BY_NAME["flask"]
+    counts = [int(n) for n in args.workers.split(",")]
+    variants = {}
+    for n in counts:
+        for preload in (False, True):
+            extra = ["--preload"] if preload else []
+            variants["turbo", n, preload] = (lambda port, n=n, extra=extra: peers.command(
+                "turbo", app, port, turbo, cores=n) + ["--isolation", "process", *extra])
+            variants["gunicorn", n, preload] = (lambda port, n=n, extra=extra: peers.command(
+                "gunicorn-sync", app, port, turbo, cores=n) + extra)
+    med, failures = pss_rounds(args, env, variants)
+    out.add(f"Flask hello, warm-up wrk -c{args.connections} {args.warmup} s, medians over {args.rounds} rounds.",
+            "", "| workers | preload | turbo PSS MiB | Gunicorn PSS MiB | turbo/Gunicorn |", "|---|---|---|---|---|")
+    for n in counts:
+        for preload in (False, True):
+            t, g = med["turbo", n, preload], med["gunicorn", n, preload]
+            out.add(f"| {n} | {'yes' if preload else 'no'} | {report.fmt(t, 1)} | {report.fmt(g, 1)} "
+                    f"| **{report.fmt(t / g, 2)}x** |")
+    for key, why in failures.items():
+        out.add("", f"{key} failed: {why}")
 
 
 def scaling(args, turbo, env):
@@ -195,6 +234,9 @@ def main():
                     help="those that serve each app's interface are run; gunicorn means all its worker kinds")
     mode = ap.add_mutually_exclusive_group()
     mode.add_argument("--memory", action="store_true", help="PSS at 1 and 2 workers instead (Flask app)")
+    mode.add_argument("--memory-process", action="store_true",
+                      help="PSS in process mode against Gunicorn, with and without --preload (Flask app)")
+    ap.add_argument("--workers", default="2,4,8", help="--memory-process: the worker counts")
     mode.add_argument("--scaling", action="store_true", help="turbo on 1 and 2 shards instead (CPU-bound app)")
     mode.add_argument("--placement", action="store_true",
                       help="CPU-bound and mixed handlers at 2, 4, 16 connections on 2 cores (bench/placement.py)")
@@ -213,6 +255,8 @@ def main():
         env = {"BENCH_FILE": str(big)}
         if args.memory:
             memory(args, turbo, env)
+        elif args.memory_process:
+            memory_process(args, turbo, env)
         elif args.scaling:
             scaling(args, turbo, env)
         elif args.hostile:

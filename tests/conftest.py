@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from postgres import Postgres
+
 APPS = Path(__file__).resolve().parent / "apps"
 BIN = os.path.abspath(os.environ.get("TURBO_BIN", str(Path(sys.prefix) / "bin" / "turbo")))
 START_TIMEOUT = 30
@@ -234,74 +236,6 @@ def venv_with(tmp_path_factory):
         return made[requirements]
 
     return make
-
-
-class Postgres:
-    """A real PostgreSQL server from Debian's package, in its own temporary
-    folder and on its own port; libpq's PG* variables reach it."""
-
-    def __init__(self):
-        import glob
-        import shutil
-        import tempfile
-
-        found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
-        assert found, "no PostgreSQL server: .ci/run installs Debian's postgresql package"
-        bindir = os.path.dirname(found[-1])
-        # initdb refuses to run as root; the package made a postgres user.
-        self.as_user = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
-        self.root = tempfile.mkdtemp(prefix="turbo-pg-")
-        if self.as_user:
-            shutil.chown(self.root, "postgres")
-        self.port = free_port()
-        self.env = {"PGHOST": "127.0.0.1", "PGPORT": str(self.port), "PGUSER": "turbo", "PGDATABASE": "postgres"}
-        data = os.path.join(self.root, "data")
-        subprocess.run([*self.as_user, f"{bindir}/initdb", "-D", data, "-U", "turbo", "--auth=trust",
-                        "-E", "UTF8", "--no-sync"], check=True, capture_output=True)
-        self.log = open(os.path.join(self.root, "server.log"), "wb")
-        self.proc = subprocess.Popen(
-            [*self.as_user, f"{bindir}/postgres", "-D", data, "-p", str(self.port), "-k", self.root,
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 30
-            while self.sql("postgres", "SELECT 1", check=False).returncode != 0:
-                assert self.proc.poll() is None, "PostgreSQL exited:\n" + self.server_log()
-                assert time.monotonic() < deadline, "PostgreSQL did not start:\n" + self.server_log()
-                time.sleep(0.1)
-        except BaseException:
-            self.stop()
-            raise
-
-    def sql(self, database, statement, check=True):
-        """Runs SQL with psql, as the turbo superuser."""
-        return subprocess.run(
-            ["psql", "-v", "ON_ERROR_STOP=1", "-qAt", "-d", database, "-c", statement],
-            env={**os.environ, **self.env}, capture_output=True, text=True, check=check,
-        )
-
-    def database(self, name):
-        """The PG* variables of a new, empty database `name`."""
-        self.sql("postgres", f'CREATE DATABASE "{name}"')
-        return {**self.env, "PGDATABASE": name}
-
-    def server_log(self):
-        with open(os.path.join(self.root, "server.log"), errors="replace") as f:
-            return f.read()
-
-    def stop(self):
-        import shutil
-
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self.log.close()
-        shutil.rmtree(self.root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -318,8 +318,8 @@ def test_starlette(turbo, tmp_path):
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="on 3.11 every app runs in processes")
-def test_fastapi_just_works_through_the_process_fallback(turbo):
-    srv = turbo("fastapi_app:app", "--cores", "2", default_isolation=True)
+def test_fastapi_just_works_through_the_process_fallback(turbo, venv_with):
+    srv = turbo("fastapi_app:app", "--cores", "2", command=venv_with("fastapi"), default_isolation=True)
     assert "pydantic_core" in srv.log and "one worker process per shard" in srv.log
     assert get(srv, "/").json() == {"message": "Hello from FastAPI"}
     r = httpx.post(srv.url("/items"), json={"name": "pen", "price": 1.5}, timeout=10)

@@ -326,8 +326,8 @@ def test_usr2_starts_a_new_supervisor_on_the_same_sockets(turbo, tmp_path):
 
 
 @pytest.mark.skipif(not OWN_GIL, reason="sub-interpreters need Python 3.12+")
-def test_a_pydantic_app_just_works_with_no_flag(turbo):
-    srv = turbo("pydantic_app:app", "--cores", "2", default_isolation=True)
+def test_a_pydantic_app_just_works_with_no_flag(turbo, venv_with):
+    srv = turbo("pydantic_app:app", "--cores", "2", command=venv_with("pydantic"), default_isolation=True)
     assert "pydantic_core" in srv.log
     assert "one worker process per shard" in srv.log
     status, body = get(srv, "/?name=pen&price=1.5")

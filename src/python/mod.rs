@@ -68,6 +68,26 @@ pub fn sync_environ() {
     });
 }
 
+/// Runs `load` (the app's import before the workers fork) so that the pages
+/// it fills stay shared with the workers, copy-on-write: the collector is off
+/// meanwhile, so no collection frees objects in the middle of the app's pages,
+/// and what survives is frozen before the fork (`gc.freeze`), so the
+/// workers' collections never write to those objects' headers. The collector
+/// is then as it was (docs/architecture.md, "Memory").
+pub fn shared_after_fork<T>(py: pyo3::Python<'_>, load: impl FnOnce() -> T) -> T {
+    use pyo3::prelude::*;
+    let gc = py.import("gc").ok();
+    let call = |name: &str| gc.as_ref().and_then(|gc| gc.call_method0(name).ok());
+    let was_on = call("isenabled").is_some_and(|on| on.is_truthy().unwrap_or(true));
+    call("disable");
+    let out = load();
+    call("freeze");
+    if was_on {
+        call("enable");
+    }
+    out
+}
+
 /// CPython 3.12.1 double-frees when a second interpreter first imports these
 /// single-phase extension modules; importing them in the main interpreter first
 /// avoids it (docs/architecture.md, "Facts").

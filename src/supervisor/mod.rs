@@ -351,7 +351,12 @@ pub fn isolation_report(config: &Config) -> String {
 
 /// Imports the app in this process's main interpreter, before any fork.
 fn preload(config: &Config) -> Arc<Loaded> {
-    match Python::attach(|py| Loaded::load(py, &config.app, Isolation::Main, &config.pythonpath)) {
+    let loaded = Python::attach(|py| {
+        python::shared_after_fork(py, || {
+            Loaded::load(py, &config.app, Isolation::Main, &config.pythonpath)
+        })
+    });
+    match loaded {
         Ok(loaded) => Arc::new(loaded),
         Err(LoadError::Failed(msg)) => {
             crate::logging::print_error(&msg);
