@@ -12,6 +12,8 @@ static PIPE: AtomicI32 = AtomicI32::new(-1);
 static REFUSED_LATE: AtomicBool = AtomicBool::new(false);
 /// Under `--isolation auto`, a late refusal also drains this worker.
 static DRAIN_ON_REFUSAL: AtomicBool = AtomicBool::new(false);
+/// Set by such a refusal: no shard of this worker accepts again.
+static STOP_ACCEPTING: AtomicBool = AtomicBool::new(false);
 
 /// Makes `fd` the pipe `send` writes to, for the worker's life.
 pub fn set_pipe(fd: i32) {
@@ -50,6 +52,11 @@ pub fn drain_on_refusal() {
 /// exit (docs/architecture.md, "Choosing the isolation").
 pub fn refused_late(reason: &str) {
     if !REFUSED_LATE.swap(true, Ordering::Relaxed) {
+        if DRAIN_ON_REFUSAL.load(Ordering::Relaxed) {
+            // Before the refused request is answered: a connection its client
+            // opens next is not accepted here, whatever the drain's pace.
+            STOP_ACCEPTING.store(true, Ordering::SeqCst);
+        }
         send(&format!("refused-late {reason}"));
         if DRAIN_ON_REFUSAL.load(Ordering::Relaxed) {
             // SAFETY: signals this process; the worker's main thread waits
@@ -57,4 +64,9 @@ pub fn refused_late(reason: &str) {
             unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
         }
     }
+}
+
+/// Whether a late refusal under auto has stopped this worker's accepting.
+pub fn stop_accepting() -> bool {
+    STOP_ACCEPTING.load(Ordering::SeqCst)
 }

@@ -92,7 +92,7 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
     let mut full_said = false;
     loop {
         accept_queued(&shard, &listener).await;
-        if shard.host.drain.is_draining() {
+        if shard.host.drain.is_draining() || crate::report::stop_accepting() {
             break;
         }
         if shard.host.drain.live() >= cap {
@@ -128,7 +128,10 @@ pub async fn accept_loop(shard: Rc<Shard>, listener: Rc<Listener>) {
 
 async fn accept_queued(shard: &Rc<Shard>, listener: &Listener) {
     let placed = crate::placement::shard(shard.id).filter(|_| !listener.shared);
-    while shard.host.drain.live() < shard.config.worker_connections {
+    // A late refusal leaves what is queued to the workers that replace this one.
+    while shard.host.drain.live() < shard.config.worker_connections
+        && !crate::report::stop_accepting()
+    {
         match listener.socket.accept() {
             Ok((socket, addr)) => {
                 let peer = addr.as_socket();
