@@ -13,6 +13,7 @@ efficiency against that bound. Servers and the client are not pinned."""
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import time
@@ -56,6 +57,7 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--servers", default="turbo-process,turbo-subinterpreter,gunicorn")
     args = ap.parse_args()
+    args.turbo = os.path.abspath(args.turbo)
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -48,9 +48,12 @@ TESTS = [
 def command(server, turbo, port, workers, extra):
     bind = f"127.0.0.1:{port}"
     if server == "turbo":
-        # Gunicorn's flags, as TechEmpower's gunicorn config gives them.
-        return [turbo, TARGET, "-w", str(workers), "-k", "gthread", "--threads", "4", "--keep-alive", "120",
-                "-b", bind, "--log-level", "warning", *extra]
+        # Gunicorn's flags, as TechEmpower's gunicorn config gives them; a
+        # flag in `extra` replaces the same one here.
+        flags = {"-w": str(workers), "-k": "gthread", "--threads": "4", "--keep-alive": "120", "-b": bind,
+                 "--log-level": "warning"}
+        pairs = [(f, v) for f, v in flags.items() if f not in extra]
+        return [turbo, TARGET, *(x for pair in pairs for x in pair), *extra]
     if server == "gunicorn":
         return [str(BIN / "gunicorn"), TARGET, "-w", str(workers), "-k", "gthread", "--threads", "4",
                 "--keep-alive", "120", "-b", bind, "--log-level", "warning"]
@@ -82,6 +85,7 @@ def run_layout(args, layout, db, log_dir):
     servers = args.servers.split(",")
     tests = [t for t in TESTS if t[0] in args.tests.split(",")] if args.tests else TESTS
     results = {(s, t[0]): [] for s in servers for t in tests}
+    failures = {}
     commands = {}
     env = {**db.env, "DJANGO_SETTINGS_MODULE": "tfb.settings"}
     for r in range(args.rounds):
@@ -91,7 +95,12 @@ def run_layout(args, layout, db, log_dir):
             commands[server] = argv
             with Server(argv, port, cpus=server_cpus, env=env, log_dir=log_dir, cwd=APP) as srv:
                 for name, path, depth in tests:
-                    check(port, path)
+                    try:
+                        check(port, path)
+                    except (OSError, RuntimeError) as e:
+                        failures.setdefault((server, name), " ".join(str(e).split())[:160])
+                        print(f"  {layout} round {r + 1} {server} {name}: FAILED {e}"[:300], file=sys.stderr)
+                        continue
                     # A short warm-up: connections, Django's caches, the pool.
                     wrk(port, 2, args.connections, cpus=load_cpus, path=path, pipeline=depth)
                     res = wrk(port, args.duration, args.connections, cpus=load_cpus, path=path, pipeline=depth)
@@ -105,18 +114,21 @@ def run_layout(args, layout, db, log_dir):
              + (", server on CPU 0, PostgreSQL and wrk on CPU 1" if pinned else ", nothing pinned"), "",
              "| test | " + " | ".join(f"{s} req/s (p99 ms)" for s in servers) + " | turbo / best peer |",
              "|---|" + "---|" * (len(servers) + 1)]
+    nan = float("nan")
     for name, _, _ in tests:
-        med = {s: (statistics.median(x["rate"] for x in results[s, name]),
-                   statistics.median(x["p99"] for x in results[s, name]),
+        med = {s: (statistics.median(x["rate"] for x in results[s, name]) if results[s, name] else nan,
+                   statistics.median(x["p99"] for x in results[s, name]) if results[s, name] else nan,
                    sum(x["non2xx"] + x["sock_err"] for x in results[s, name])) for s in servers}
-        peers = [med[s][0] for s in servers if s != "turbo"]
-        ratio = med["turbo"][0] / max(peers) if "turbo" in med and peers else float("nan")
-        cells = [f"{rate:.0f} ({p99:.0f})" + (f", {err} errors" if err else "") for rate, p99, err in med.values()]
+        peers = [med[s][0] for s in servers if s != "turbo" and results[s, name]]
+        ratio = med["turbo"][0] / max(peers) if "turbo" in med and peers else nan
+        cells = [(f"{rate:.0f} ({p99:.0f})" if rate == rate else "failed")
+                 + (f", {err} errors" if err else "") for rate, p99, err in med.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | **{report.fmt(ratio, 2)}x** |")
     lines += ["", "Rounds: " + "; ".join(
         f"{s} {n} " + ", ".join(f"{x['rate']:.0f}/{x['p99']:.0f}" for x in results[s, n])
         for s in servers for n, _, _ in tests), ""]
-    lines += ["Commands (from bench/techempower/):", ""] + [f"- `{shlex.join(map(str, a))}`" for a in commands.values()]
+    lines += [f"{s} failed {n}: {why}" for (s, n), why in failures.items()]
+    lines += ["", "Commands (from bench/techempower/):", ""] + [f"- `{shlex.join(map(str, a))}`" for a in commands.values()]
     return lines
 
 
@@ -137,7 +149,8 @@ def main():
             f"wrk -t1 -c{args.connections}, {args.duration} s after a 2 s warm-up, medians over "
             f"{args.rounds} rounds; pipelined plaintext sends 16 requests at once.", "")
     for layout in args.layout.split(","):
-        db = Postgres(cpus="1" if layout == "pinned" else None)
+        # Granian's threads each keep a connection of Django's.
+        db = Postgres(cpus="1" if layout == "pinned" else None, max_connections=1000)
         try:
             subprocess.run(["psql", "-qAt", "-v", "ON_ERROR_STOP=1", "-c", "CREATE DATABASE hello_world"],
                            env={**os.environ, **db.env}, check=True, capture_output=True)

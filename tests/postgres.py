@@ -14,9 +14,10 @@ import time
 
 class Postgres:
     """A PostgreSQL server on 127.0.0.1, its server processes pinned to
-    `cpus` if given; libpq's PG* variables (`env`) reach it."""
+    `cpus` if given, taking up to `max_connections` clients; libpq's PG*
+    variables (`env`) reach it."""
 
-    def __init__(self, cpus=None):
+    def __init__(self, cpus=None, max_connections=200):
         found = sorted(glob.glob("/usr/lib/postgresql/*/bin/postgres"))
         assert found, "no PostgreSQL server: tests/run installs Debian's postgresql package"
         bindir = os.path.dirname(found[-1])
@@ -36,7 +37,7 @@ class Postgres:
         pin = ["taskset", "-c", cpus] if cpus else []
         self.proc = subprocess.Popen(
             [*pin, *self.as_user, f"{bindir}/postgres", "-D", data, "-p", str(self.port), "-k", self.root,
-             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "max_connections=200"],
+             "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", f"max_connections={max_connections}"],
             stdout=self.log, stderr=subprocess.STDOUT,
         )
         try:
