@@ -30,7 +30,9 @@ def command(server, app, port, turbo, cores=1):
     if server.startswith("turbo"):
         argv = [turbo, app.target, "--cores", str(cores), "--bind", f"127.0.0.1:{port}", "--log-level", "warning"]
         argv += {"turbo-nosendfile": ["--no-sendfile"], "turbo-epoll": ["--io-engine", "epoll"],
-                 "turbo-metrics": ["--metrics-bind", "127.0.0.1:0"]}.get(server, [])
+                 "turbo-metrics": ["--metrics-bind", "127.0.0.1:0"],
+                 "turbo-process": ["--isolation", "process"],
+                 "turbo-subinterpreter": ["--isolation", "subinterpreter"]}.get(server, [])
         return argv + (["--threads", str(app.threads)] if app.threads else [])
     if server.startswith("bare"):
         engine = server.partition("-")[2] or "uring"

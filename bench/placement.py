@@ -64,11 +64,16 @@ def settle(port, requests=4):
 
 
 def run(args, turbo, env):
-    servers = [("turbo", 1), ("turbo", 2)]
+    if args.placement_modes:
+        # turbo's two isolation modes against each other, without the peers.
+        servers = [(f"turbo-{mode}", cores) for mode in ("process", "subinterpreter") for cores in (1, 2)]
+    else:
+        servers = [("turbo", 1), ("turbo", 2)]
     if args.baseline:
         # Another build (`--baseline`), to show a change.
         servers += [("turbo-baseline", 2)]
-    servers += PEERS
+    if not args.placement_modes:
+        servers += PEERS
     out = report.Report("placement.md")
     out.add("# Placement across shards", "", report.environment(turbo), "", *__doc__.strip().splitlines(), "")
     app = suite.App("burn", "burn:app", "wsgi", "CPU-bound handler")
@@ -109,7 +114,9 @@ def run(args, turbo, env):
                     worst[name, cores] = min(rates)
                     ratio = ""
                     if name.startswith("turbo") and cores == 2:
-                        ratio = f"{min(rates) / worst['turbo', 1]:.2f}x"
+                        # Against the same mode's one core (the default build's for a baseline).
+                        one = worst.get((name, 1)) or worst.get((servers[0][0], 1))
+                        ratio = f"{min(rates) / one:.2f}x" if one else ""
                     out.add(f"| {connections} | {name} | {cores} | {statistics.median(rates):.1f} | "
                             f"{min(rates):.1f} | {max(p99s):.1f} | {ratio} |")
             out.add("")

@@ -226,6 +226,8 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--placement-rounds", type=int, default=5, help="keep-alive rounds in --placement")
     ap.add_argument("--baseline", help="--placement: another turbo build to run beside it")
+    ap.add_argument("--placement-modes", action="store_true",
+                    help="--placement: turbo in process mode against sub-interpreters, without the peers")
     ap.add_argument("--placement-only", metavar="LOAD:MODE:CONNECTIONS,...",
                     help="--placement: only these rows, e.g. mixed:keep-alive:4,cpu:close:16 "
                          "(LOAD cpu or mixed, MODE keep-alive or close)")

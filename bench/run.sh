@@ -17,8 +17,9 @@ if [ -z "${PYTHON:-}" ]; then
     PYTHON="${PYENV_ROOT:-$HOME/.pyenv}/versions/3.13.0/bin/python3"
   fi
 fi
-if ! command -v wrk >/dev/null || [ ! -e /usr/include/ev.h ]; then
-  apt-get update -qq && apt-get install -y -qq wrk libev-dev
+# PostgreSQL for bench/techempower.py, which starts its own server.
+if ! command -v wrk >/dev/null || [ ! -e /usr/include/ev.h ] || ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq wrk libev-dev postgresql
 fi
 [ -x .venv-bench/bin/python ] || "$PYTHON" -m venv .venv-bench
 .venv-bench/bin/pip install -q --disable-pip-version-check -r bench/requirements.txt
