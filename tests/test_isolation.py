@@ -238,3 +238,39 @@ def test_a_refusal_at_run_time_under_explicit_subinterpreters_is_a_500_naming_th
                        r"subinterpreters\); --isolation process serves it", 3)
     assert "replacing the workers" not in srv.log
     assert get(srv)[0] == 500
+
+
+@needs_own_gil
+def test_hup_decides_the_isolation_again(turbo, venv_with, tmp_path):
+    import signal
+
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "lazy.py").write_text(LAZY_APP.format(module="json"))
+    srv = turbo("lazy:app", cwd=app, command=venv_with(*PURE), default_isolation=True,
+                env={"XDG_CACHE_HOME": str(tmp_path)})
+    assert "one sub-interpreter per shard" in isolation_line(srv)
+    # A deploy adds a package that refuses sub-interpreters, then reloads.
+    shutil.copy(stdlib_extension("_testsinglephase"), app)
+    srv.proc.send_signal(signal.SIGHUP)
+    line = srv.wait_for(r"Isolation: one worker process per shard: 1 of")
+    assert "(_testsinglephase;" in line
+    srv.wait_for(r"\(main interpreter\)", timeout=30)
+    srv.wait_for_count("Ready:", 2, timeout=30)
+    assert get(srv) == (200, b"served")
+
+
+@needs_own_gil
+def test_hup_after_a_refusal_at_run_time_keeps_processes(turbo, venv_with, tmp_path):
+    import signal
+
+    srv = turbo("plugin:app", command=venv_with(), default_isolation=True,
+                env={"XDG_CACHE_HOME": str(tmp_path), "TURBO_TEST_PLUGIN": stdlib_extension("_testsinglephase")})
+    assert get(srv)[0] == 500
+    srv.wait_for(r"\(main interpreter\)", timeout=30)
+    srv.proc.send_signal(signal.SIGHUP)
+    srv.wait_for("a request met a module that refuses sub-interpreters")
+    srv.wait_for_count(r"\(main interpreter\)", 2, timeout=30)
+    for _ in range(5):
+        assert get(srv)[0] == 200
+    assert srv.log.count("Error handling request") == 1

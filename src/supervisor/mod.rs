@@ -49,6 +49,8 @@ struct Supervisor {
     isolation: Isolation,
     /// `auto` chose sub-interpreters and no worker has proven them yet.
     probing: bool,
+    /// A request met a module that refuses sub-interpreters (`refused_late`).
+    met_refusal: bool,
     cores: usize,
     workers: Vec<Worker>,
     /// The app preloaded in this process (`--preload`).
@@ -229,34 +231,11 @@ pub fn run(mut config: Config) -> ! {
         exit_now(1);
     }
 
-    let (isolation, probing) = match config.isolation {
-        IsolationMode::Process => {
-            log::info!("{}", isolation_report(&config).trim_end());
-            (Isolation::Main, false)
-        }
-        IsolationMode::Subinterpreter if python::supports_own_gil() => {
-            log::info!("{}", isolation_report(&config).trim_end());
-            (Isolation::Subinterpreter, false)
-        }
-        IsolationMode::Subinterpreter => {
-            log::error!(
-                "--isolation subinterpreter needs Python 3.12 or newer; this turbo is built \
-                 for Python {}",
-                python::LINKED_VERSION
-            );
+    let (isolation, probing) = match choose_isolation(&config) {
+        Ok(chosen) => chosen,
+        Err(e) => {
+            log::error!("{e}");
             exit_now(2);
-        }
-        IsolationMode::Auto => {
-            let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
-            let verdict = auto_isolation(&config, &cwd);
-            log::info!("{}", verdict.line);
-            let isolation = match verdict.subinterpreters {
-                true => Isolation::Subinterpreter,
-                false => Isolation::Main,
-            };
-            // An app that refuses while it loads still turns the workers
-            // into processes (`read_reports`).
-            (isolation, isolation == Isolation::Subinterpreter)
         }
     };
 
@@ -288,6 +267,7 @@ pub fn run(mut config: Config) -> ! {
         signals: signal_fd,
         isolation,
         probing,
+        met_refusal: false,
         workers: Vec::new(),
         preloaded,
         stopping: None,
@@ -304,6 +284,36 @@ pub fn run(mut config: Config) -> ! {
         respawn_at: None,
     };
     supervisor.run()
+}
+
+/// The isolation the workers take, logged in one line, and whether auto is
+/// still to see the app load in a sub-interpreter (an app that refuses while
+/// it loads still turns the workers into processes: `read_reports`).
+fn choose_isolation(config: &Config) -> Result<(Isolation, bool), String> {
+    match config.isolation {
+        IsolationMode::Process => {
+            log::info!("{}", isolation_report(config).trim_end());
+            Ok((Isolation::Main, false))
+        }
+        IsolationMode::Subinterpreter if python::supports_own_gil() => {
+            log::info!("{}", isolation_report(config).trim_end());
+            Ok((Isolation::Subinterpreter, false))
+        }
+        IsolationMode::Subinterpreter => Err(format!(
+            "--isolation subinterpreter needs Python 3.12 or newer; this turbo is built for \
+             Python {}",
+            python::LINKED_VERSION
+        )),
+        IsolationMode::Auto => {
+            let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+            let verdict = auto_isolation(config, &cwd);
+            log::info!("{}", verdict.line);
+            Ok(match verdict.subinterpreters {
+                true => (Isolation::Subinterpreter, true),
+                false => (Isolation::Main, false),
+            })
+        }
+    }
 }
 
 /// What `--isolation auto` takes, and why: a sub-interpreter per shard only
@@ -652,6 +662,25 @@ impl Supervisor {
             log::error!("Cannot open sockets for {} shards: {e}", config.cores);
             return;
         }
+        // A deploy may have installed or removed packages: the isolation is
+        // decided again, except that a refusal seen in a request keeps auto
+        // on processes, as the probe cannot see what refused.
+        let chosen = if self.met_refusal && config.isolation == IsolationMode::Auto {
+            log::info!(
+                "Isolation: one worker process per shard: a request met a module that refuses \
+                 sub-interpreters"
+            );
+            Ok((Isolation::Main, false))
+        } else {
+            choose_isolation(&config)
+        };
+        match chosen {
+            Ok(chosen) => (self.isolation, self.probing) = chosen,
+            Err(e) => {
+                log::error!("The configuration stays as it was: {e}");
+                return;
+            }
+        }
         log::set_max_level(config.log_level);
         self.cores = config.cores;
         self.sockets.steer(self.cores);
@@ -900,6 +929,7 @@ impl Supervisor {
         );
         self.isolation = Isolation::Main;
         self.probing = false;
+        self.met_refusal = true;
         for w in self.workers.iter_mut().filter(|w| w.stopped_at.is_none()) {
             w.retiring = true;
             w.replaced_for = Restart::Isolation;
