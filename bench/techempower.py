@@ -24,7 +24,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-from pathlib import Path
 
 from harness import BIN, HERE, Server, free_port, wrk
 import report
