@@ -54,6 +54,22 @@ def isolation_line(srv):
     return srv.wait_for(r"\] Isolation: ")
 
 
+def lazy_app(tmp_path, module):
+    """The app folder of an app that imports `module` at its first request."""
+    app = tmp_path / "app"
+    app.mkdir(exist_ok=True)
+    (app / "lazy.py").write_text(LAZY_APP.format(module=module))
+    return app
+
+
+def check_config(command, app, cache):
+    """`turbo lazy:app --check-config`'s output, from `app`, with verdicts cached in `cache`."""
+    r = subprocess.run([*command, "lazy:app", "--check-config"], cwd=app, capture_output=True, text=True,
+                       timeout=60, env={**os.environ, "XDG_CACHE_HOME": str(cache)})
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
 @needs_own_gil
 def test_flask_starlette_and_django_keep_subinterpreters(turbo, venv_with, tmp_path):
     python = venv_with(*PURE)
@@ -86,10 +102,8 @@ def test_a_refusing_module_in_the_virtualenv_gives_processes_before_the_first_re
 
 @needs_own_gil
 def test_a_lazy_import_of_a_refusing_module_costs_no_request(turbo, venv_with, tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
+    app = lazy_app(tmp_path, "_testsinglephase")
     shutil.copy(stdlib_extension("_testsinglephase"), app)
-    (app / "lazy.py").write_text(LAZY_APP.format(module="_testsinglephase"))
     srv = turbo("lazy:app", "--cores", "2", cwd=app, command=venv_with(*PURE),
                 default_isolation=True, env={"XDG_CACHE_HOME": str(tmp_path)})
     line = isolation_line(srv)
@@ -101,22 +115,19 @@ def test_a_lazy_import_of_a_refusing_module_costs_no_request(turbo, venv_with, t
 
 @needs_own_gil
 def test_a_package_in_the_apps_folder_is_probed_by_its_dotted_name(turbo, venv_with, tmp_path):
-    package = tmp_path / "app" / "vendor" / "fast"
+    app = lazy_app(tmp_path, "vendor.fast._testmultiphase")
+    package = app / "vendor" / "fast"
     package.mkdir(parents=True)
     shutil.copy(stdlib_extension("_testmultiphase"), package)
-    (tmp_path / "app" / "lazy.py").write_text(LAZY_APP.format(module="vendor.fast._testmultiphase"))
-    srv = turbo("lazy:app", cwd=tmp_path / "app", command=venv_with(*PURE),
+    srv = turbo("lazy:app", cwd=app, command=venv_with(*PURE),
                 default_isolation=True, env={"XDG_CACHE_HOME": str(tmp_path)})
     # _testmultiphase declares support for own-GIL interpreters.
     assert "one sub-interpreter per shard" in isolation_line(srv)
     assert get(srv) == (200, b"served")
     shutil.copy(stdlib_extension("_testsinglephase"), package)
-    check = subprocess.run([*venv_with(*PURE), "lazy:app", "--check-config"], cwd=tmp_path / "app",
-                           capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
-    assert check.returncode == 0, check.stderr
-    assert re.search(r"shard: 1 of \d+ compiled modules", check.stdout)
-    assert "  vendor.fast._testsinglephase: module _testsinglephase does not support" in check.stdout
+    check = check_config(venv_with(*PURE), app, tmp_path)
+    assert re.search(r"shard: 1 of \d+ compiled modules", check)
+    assert "  vendor.fast._testsinglephase: module _testsinglephase does not support" in check
 
 
 CRASHES = r"""
@@ -148,37 +159,28 @@ def test_an_extension_that_crashes_the_probe_counts_as_refusing(turbo, venv_with
     cc = shutil.which("cc") or shutil.which("gcc")
     if cc is None:
         pytest.skip("no C compiler to build the crashing extension")
-    app = tmp_path / "app"
-    app.mkdir()
+    app = lazy_app(tmp_path, "crashes")
     (tmp_path / "crashes.c").write_text(CRASHES)
     subprocess.run([cc, "-shared", "-fPIC", "-o", str(app / f"crashes{SUFFIX}"),
                     f"-I{sysconfig.get_path('include')}", str(tmp_path / "crashes.c")], check=True)
-    (app / "lazy.py").write_text(LAZY_APP.format(module="crashes"))
     shutil.copy(stdlib_extension("_testmultiphase"), app)
     srv = turbo("lazy:app", "--cores", "2", cwd=app, command=venv_with(*PURE),
                 default_isolation=True, env={"XDG_CACHE_HOME": str(tmp_path)})
     line = isolation_line(srv)
     assert "one worker process per shard: 1 of" in line and "(crashes;" in line
     assert get(srv) == (200, b"served")
-    check = subprocess.run([*venv_with(*PURE), "lazy:app", "--check-config"], cwd=app,
-                           capture_output=True, text=True, timeout=60,
-                           env={**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cold")})
-    assert "  crashes: the probe process died of signal 11 while loading crashes" in check.stdout
+    check = check_config(venv_with(*PURE), app, tmp_path / "cold")
+    assert "  crashes: the probe process died of signal 11 while loading crashes" in check
 
 
 @needs_own_gil
 def test_verdicts_are_cached_by_file_identity(venv_with, tmp_path):
-    app = tmp_path / "app"
-    app.mkdir()
+    app = lazy_app(tmp_path, "_testsinglephase")
     module = app / os.path.basename(stdlib_extension("_testsinglephase"))
     shutil.copy(stdlib_extension("_testsinglephase"), module)
-    (app / "lazy.py").write_text(LAZY_APP.format(module="_testsinglephase"))
 
     def check():
-        r = subprocess.run([*venv_with(*PURE), "lazy:app", "--check-config"], cwd=app, capture_output=True,
-                           text=True, timeout=60, env={**os.environ, "XDG_CACHE_HOME": str(tmp_path)})
-        assert r.returncode == 0, r.stderr
-        return re.search(r"(\d+) probed, (\d+) cached", r.stdout).groups()
+        return re.search(r"(\d+) probed, (\d+) cached", check_config(venv_with(*PURE), app, tmp_path)).groups()
 
     probed, cached = check()
     assert int(probed) >= 2 and cached == "0"
@@ -244,9 +246,7 @@ def test_a_refusal_at_run_time_under_explicit_subinterpreters_is_a_500_naming_th
 def test_hup_decides_the_isolation_again(turbo, venv_with, tmp_path):
     import signal
 
-    app = tmp_path / "app"
-    app.mkdir()
-    (app / "lazy.py").write_text(LAZY_APP.format(module="json"))
+    app = lazy_app(tmp_path, "json")
     srv = turbo("lazy:app", cwd=app, command=venv_with(*PURE), default_isolation=True,
                 env={"XDG_CACHE_HOME": str(tmp_path)})
     assert "one sub-interpreter per shard" in isolation_line(srv)
