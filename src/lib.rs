@@ -23,6 +23,7 @@ mod placement;
 mod python;
 mod reloader;
 mod report;
+mod roster;
 mod runtime;
 mod scoreboard;
 mod shard;

@@ -15,6 +15,7 @@ use compio::driver::{DriverType, ProactorBuilder};
 use compio::runtime::{Runtime, RuntimeBuilder};
 
 use crate::config::IoEngine;
+use crate::roster::Line;
 use crate::scoreboard::Scoreboard;
 
 /// A pass (the thread running tasks and Python between two kernel waits)
@@ -30,12 +31,27 @@ const LATE_AFTER: Duration = Duration::from_millis(1);
 /// is small against them.
 const SLOW_APP_FOR: Duration = Duration::from_millis(100);
 
-/// A moment as the scoreboard holds it: nanoseconds since the process's
-/// first stamp, plus one, so that 0 can mean "none".
+/// A moment as the roster holds it: nanoseconds on CLOCK_MONOTONIC, which
+/// every process of the server shares (never 0).
 pub fn stamp(at: Instant) -> u64 {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    let base = *BASE.get_or_init(Instant::now);
-    at.saturating_duration_since(base).as_nanos() as u64 + 1
+    // Instant is CLOCK_MONOTONIC on Linux, but keeps its value to itself: one
+    // reading of the clock beside one Instant turns the others into numbers.
+    static BASE: OnceLock<(Instant, u64)> = OnceLock::new();
+    let (base, base_ns) = *BASE.get_or_init(|| {
+        let mut ts = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes only to `ts`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+        (
+            Instant::now(),
+            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+        )
+    });
+    let since = at.saturating_duration_since(base).as_nanos() as u64;
+    let before = base.saturating_duration_since(at).as_nanos() as u64;
+    (base_ns + since).saturating_sub(before).max(1)
 }
 
 /// The shard thread's passes, as its kernel waits measure them.
@@ -55,17 +71,28 @@ struct Passes {
     /// When the thread last came out of a long pass or GIL wait, if what it
     /// handles now was reaped right after one.
     late: Cell<Option<Instant>>,
-    /// Where the thread says it waits: its shard's counts.
-    board: RefCell<Option<(Arc<Scoreboard>, usize)>>,
+    /// Where the thread says it waits idle: its shard's line in the roster,
+    /// and its counts, which say whether it has a request in flight.
+    idle: RefCell<Option<(Arc<Scoreboard>, usize, &'static Line)>>,
 }
 
 thread_local! {
     static PASSES: Passes = Passes::default();
 }
 
-/// From now on this thread's waits show in the scoreboard as shard `local`'s.
-pub fn publish_waits(board: Arc<Scoreboard>, local: usize) {
-    PASSES.with(|p| *p.board.borrow_mut() = Some((board, local)));
+/// From now on this thread's waits with no request in flight show in
+/// shard `local`'s roster `line`: other shards may hand it connections.
+pub fn publish_waits(board: Arc<Scoreboard>, local: usize, line: &'static Line) {
+    PASSES.with(|p| *p.idle.borrow_mut() = Some((board, local, line)));
+}
+
+/// This thread's waits no longer show: its shard takes no more connections.
+pub fn unpublish_waits() {
+    PASSES.with(|p| {
+        if let Some((_, _, line)) = p.idle.borrow_mut().take() {
+            line.waiting_since.store(0, Ordering::Relaxed);
+        }
+    });
 }
 
 /// If what this pass handles was reaped right after the thread was busy
@@ -92,10 +119,17 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
     PASSES.with(|p| {
         let now = Instant::now();
         let long = p.app_from.take().is_some_and(|at| now - at >= LATE_AFTER);
-        let board = p.board.borrow();
-        let waiting = match (&*board, timeout) {
-            (Some((board, local)), t) if t != Some(Duration::ZERO) => {
-                Some(&board.counts(*local).waiting_since)
+        let idle = p.idle.borrow();
+        // In flight and connections change only on this thread, so they hold
+        // for the whole wait.
+        let waiting = match (&*idle, timeout) {
+            (Some((board, local, line)), t) if t != Some(Duration::ZERO) => {
+                let counts = board.counts(*local);
+                (counts.in_flight.load(Ordering::Relaxed) == 0).then(|| {
+                    let connections = counts.connections.load(Ordering::Relaxed);
+                    line.connections.store(connections, Ordering::Relaxed);
+                    &line.waiting_since
+                })
             }
             _ => None,
         };

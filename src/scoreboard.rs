@@ -26,10 +26,6 @@ struct Slot {
 pub struct ShardCounts {
     pub in_flight: AtomicU32,
     pub connections: AtomicU32,
-    /// Since when the shard's thread waits in the kernel with nothing to
-    /// run (`runtime::stamp`), or 0: a peer idle for a while may be handed a
-    /// connection (docs/architecture.md, "Moving connections").
-    pub waiting_since: AtomicU64,
     /// Connections this shard handed to a peer.
     pub moved_out: AtomicU32,
 }

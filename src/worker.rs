@@ -37,6 +37,8 @@ pub struct Spec {
     pub hooks: Hooks,
     /// Workers started before this one (Gunicorn's `worker.age`).
     pub age: u64,
+    /// Every shard's mailbox, for connections between workers.
+    pub mailboxes: shard::mailbox::Mailboxes,
 }
 
 pub fn run(spec: Spec) -> ! {
@@ -49,6 +51,7 @@ pub fn run(spec: Spec) -> ! {
         preloaded,
         hooks,
         age,
+        mailboxes,
     } = spec;
     // Held open for the worker's life; any thread may report.
     crate::report::set_pipe(report_pipe.into_raw_fd());
@@ -77,10 +80,11 @@ pub fn run(spec: Spec) -> ! {
     // With --reload, the worker serving shard 0 watches for the whole server.
     let watcher = shards.iter().any(|(id, _)| *id == 0);
     let mut threads = Vec::new();
-    // Shards of one process hand each other requests that wait behind a
-    // busy thread (docs/architecture.md, "Moving connections").
+    // Shards hand each other requests that wait behind a busy thread, within
+    // the worker and between workers (docs/architecture.md, "Moving
+    // connections").
     let ids = shards.iter().map(|(id, _)| *id).collect();
-    let (peers, inboxes) = shard::peers::Peers::new(ids, board.clone()).unzip();
+    let (peers, inboxes) = shard::peers::Peers::new(ids, board.clone(), mailboxes).unzip();
     let mut inboxes = inboxes.into_iter().flatten();
     // Shards boot one at a time: CPython 3.12 is unsafe when two interpreters
     // initialise the same extension module at once.

@@ -11,6 +11,9 @@ import pytest
 from conftest import read_response, wait_for_file
 
 APPS = ["placement:wsgi", "placement:asgi"]
+# Connections move between the shards of one worker, and between worker
+# processes.
+ISOLATIONS = ["subinterpreter", "process"]
 
 
 def ask(sock, path):
@@ -102,11 +105,20 @@ def pair_on_one_shard(server):
     raise AssertionError(f"three connections on three of two shards: {shards}")
 
 
+def start_for_moves(turbo, app, tmp_path, isolation, *args):
+    """A server of 2 shards, in one worker (sub-interpreters, where this
+    Python has them) or in two worker processes, whose shards hand each
+    other connections through their mailboxes."""
+    if isolation == "subinterpreter" and sys.version_info < (3, 12):
+        pytest.skip("sub-interpreters need Python 3.12")
+    server = start(turbo, app, tmp_path, "--isolation", isolation, "--log-level", "debug", *args)
+    return server
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
 @pytest.mark.parametrize("app", APPS)
-def test_a_request_waiting_behind_a_busy_shard_moves_to_an_idle_one(turbo, tmp_path, app):
-    server = start(turbo, app, tmp_path, "--log-level", "debug")
-    if "one worker process per shard" in server.log:
-        pytest.skip("process mode: a worker has no peer shard to hand a connection to")
+def test_a_request_waiting_behind_a_busy_shard_moves_to_an_idle_one(turbo, tmp_path, app, isolation):
+    server = start_for_moves(turbo, app, tmp_path, isolation)
     a, b, home = pair_on_one_shard(server)
     # A's handler holds the shard's CPU (20 ms at least), and B's request
     # arrives meanwhile: it waits, and then goes to the idle shard with its
@@ -127,12 +139,54 @@ def test_a_request_waiting_behind_a_busy_shard_moves_to_an_idle_one(turbo, tmp_p
     close(server, a, b)
 
 
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+@pytest.mark.parametrize("app", APPS)
+def test_a_moved_connection_keeps_its_client_and_its_unread_bytes(turbo, tmp_path, app, isolation):
+    """What the old shard read and learnt goes with the connection: the
+    client that a PROXY header named, a body that arrived with the head, and
+    a request pipelined behind it."""
+    server = start_for_moves(turbo, app, tmp_path, isolation, "--proxy-protocol")
+    port = server.port
+    clients = iter(f"10.9.8.{n}" for n in range(1, 100))
+
+    def connect():
+        s = socket.create_connection(("127.0.0.1", port), timeout=10)
+        s.sendall(f"PROXY TCP4 {next(clients)} 10.0.0.1 5000 80\r\n".encode())
+        return s
+
+    server.connect = connect
+    a, b, home = pair_on_one_shard(server)
+    b.sendall(b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, body, _ = read_response(b, timeout=40)
+    who = body.decode().split("\n")[1]
+    assert who.startswith("10.9.8."), body
+    a.sendall(b"GET /hold?held&20 HTTP/1.1\r\nHost: t\r\n\r\n")
+    wait_for_file(tmp_path / "held.started")
+    payload = b"x" * 3000
+    b.sendall(
+        b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: %d\r\n\r\n%s" % (len(payload), payload)
+        + b"GET /echo HTTP/1.1\r\nHost: t\r\n\r\n"
+    )
+    (tmp_path / "held").touch()
+    status, _, body, _ = read_response(a, timeout=40)
+    assert (status, body.decode()) == (200, home)
+    answers = []
+    for _ in range(2):
+        status, _, body, _ = read_response(b, timeout=40)
+        assert status == 200
+        answers.append(body.split(b"\n", 2))
+    assert answers[0] == [answers[0][0], who.encode(), payload]
+    assert answers[1] == [answers[0][0], who.encode(), b""]
+    assert answers[0][0].decode() != home, "the request that waited stayed on the busy shard"
+    server.wait_for("its connection moves to idle shard")
+    close(server, a, b)
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
 @pytest.mark.parametrize("app", APPS)
 @pytest.mark.parametrize("leaves", ["half-close", "reset"])
-def test_a_client_that_leaves_while_its_request_waits_to_move(turbo, tmp_path, app, leaves):
-    server = start(turbo, app, tmp_path, "--log-level", "debug")
-    if "one worker process per shard" in server.log:
-        pytest.skip("process mode: a worker has no peer shard to hand a connection to")
+def test_a_client_that_leaves_while_its_request_waits_to_move(turbo, tmp_path, app, leaves, isolation):
+    server = start_for_moves(turbo, app, tmp_path, isolation)
     a, b, home = pair_on_one_shard(server)
     a.sendall(b"GET /hold?held&20 HTTP/1.1\r\nHost: t\r\n\r\n")
     wait_for_file(tmp_path / "held.started")

@@ -8,7 +8,7 @@
 use std::cell::RefCell;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::rc::Rc;
 use std::task::{Context, Poll};
@@ -24,6 +24,7 @@ use super::blocking_body::BodyStream;
 use super::body::Decoder;
 use super::drain::Drain;
 use super::encode::{self, DateCache};
+use super::handoff::{Client, Handoff};
 use super::output::{Lent, Meta, Zerocopy, zerocopy_for};
 use super::parse::{BodyKind, HeadScan, Limits, RequestHead};
 use super::proxy;
@@ -86,26 +87,6 @@ pub trait Load {
     fn received(&self, bytes: usize);
     /// Bytes written to a client (before TLS).
     fn sent(&self, bytes: usize);
-}
-
-/// A connection leaving its shard between two requests, for another shard to
-/// go on serving: the socket, the bytes read and not yet answered (a whole
-/// head at least), and what was learnt of the client when it connected.
-pub struct Handoff {
-    fd: OwnedFd,
-    /// A unix socket rather than TCP.
-    unix: bool,
-    rbuf: Vec<u8>,
-    client: Client,
-    trusted: bool,
-    zerocopy: bool,
-}
-
-impl Handoff {
-    /// The client's address, as the log shows it.
-    pub fn peer_host(&self) -> String {
-        self.client.ends.peer_host()
-    }
 }
 
 /// How a connection comes to a shard.
@@ -350,13 +331,6 @@ async fn moved<H: Handler>(open: Open, handler: H, handoff: Box<Handoff>) {
     let mut conn = Conn::new(open, stream, trusted, zerocopy);
     conn.rbuf = rbuf;
     conn.start(&handler, client, None, false).await;
-}
-
-/// Who the client is, as the connection's start established it.
-#[derive(Clone)]
-struct Client {
-    ends: Endpoints,
-    proxied: Option<proxy_protocol::Header>,
 }
 
 impl Conn {

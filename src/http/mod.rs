@@ -12,6 +12,7 @@ pub mod drain;
 pub mod encode;
 #[cfg(test)]
 mod fuzz;
+pub mod handoff;
 pub mod output;
 pub mod parse;
 pub mod proxy;

@@ -4,6 +4,7 @@
 //! a request that waited behind a busy shard moves to an idle one (`peers`).
 
 pub mod accept;
+pub mod mailbox;
 pub mod peers;
 
 use std::rc::Rc;
@@ -18,7 +19,8 @@ use crate::access_log::AccessLog;
 use crate::asgi::{self, Asgi};
 use crate::config::{Config, InterfaceMode};
 use crate::hooks::RequestHooks;
-use crate::http::conn::{Handoff, Host, Load};
+use crate::http::conn::{Host, Load};
+use crate::http::handoff::Handoff;
 use crate::observe::{Meter, Observers};
 use crate::placement::ShardLoad;
 use crate::python::app::{LoadError, Loaded};
@@ -231,8 +233,6 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                 return;
             }
         };
-        // Peers read from the scoreboard when this thread waits idle.
-        runtime::publish_waits(board.clone(), local);
         let asgi = match config.interface {
             InterfaceMode::Auto => loaded.asgi,
             InterfaceMode::Asgi => true,

@@ -1,21 +1,28 @@
-//! The shards of one worker hand each other connections: a request that
-//! waited behind its shard's busy thread while another shard sat idle moves,
-//! with its connection, to that shard (docs/architecture.md, "Moving
-//! connections"). Each shard has an inbox here; whether a peer is idle is
-//! read from the scoreboard, where every shard's thread says when it waits in
-//! the kernel. Nothing here runs on the fast path: only a late request asks.
+//! Shards hand each other connections: a request that waited behind its
+//! shard's busy thread while another shard sat idle moves, with its
+//! connection, to that shard (docs/architecture.md, "Moving connections").
+//! Whether a shard is idle is read from the roster, where every shard's
+//! thread says when it waits in the kernel. A shard of the same worker gets
+//! the connection through its inbox, a channel; a shard of another worker
+//! process (one worker per shard, `--isolation process`) through its
+//! mailbox, a unix socket. Nothing here runs on the fast path: only a late
+//! request asks.
 
+use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 
+use compio::runtime::fd::PollFd;
 use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use futures_util::StreamExt;
 use futures_util::future::Either;
 
 use super::Shard;
-use crate::http::conn::{Handoff, Start};
+use super::mailbox::{self, Mailboxes, Received};
+use crate::http::conn::Start;
+use crate::http::handoff::Handoff;
 use crate::runtime;
 use crate::scoreboard::Scoreboard;
 
@@ -26,108 +33,180 @@ use crate::scoreboard::Scoreboard;
 /// from 46 to 81 ms when such gaps counted as idle).
 const IDLE_FOR: u64 = 1_000_000;
 
-/// Where a worker's shards send each other connections.
+/// Where a worker's shards send connections.
 pub struct Peers {
-    /// Shard numbers, by position in the worker.
+    /// This worker's shard numbers, by position in the worker.
     ids: Vec<usize>,
     inboxes: Vec<UnboundedSender<Box<Handoff>>>,
+    /// Every shard's mailbox, for shards of other workers.
+    mailboxes: Mailboxes,
+    /// Shards, numbered 0 to this, that may take a connection.
+    shards: usize,
     board: Arc<Scoreboard>,
 }
 
 /// A shard's own end: the connections its peers hand it.
-pub type Inbox = UnboundedReceiver<Box<Handoff>>;
+pub struct Inbox {
+    /// From shards of its worker.
+    local: UnboundedReceiver<Box<Handoff>>,
+    /// From shards of other workers, where there are any.
+    mailbox: Option<OwnedFd>,
+    /// Its line in the roster, where it says it waits idle.
+    line: &'static crate::roster::Line,
+}
 
 impl Peers {
     /// Inboxes for the worker's shards, numbered `ids` in worker order; None
-    /// for a worker with one shard, which has nobody to hand work to.
-    pub fn new(ids: Vec<usize>, board: Arc<Scoreboard>) -> Option<(Arc<Peers>, Vec<Inbox>)> {
-        if ids.len() < 2 {
+    /// where no shard but these exists, and they are fewer than two: nobody
+    /// to hand work to.
+    pub fn new(
+        ids: Vec<usize>,
+        board: Arc<Scoreboard>,
+        mailboxes: Mailboxes,
+    ) -> Option<(Arc<Peers>, Vec<Inbox>)> {
+        let elsewhere = (0..mailboxes.len()).any(|shard| !ids.contains(&shard));
+        if ids.len() < 2 && !elsewhere {
             return None;
         }
-        let (inboxes, ends) = ids.iter().map(|_| unbounded()).unzip();
+        let mut inboxes = Vec::new();
+        let mut ends = Vec::new();
+        for &id in &ids {
+            let (send, local) = unbounded();
+            inboxes.push(send);
+            ends.push(Inbox {
+                local,
+                mailbox: elsewhere.then(|| mailboxes.inbox(id)).flatten(),
+                line: crate::roster::line(id)?,
+            });
+        }
+        let shards = mailboxes
+            .len()
+            .max(ids.iter().map(|id| id + 1).max().unwrap_or(0));
         let peers = Peers {
             ids,
             inboxes,
+            mailboxes,
+            shards,
             board,
         };
         Some((Arc::new(peers), ends))
     }
 
-    /// Among the shards other than `me` whose thread has waited in the
-    /// kernel for IDLE_FOR at least, with no request in flight, the one with
-    /// the fewest connections, claimed for one connection: its wait stops
-    /// counting as idle until its thread waits again. Without the claim, a
-    /// shard whose pass ended with several waiting requests would send them
-    /// all to the one idle peer, which has not woken yet, and then sit idle
-    /// itself while they queue there.
+    /// Among the shards other than `me` (this worker's `me`-th) whose
+    /// thread has waited in the kernel for IDLE_FOR at least with no request
+    /// in flight, the one with the fewest connections, claimed for one
+    /// connection: its wait stops counting as idle until its thread waits
+    /// again. Without the claim, a shard whose pass ended with several
+    /// waiting requests would send them all to the one idle peer, which has
+    /// not woken yet, and then sit idle itself while they queue there.
     pub fn idle(&self, me: usize) -> Option<usize> {
         let idle_since = runtime::stamp(Instant::now()).saturating_sub(IDLE_FOR);
         let mut best: Option<(u32, usize, u64)> = None;
-        for (local, inbox) in self.inboxes.iter().enumerate() {
-            let counts = self.board.counts(local);
-            let since = counts.waiting_since.load(Ordering::Relaxed);
-            if local == me
-                || inbox.is_closed()
-                || since == 0
-                || since > idle_since
-                || counts.in_flight.load(Ordering::Relaxed) != 0
-            {
+        for shard in 0..self.shards {
+            if shard == self.ids[me] {
                 continue;
             }
-            let connections = counts.connections.load(Ordering::Relaxed);
+            let Some(line) = crate::roster::line(shard) else {
+                break;
+            };
+            let since = line.waiting_since.load(Ordering::Relaxed);
+            if since == 0 || since > idle_since {
+                continue;
+            }
+            let connections = line.connections.load(Ordering::Relaxed);
             if best.is_none_or(|(fewest, ..)| connections < fewest) {
-                best = Some((connections, local, since));
+                best = Some((connections, shard, since));
             }
         }
-        let (_, local, since) = best?;
+        let (_, shard, since) = best?;
         // Another shard may have claimed it, or it woke, since it was read.
-        self.board
-            .counts(local)
+        crate::roster::line(shard)?
             .waiting_since
             .compare_exchange(since, 0, Ordering::Relaxed, Ordering::Relaxed)
             .ok()
-            .map(|_| local)
+            .map(|_| shard)
     }
 
-    /// Sends a connection from shard `from` to shard `to`, and wakes `to`.
+    /// Sends a connection from this worker's shard `from` to shard `to`,
+    /// and wakes `to`.
     pub fn send(&self, from: usize, to: usize, handoff: Box<Handoff>) -> Result<(), Box<Handoff>> {
         // Built only for the log line, which is off unless debugging.
         let client = log::log_enabled!(log::Level::Debug).then(|| handoff.peer_host());
-        self.inboxes[to]
-            .unbounded_send(handoff)
-            .map_err(|e| e.into_inner())?;
+        match self.ids.iter().position(|&id| id == to) {
+            Some(local) => self.inboxes[local]
+                .unbounded_send(handoff)
+                .map_err(|e| e.into_inner())?,
+            None => self.mailboxes.send(to, handoff)?,
+        }
         self.board
             .counts(from)
             .moved_out
             .fetch_add(1, Ordering::Relaxed);
         if let Some(client) = client {
             log::debug!(
-                "Shard {}: a request from {client} waited behind a busy app call; its connection moves to idle shard {}",
+                "Shard {}: a request from {client} waited behind a busy app call; its connection moves to idle shard {to}",
                 self.ids[from],
-                self.ids[to]
             );
         }
         Ok(())
     }
 }
 
-/// Serves what peers hand this shard until it drains. Once draining, the
-/// inbox closes, so a peer keeps what it would have sent, and what was
-/// already sent is still served.
-pub async fn take_in(shard: Rc<Shard>, mut inbox: Inbox) {
+/// Serves what peers hand this shard until it drains. Its thread's idle
+/// waits show in the roster meanwhile. Once draining, it takes no more: its
+/// inbox closes, so a peer of its worker keeps what it would have sent, and
+/// what was already sent is still served; its mailbox is read once more,
+/// and what comes later waits there for the shard's next worker.
+pub async fn take_in(shard: Rc<Shard>, inbox: Inbox) {
+    let Inbox {
+        local: mut inbox,
+        mailbox,
+        line,
+    } = inbox;
+    let mailbox = mailbox.and_then(|fd| PollFd::new(fd).ok());
+    let mut buf = Vec::new();
+    runtime::publish_waits(shard.board.clone(), shard.local, line);
     loop {
         let next = inbox.next();
-        let drain = shard.host.drain.started();
-        match futures_util::future::select(next, std::pin::pin!(drain)).await {
+        let drain = std::pin::pin!(shard.host.drain.started());
+        let readable = std::pin::pin!(async {
+            match &mailbox {
+                Some(mailbox) => mailbox.read_ready().await,
+                None => std::future::pending().await,
+            }
+        });
+        let woke =
+            futures_util::future::select(next, futures_util::future::select(drain, readable));
+        match woke.await {
             Either::Left((Some(handoff), _)) => super::accept::spawn(&shard, Start::Moved(handoff)),
-            Either::Left((None, _)) => return,
-            Either::Right(_) => break,
+            Either::Left((None, _)) => break,
+            Either::Right((Either::Left(_), _)) => break,
+            Either::Right((Either::Right((ready, _)), _)) => {
+                if let (Some(mailbox), Ok(())) = (&mailbox, ready) {
+                    take_mail(&shard, mailbox, &mut buf);
+                }
+            }
         }
+    }
+    runtime::unpublish_waits();
+    if let Some(mailbox) = &mailbox {
+        take_mail(&shard, mailbox, &mut buf);
     }
     // After close, next() yields what is queued (or being queued) and then
     // ends.
     inbox.close();
     while let Some(handoff) = inbox.next().await {
         super::accept::spawn(&shard, Start::Moved(handoff));
+    }
+}
+
+/// Serves every connection queued in the shard's mailbox.
+fn take_mail(shard: &Rc<Shard>, mailbox: &PollFd<OwnedFd>, buf: &mut Vec<u8>) {
+    loop {
+        match mailbox::receive(mailbox, buf) {
+            Received::Handoff(handoff) => super::accept::spawn(shard, Start::Moved(handoff)),
+            Received::Malformed => log::warn!("Shard {}: a malformed handoff is dropped", shard.id),
+            Received::Empty => return,
+        }
     }
 }

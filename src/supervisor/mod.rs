@@ -21,6 +21,7 @@ use crate::hooks::Hooks;
 use crate::metrics::{self, Counts, Restart};
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
+use crate::shard::mailbox::Mailboxes;
 use crate::signals::{self, exit_now};
 use crate::worker::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use ops::{Answer, Ops, Page};
@@ -77,6 +78,9 @@ struct Supervisor {
     age: u64,
     /// Workers in a row that died before they were ready.
     boot_failures: u32,
+    /// Every shard's mailbox, through which workers hand each other
+    /// connections (docs/architecture.md, "Moving connections").
+    mailboxes: Mailboxes,
     /// No worker starts before this, after a boot failure.
     respawn_at: Option<Instant>,
 }
@@ -282,6 +286,7 @@ pub fn run(mut config: Config) -> ! {
         age: 0,
         boot_failures: 0,
         respawn_at: None,
+        mailboxes: Mailboxes::new(),
     };
     supervisor.run()
 }
@@ -829,6 +834,13 @@ impl Supervisor {
     }
 
     fn spawn(&mut self, shards: Vec<usize>) {
+        // Before the fork, so that every worker shares them: the roster, and
+        // a mailbox for each shard there is.
+        crate::roster::share();
+        let count = shards.iter().map(|s| s + 1).max().unwrap_or(0);
+        if let Err(e) = self.mailboxes.ensure(self.cores.max(count)) {
+            log::warn!("Connections stay in their worker: cannot make a mailbox ({e})");
+        }
         let others: Vec<i32> = self
             .workers
             .iter()
@@ -845,6 +857,7 @@ impl Supervisor {
             close_in_child: &others,
             hooks: &self.hooks,
             age: self.age + 1,
+            mailboxes: &self.mailboxes,
         });
         self.age += 1;
         match spawned {
@@ -990,6 +1003,7 @@ impl Supervisor {
             let w = self.workers.swap_remove(i);
             w.log_exit(status);
             self.release_placement(&w);
+            crate::roster::forget(&w.shards);
             self.retire_counts(&w);
             self.hooks
                 .call("child_exit", &[i64::from(pid), w.age as i64]);

@@ -14,6 +14,7 @@ use crate::metrics::Restart;
 use crate::python::app::Loaded;
 use crate::python::{self, Isolation};
 use crate::scoreboard::Scoreboard;
+use crate::shard::mailbox::Mailboxes;
 use crate::signals;
 use crate::worker;
 
@@ -53,6 +54,7 @@ pub struct Fork<'a> {
     pub hooks: &'a Hooks,
     /// The worker's number, counting every worker started (Gunicorn's age).
     pub age: u64,
+    pub mailboxes: &'a Mailboxes,
 }
 
 fn random_below(bound: u64) -> u64 {
@@ -106,6 +108,12 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
         fork.hooks.call("post_fork", &[fork.age as i64]);
         drop(read_end);
         let shards = fork.sockets.take_for(&fork.shards);
+        // Without its copies the worker still serves; it only takes and
+        // hands no connections from and to other workers.
+        let mailboxes = fork
+            .mailboxes
+            .try_clone()
+            .unwrap_or_else(|_| Mailboxes::new());
         worker::run(worker::Spec {
             config: config.clone(),
             shards,
@@ -115,6 +123,7 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
             preloaded: fork.preloaded,
             hooks: fork.hooks.clone(),
             age: fork.age,
+            mailboxes,
         });
     }
     drop(write_end);

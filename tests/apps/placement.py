@@ -8,6 +8,8 @@
   milliseconds at least (a shard moves requests only from behind a pass of
   1 ms or more), creates `$TURBO_HOLD_DIR/NAME.ended`, and answers
   `/where`'s.
+- `/echo`: `/where`'s answer, the client's address and the request body,
+  one per line.
 """
 
 import os
@@ -35,8 +37,16 @@ def _answer(path, query):
     return _where()
 
 
+def _echo(client, body):
+    return b"\n".join([_where(), client.encode(), body])
+
+
 def wsgi(environ, start_response):
-    body = _answer(environ["PATH_INFO"], environ["QUERY_STRING"])
+    if environ["PATH_INFO"] == "/echo":
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        body = _echo(environ["REMOTE_ADDR"], environ["wsgi.input"].read(length))
+    else:
+        body = _answer(environ["PATH_INFO"], environ["QUERY_STRING"])
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
 
@@ -50,7 +60,16 @@ async def asgi(scope, receive, send):
             elif message["type"] == "lifespan.shutdown":
                 await send({"type": "lifespan.shutdown.complete"})
                 return
-    body = _answer(scope["path"], scope["query_string"].decode())
+    if scope["path"] == "/echo":
+        received = b""
+        while True:
+            message = await receive()
+            received += message.get("body", b"")
+            if not message.get("more_body"):
+                break
+        body = _echo(scope["client"][0], received)
+    else:
+        body = _answer(scope["path"], scope["query_string"].decode())
     await send(
         {
             "type": "http.response.start",

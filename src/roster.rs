@@ -1,0 +1,89 @@
+//! Which shards sit idle, for every process of the server to read. A shard
+//! whose request waited behind its busy thread hands the connection to an
+//! idle shard, in its own worker or in another worker process
+//! (docs/architecture.md, "Moving connections"); each shard's thread says
+//! here when it waits in the kernel with no request in flight, and how many
+//! connections it holds then. One cache line per shard, in a shared mapping
+//! the supervisor makes before its first fork, so every worker reads the
+//! same pages.
+
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+
+/// Shards past this take no connections from other shards; 64 KiB of lines.
+pub const MAX_SHARDS: usize = 1024;
+
+/// One shard's line.
+#[repr(C, align(64))]
+pub struct Line {
+    /// Since when (`runtime::stamp`) the shard's thread waits in the kernel
+    /// with no request in flight; 0 while it runs, and while the shard takes
+    /// no connections from others (booting, draining, its worker gone). A
+    /// shard that hands it a connection claims it by setting it to 0.
+    pub waiting_since: AtomicU64,
+    /// Its open connections as that wait began.
+    pub connections: AtomicU32,
+}
+
+struct Roster {
+    base: *const Line,
+}
+
+// SAFETY: the mapping is shared memory reached only through atomics, and it
+// is never unmapped.
+unsafe impl Send for Roster {}
+unsafe impl Sync for Roster {}
+
+static ROSTER: OnceLock<Option<Roster>> = OnceLock::new();
+
+fn roster() -> Option<&'static Roster> {
+    ROSTER
+        .get_or_init(|| {
+            let size = MAX_SHARDS * std::mem::size_of::<Line>();
+            // SAFETY: a fresh anonymous shared mapping; zero bytes are valid
+            // atomics.
+            let base = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    size,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                )
+            };
+            if base == libc::MAP_FAILED {
+                log::warn!(
+                    "Connections stay on their shard: cannot map the roster ({})",
+                    std::io::Error::last_os_error()
+                );
+                return None;
+            }
+            Some(Roster { base: base.cast() })
+        })
+        .as_ref()
+}
+
+/// Makes the mapping. The supervisor calls this before it forks, so that
+/// every worker shares it; a process that first calls it after a fork sees
+/// only its own shards.
+pub fn share() {
+    roster();
+}
+
+/// Shard `shard`'s line, where there is one.
+pub fn line(shard: usize) -> Option<&'static Line> {
+    let roster = roster()?;
+    // SAFETY: within the mapping, which lives as long as the process.
+    (shard < MAX_SHARDS).then(|| unsafe { &*roster.base.add(shard) })
+}
+
+/// The shards of a worker that is gone take nothing until their next worker
+/// waits idle.
+pub fn forget(shards: &[usize]) {
+    for &shard in shards {
+        if let Some(line) = line(shard) {
+            line.waiting_since.store(0, Ordering::Relaxed);
+        }
+    }
+}
