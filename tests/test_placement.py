@@ -3,8 +3,12 @@ program sends each to the shard with the fewest connections, then the fewest
 requests in flight (src/placement.rs). Asserted without a clock: which shard
 served each request, over fresh connections."""
 
+import os
+import re
+import signal
 import socket
 import sys
+import time
 
 import pytest
 
@@ -179,6 +183,51 @@ def test_a_moved_connection_keeps_its_client_and_its_unread_bytes(turbo, tmp_pat
     assert answers[1] == [answers[0][0], who.encode(), b""]
     assert answers[0][0].decode() != home, "the request that waited stayed on the busy shard"
     server.wait_for("its connection moves to idle shard")
+    close(server, a, b)
+
+
+def wait_asleep(pid, thread, timeout=10):
+    """Waits until thread `thread` of process `pid` sleeps in the kernel,
+    where a shard's thread sleeps only in its wait for I/O, for 10 s at
+    most."""
+    tasks = f"/proc/{pid}/task"
+    (tid,) = [t for t in os.listdir(tasks) if open(f"{tasks}/{t}/comm").read().strip() == thread]
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open(f"{tasks}/{tid}/stat") as f:
+            if f.read().rpartition(")")[2].split()[0] == "S":
+                return
+    raise AssertionError(f"{thread} of {pid} never slept")
+
+
+@pytest.mark.worker_deaths
+@pytest.mark.parametrize("app", APPS)
+def test_a_connection_sent_to_a_worker_that_dies_is_served_by_its_successor(turbo, tmp_path, app):
+    """Between worker processes a connection travels through the receiving
+    shard's mailbox, which the supervisor holds: if that worker dies before
+    it takes the connection, the shard's next worker serves it."""
+    server = start_for_moves(turbo, app, tmp_path, "process")
+    a, b, home = pair_on_one_shard(server)
+    booted = re.findall(r"\[(\d+)\] \[INFO\] Booting shard (\d+) on CPU (\d+)", server.log)
+    ((other, shard, other_cpu),) = [(int(pid), s, cpu) for pid, s, cpu in booted if cpu != home]
+    # Stopped while it waits idle: the roster still says so, and the
+    # connection is sent, but nobody takes it until the successor.
+    wait_asleep(other, f"turbo-shard-{shard}")
+    os.kill(other, signal.SIGSTOP)
+    try:
+        a.sendall(b"GET /hold?held&20 HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for_file(tmp_path / "held.started")
+        b.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n")
+        (tmp_path / "held").touch()
+        status, _, body, _ = read_response(a, timeout=40)
+        assert (status, body.decode()) == (200, home)
+        server.wait_for("its connection moves to idle shard")
+    finally:
+        os.kill(other, signal.SIGKILL)
+    server.wait_for(re.escape(f"Worker (pid:{other}) was sent SIGKILL!"))
+    status, _, body, _ = read_response(b, timeout=40)
+    assert (status, body.decode()) == (200, other_cpu)
+    assert ask(b, "/where") == other_cpu
     close(server, a, b)
 
 
