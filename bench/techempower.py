@@ -57,8 +57,11 @@ def command(server, turbo, port, workers, extra):
         return [str(BIN / "gunicorn"), TARGET, "-w", str(workers), "-k", "gthread", "--threads", "4",
                 "--keep-alive", "120", "-b", bind, "--log-level", "warning"]
     if server == "granian":
+        # As TechEmpower's django-granian.dockerfile runs it: one blocking
+        # (Python) thread per worker, the multi-threaded runtime.
         return [str(BIN / "granian"), "--interface", "wsgi", "--workers", str(workers), "--backlog", "16384",
-                "--host", "127.0.0.1", "--port", str(port), "--log-level", "warning", TARGET]
+                "--blocking-threads", "1", "--runtime-mode", "mt", "--host", "127.0.0.1", "--port", str(port),
+                "--log-level", "warning", TARGET]
     raise SystemExit(f"unknown server {server}")
 
 

@@ -22,6 +22,14 @@ pub const BOUNDS_US: [u64; 14] = [
     5_000_000, 10_000_000, 30_000_000,
 ];
 const BUCKETS: usize = BOUNDS_US.len() + 1;
+/// The GIL wait histogram's upper bounds, in microseconds: 100 us to 100 ms,
+/// finer around CPython's switch interval (5 ms): a thread that runs
+/// bytecode lets a waiting one have the GIL after that long, and the
+/// hand-off itself takes a little more.
+pub const GIL_BOUNDS_US: [u64; 12] = [
+    100, 250, 500, 1_000, 2_500, 5_000, 5_500, 6_000, 10_000, 25_000, 50_000, 100_000,
+];
+const GIL_BUCKETS: usize = GIL_BOUNDS_US.len() + 1;
 /// The statuses turbo refuses requests with itself, before or instead of
 /// the app (`turbo_requests_refused_total`); any other counts as `other`.
 pub const REFUSALS: [u16; 9] = [400, 403, 408, 413, 414, 431, 500, 501, 505];
@@ -51,6 +59,10 @@ pub struct Meters {
     sent: AtomicU64,
     websockets_opened: AtomicU64,
     websockets_closed: AtomicU64,
+    /// The shard thread's waits to take the GIL back after a kernel wait,
+    /// by duration, as `durations`.
+    gil_waits: [AtomicU64; GIL_BUCKETS],
+    gil_wait_us: AtomicU64,
 }
 
 /// Only the shard's own thread writes its meters (the driver, the handlers
@@ -98,6 +110,17 @@ impl Meters {
         add(&self.sent, bytes as u64);
     }
 
+    /// The shard's thread waited `elapsed` to take the GIL back from the
+    /// app's Python threads (`--threads`, or threads the app started).
+    pub fn gil_wait(&self, elapsed: Duration) {
+        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+        add(
+            &self.gil_waits[GIL_BOUNDS_US.partition_point(|&bound| bound < us)],
+            1,
+        );
+        add(&self.gil_wait_us, us);
+    }
+
     /// A WebSocket connection opens; it counts until the guard drops.
     pub fn websocket(&self) -> WebSocketOpen<'_> {
         add(&self.websockets_opened, 1);
@@ -125,6 +148,8 @@ pub struct Counts {
     pub sent: u64,
     pub websockets_opened: u64,
     pub websockets_closed: u64,
+    pub gil_waits: [u64; GIL_BUCKETS],
+    pub gil_wait_us: u64,
     /// Connections handed to a peer shard (the scoreboard's `moved_out`).
     pub moved: u64,
 }
@@ -145,6 +170,8 @@ impl Counts {
             sent: load(&meters.sent),
             websockets_opened: load(&meters.websockets_opened),
             websockets_closed: load(&meters.websockets_closed),
+            gil_waits: meters.gil_waits.each_ref().map(load),
+            gil_wait_us: load(&meters.gil_wait_us),
             moved: 0,
         }
     }
@@ -172,6 +199,10 @@ impl Counts {
         self.sent += other.sent;
         self.websockets_opened += other.websockets_opened;
         self.websockets_closed += other.websockets_closed;
+        for (n, m) in self.gil_waits.iter_mut().zip(&other.gil_waits) {
+            *n += m;
+        }
+        self.gil_wait_us += other.gil_wait_us;
         self.moved += other.moved;
     }
 }
@@ -232,6 +263,32 @@ fn per_shard(out: &mut String, report: &Report<'_>, name: &str, value: impl Fn(&
     }
 }
 
+/// One shard's histogram `name`, from counts per bucket (not cumulative)
+/// whose upper bounds are `bounds` (microseconds) and then +Inf.
+fn histogram(
+    out: &mut String,
+    name: &str,
+    shard: usize,
+    buckets: &[u64],
+    bounds: &[u64],
+    sum_us: u64,
+) {
+    let mut below = 0;
+    for (b, &n) in buckets.iter().enumerate() {
+        below += n;
+        let le = bounds.get(b).map_or("+Inf".to_string(), |&us| seconds(us));
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {below}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "{name}_sum{{shard=\"{shard}\"}} {}\n{name}_count{{shard=\"{shard}\"}} {below}",
+        seconds(sum_us)
+    );
+}
+
 /// Seconds from microseconds, as Prometheus writes floats.
 fn seconds(us: u64) -> String {
     let text = format!("{:.6}", us as f64 / 1e6);
@@ -267,22 +324,34 @@ impl Report<'_> {
             "Time from the app's start on a request to its response's end.",
         );
         for (i, shard) in self.shards.iter().enumerate() {
-            let mut below = 0;
-            for (b, &n) in shard.counts.durations.iter().enumerate() {
-                below += n;
-                let le = BOUNDS_US
-                    .get(b)
-                    .map_or("+Inf".to_string(), |&us| seconds(us));
-                let _ = writeln!(
-                    out,
-                    "turbo_request_duration_seconds_bucket{{shard=\"{i}\",le=\"{le}\"}} {below}"
-                );
-            }
-            let _ = writeln!(
-                out,
-                "turbo_request_duration_seconds_sum{{shard=\"{i}\"}} {}\n\
-                 turbo_request_duration_seconds_count{{shard=\"{i}\"}} {below}",
-                seconds(shard.counts.duration_us)
+            let counts = &shard.counts;
+            let (buckets, sum) = (&counts.durations, counts.duration_us);
+            histogram(
+                &mut out,
+                "turbo_request_duration_seconds",
+                i,
+                buckets,
+                &BOUNDS_US,
+                sum,
+            );
+        }
+        family(
+            &mut out,
+            "turbo_gil_wait_seconds",
+            "histogram",
+            "Time a shard's thread waited to take the GIL back from the app's Python threads \
+             after each wait for I/O: accepting, reading and writing wait that long.",
+        );
+        for (i, shard) in self.shards.iter().enumerate() {
+            let counts = &shard.counts;
+            let (buckets, sum) = (&counts.gil_waits, counts.gil_wait_us);
+            histogram(
+                &mut out,
+                "turbo_gil_wait_seconds",
+                i,
+                buckets,
+                &GIL_BOUNDS_US,
+                sum,
             );
         }
         family(
@@ -417,6 +486,8 @@ mod tests {
         meters.request(0, 503, Duration::from_micros(900));
         meters.refused(431);
         meters.refused(418);
+        meters.gil_wait(Duration::from_micros(80));
+        meters.gil_wait(Duration::from_micros(6_000));
         let open = meters.websocket();
         let mut counts = Counts::default();
         counts.add(&Counts::of(&meters));
@@ -443,6 +514,11 @@ mod tests {
             "turbo_request_duration_seconds_bucket{shard=\"0\",le=\"+Inf\"} 2",
             "turbo_request_duration_seconds_sum{shard=\"0\"} 0.0024",
             "turbo_request_duration_seconds_count{shard=\"0\"} 2",
+            "turbo_gil_wait_seconds_bucket{shard=\"0\",le=\"0.0001\"} 1",
+            "turbo_gil_wait_seconds_bucket{shard=\"0\",le=\"0.005\"} 1",
+            "turbo_gil_wait_seconds_bucket{shard=\"0\",le=\"0.01\"} 2",
+            "turbo_gil_wait_seconds_sum{shard=\"0\"} 0.00608",
+            "turbo_gil_wait_seconds_count{shard=\"0\"} 2",
             "turbo_websocket_connections{shard=\"0\"} 1",
             "turbo_requests_refused_total{shard=\"0\",status=\"431\"} 1",
             "turbo_requests_refused_total{shard=\"0\",status=\"other\"} 1",

@@ -74,6 +74,9 @@ struct Passes {
     /// Where the thread says it waits idle: its shard's line in the roster,
     /// and its counts, which say whether it has a request in flight.
     idle: RefCell<Option<(Arc<Scoreboard>, usize, &'static Line)>>,
+    /// Where the thread counts its waits for the GIL (`--metrics-bind`): the
+    /// scoreboard and its shard's number there.
+    meters: RefCell<Option<(Arc<Scoreboard>, usize)>>,
 }
 
 thread_local! {
@@ -84,6 +87,12 @@ thread_local! {
 /// shard `local`'s roster `line`: other shards may hand it connections.
 pub fn publish_waits(board: Arc<Scoreboard>, local: usize, line: &'static Line) {
     PASSES.with(|p| *p.idle.borrow_mut() = Some((board, local, line)));
+}
+
+/// From now on this thread counts its waits for the GIL in shard `local`'s
+/// meters.
+pub fn meter_gil_waits(board: Arc<Scoreboard>, local: usize) {
+    PASSES.with(|p| *p.meters.borrow_mut() = Some((board, local)));
 }
 
 /// This thread's waits no longer show: its shard takes no more connections.
@@ -146,6 +155,9 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
             since.store(0, Ordering::Relaxed);
         }
         let began = Instant::now();
+        if let Some((board, local)) = &*p.meters.borrow() {
+            board.meters(*local).gil_wait(began - reaped);
+        }
         let late = if began - reaped >= LATE_AFTER {
             Some(began)
         } else {

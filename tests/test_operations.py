@@ -89,6 +89,28 @@ def test_metrics_match_the_requests_across_shards_and_a_killed_worker(turbo):
     assert total(samples, "turbo_worker_restarts_total", reason="reload") == 0
 
 
+def test_the_shard_threads_waits_for_the_gil_are_counted(turbo):
+    """With --threads, a shard's thread takes the GIL back after each wait
+    for I/O; while a Python thread spins in a view, it waits for the switch
+    interval's hand-off. /metrics shows those waits as a histogram."""
+    srv = start(turbo, "ops_app:app", "--threads", "4")
+    spinning = [srv.connect() for _ in range(2)]
+    for s in spinning:
+        s.sendall(b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n")
+    # Quick requests meanwhile: each wakes the shard's thread, which then
+    # waits for a spinning thread to let go of the GIL.
+    for _ in range(10):
+        assert request(srv, "GET", "/")[0] == 200
+    for s in spinning:
+        assert read_response(s, timeout=30)[0] == 200
+        s.close()
+    samples = scrape(srv.ops)
+    waits = total(samples, "turbo_gil_wait_seconds_count")
+    assert waits == total(samples, "turbo_gil_wait_seconds_bucket", le="+Inf") > 0
+    assert total(samples, "turbo_gil_wait_seconds_bucket", le="0.0001") < waits, "no wait behind the spinning view"
+    assert total(samples, "turbo_gil_wait_seconds_sum") > 0
+
+
 def test_requests_turbo_refuses_itself_are_counted_apart(turbo):
     srv = start(turbo, "ops_app:app", "--limit-request-body", "10")
     for raw in [b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n",

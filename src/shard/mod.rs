@@ -267,6 +267,9 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             .metrics_bind
             .is_some()
             .then(|| Meter::new(board.clone(), local));
+        if meter.is_some() {
+            runtime::meter_gil_waits(board.clone(), local);
+        }
         let observers = Observers {
             access_log,
             hooks: request_hooks,

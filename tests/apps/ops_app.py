@@ -1,10 +1,11 @@
 """Apps for the operations port's tests: a WSGI app whose answers the test
-picks (status, pid, an echo), and an ASGI app with lifespan and a WebSocket
+picks (status, pid, an echo, a view that spins in Python), and an ASGI app with lifespan and a WebSocket
 that says how it ended."""
 
 import asyncio
 import os
 import sys
+import time
 
 
 def note(text):
@@ -13,6 +14,12 @@ def note(text):
 
 def app(environ, start_response):
     path = environ["PATH_INFO"]
+    if path == "/spin":
+        # Python bytecode that holds the GIL for 200 ms, but for the switch
+        # interval's hand-offs.
+        until = time.monotonic() + 0.2
+        while time.monotonic() < until:
+            pass
     status = path.rsplit("/", 1)[-1] if path.startswith("/status/") else "200"
     body = environ["wsgi.input"].read() or str(os.getpid()).encode()
     start_response(f"{status} X", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
