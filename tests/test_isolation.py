@@ -173,6 +173,54 @@ def test_an_extension_that_crashes_the_probe_counts_as_refusing(turbo, venv_with
     assert "  crashes: the probe process died of signal 11 while loading crashes" in check
 
 
+HANGS = """\
+#include <Python.h>
+#include <unistd.h>
+
+/* Says it supports own-GIL interpreters, and never returns in any but the
+   main one, as an extension stuck on a lock it takes at import does. */
+static int exec_hangs(PyObject *module) {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main())
+        for (;;)
+            pause();
+    return 0;
+}
+
+static PyModuleDef_Slot slots[] = {
+    {Py_mod_exec, exec_hangs},
+    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
+    {0, NULL},
+};
+
+static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "hangs", NULL, 0, NULL, slots};
+
+PyMODINIT_FUNC PyInit_hangs(void) { return PyModuleDef_Init(&def); }
+"""
+
+
+@needs_own_gil
+def test_an_extension_that_hangs_the_probe_counts_as_refusing_once(venv_with, tmp_path):
+    """The probe gives a module 30 s; one that takes longer refuses, its
+    child is killed, and the verdict is cached like any other."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the hanging extension")
+    app = lazy_app(tmp_path, "hangs")
+    (tmp_path / "hangs.c").write_text(HANGS)
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(app / f"hangs{SUFFIX}"),
+                    f"-I{sysconfig.get_path('include')}", str(tmp_path / "hangs.c")], check=True)
+    shutil.copy(stdlib_extension("_testmultiphase"), app)
+    command = venv_with(*PURE)
+    cold = check_config(command, app, tmp_path / "cache")
+    assert "Isolation: one worker process per shard: 1 of" in cold
+    assert "  hangs: no answer in 30 s while loading hangs" in cold
+    # The module that shared the killed child's run still has its own verdict.
+    assert "_testmultiphase" not in cold
+    warm = check_config(command, app, tmp_path / "cache")
+    assert "1 of" in warm and "  hangs: no answer in 30 s while loading hangs" in warm
+    assert re.search(r"0 probed, \d+ cached", warm), warm
+
+
 @needs_own_gil
 def test_verdicts_are_cached_by_file_identity(venv_with, tmp_path):
     app = lazy_app(tmp_path, "_testsinglephase")

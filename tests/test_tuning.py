@@ -38,12 +38,13 @@ FAMILIES = {
     "turbo_sent_bytes_total": {"shard"},
     "turbo_websocket_connections": {"shard"},
     "turbo_websocket_connections_total": {"shard"},
+    "turbo_gil_wait_seconds": {"shard"},
     "turbo_worker_restarts_total": {"reason"},
     "turbo_workers": set(),
     "turbo_shards": set(),
     "turbo_ready": set(),
 }
-HISTOGRAMS = {"turbo_request_duration_seconds"}
+HISTOGRAMS = {"turbo_request_duration_seconds", "turbo_gil_wait_seconds"}
 # The series a query can name: a histogram has none under its family's name.
 SERIES = {family: family for family in FAMILIES if family not in HISTOGRAMS}
 SERIES.update({family + suffix: family for family in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")})
