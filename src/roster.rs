@@ -16,13 +16,41 @@ pub const MAX_SHARDS: usize = 1024;
 /// One shard's line.
 #[repr(C, align(64))]
 pub struct Line {
-    /// Since when (`runtime::stamp`) the shard's thread waits in the kernel
+    /// Since when (`runtime::stamp_now`) the shard's thread waits in the kernel
     /// with no request in flight; 0 while it runs, and while the shard takes
     /// no connections from others (booting, draining, its worker gone). A
     /// shard that hands it a connection claims it by setting it to 0.
     pub waiting_since: AtomicU64,
     /// Its open connections as that wait began.
     pub connections: AtomicU32,
+    /// The worker process whose shard thread stamps the line: the last one
+    /// that began to take connections for the shard; 0 for none.
+    owner: AtomicU32,
+}
+
+impl Line {
+    /// Worker `pid` stamps the line from now on; a stamp of the previous
+    /// owner's no longer counts.
+    pub fn take(&self, pid: u32) {
+        self.owner.store(pid, Ordering::Relaxed);
+        self.waiting_since.store(0, Ordering::Relaxed);
+    }
+
+    pub fn owned_by(&self, pid: u32) -> bool {
+        self.owner.load(Ordering::Relaxed) == pid
+    }
+
+    /// Worker `pid` takes no more connections for the shard; a later owner
+    /// keeps the line.
+    pub fn release(&self, pid: u32) {
+        if self
+            .owner
+            .compare_exchange(pid, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            self.waiting_since.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 struct Roster {
@@ -78,12 +106,12 @@ pub fn line(shard: usize) -> Option<&'static Line> {
     (shard < MAX_SHARDS).then(|| unsafe { &*roster.base.add(shard) })
 }
 
-/// The shards of a worker that is gone take nothing until their next worker
-/// waits idle.
-pub fn forget(shards: &[usize]) {
+/// The shards of worker `pid`, which is gone, take nothing until another
+/// worker takes them; a successor that already did keeps its lines.
+pub fn forget(pid: u32, shards: &[usize]) {
     for &shard in shards {
         if let Some(line) = line(shard) {
-            line.waiting_since.store(0, Ordering::Relaxed);
+            line.release(pid);
         }
     }
 }

@@ -6,8 +6,8 @@
 use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::pin;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -31,27 +31,19 @@ const LATE_AFTER: Duration = Duration::from_millis(1);
 /// is small against them.
 const SLOW_APP_FOR: Duration = Duration::from_millis(100);
 
-/// A moment as the roster holds it: nanoseconds on CLOCK_MONOTONIC, which
-/// every process of the server shares (never 0).
-pub fn stamp(at: Instant) -> u64 {
-    // Instant is CLOCK_MONOTONIC on Linux, but keeps its value to itself: one
-    // reading of the clock beside one Instant turns the others into numbers.
-    static BASE: OnceLock<(Instant, u64)> = OnceLock::new();
-    let (base, base_ns) = *BASE.get_or_init(|| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: clock_gettime writes only to `ts`.
-        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-        (
-            Instant::now(),
-            ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
-        )
-    });
-    let since = at.saturating_duration_since(base).as_nanos() as u64;
-    let before = base.saturating_duration_since(at).as_nanos() as u64;
-    (base_ns + since).saturating_sub(before).max(1)
+/// Now, as the roster holds moments: nanoseconds on CLOCK_MONOTONIC, which
+/// every process of the server reads alike (never 0).
+pub fn stamp_now() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes only to `ts`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+        .max(1)
 }
 
 /// The shard thread's passes, as its kernel waits measure them.
@@ -71,9 +63,10 @@ struct Passes {
     /// When the thread last came out of a long pass or GIL wait, if what it
     /// handles now was reaped right after one.
     late: Cell<Option<Instant>>,
-    /// Where the thread says it waits idle: its shard's line in the roster,
-    /// and its counts, which say whether it has a request in flight.
-    idle: RefCell<Option<(Arc<Scoreboard>, usize, &'static Line)>>,
+    /// Where the thread says it waits idle: its shard's line in the roster
+    /// (while this process owns it), and its counts, which say whether it
+    /// has a request in flight.
+    idle: RefCell<Option<Published>>,
     /// Where the thread counts its waits for the GIL (`--metrics-bind`): the
     /// scoreboard and its shard's number there.
     meters: RefCell<Option<(Arc<Scoreboard>, usize)>>,
@@ -83,10 +76,30 @@ thread_local! {
     static PASSES: Passes = Passes::default();
 }
 
+/// A shard thread's place in the roster (`publish_waits`).
+struct Published {
+    board: Arc<Scoreboard>,
+    local: usize,
+    line: &'static Line,
+    /// This process, the line's owner while no later worker took it.
+    pid: u32,
+}
+
 /// From now on this thread's waits with no request in flight show in
-/// shard `local`'s roster `line`: other shards may hand it connections.
+/// shard `local`'s roster `line`, which this process takes over: other
+/// shards may hand it connections. A worker still draining the same shard
+/// (a reload's predecessor) stops stamping it.
 pub fn publish_waits(board: Arc<Scoreboard>, local: usize, line: &'static Line) {
-    PASSES.with(|p| *p.idle.borrow_mut() = Some((board, local, line)));
+    let pid = std::process::id();
+    line.take(pid);
+    PASSES.with(|p| {
+        *p.idle.borrow_mut() = Some(Published {
+            board,
+            local,
+            line,
+            pid,
+        })
+    });
 }
 
 /// From now on this thread counts its waits for the GIL in shard `local`'s
@@ -98,8 +111,8 @@ pub fn meter_gil_waits(board: Arc<Scoreboard>, local: usize) {
 /// This thread's waits no longer show: its shard takes no more connections.
 pub fn unpublish_waits() {
     PASSES.with(|p| {
-        if let Some((_, _, line)) = p.idle.borrow_mut().take() {
-            line.waiting_since.store(0, Ordering::Relaxed);
+        if let Some(published) = p.idle.borrow_mut().take() {
+            published.line.release(published.pid);
         }
     });
 }
@@ -132,18 +145,20 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
         // In flight and connections change only on this thread, so they hold
         // for the whole wait.
         let waiting = match (&*idle, timeout) {
-            (Some((board, local, line)), t) if t != Some(Duration::ZERO) => {
-                let counts = board.counts(*local);
-                (counts.in_flight.load(Ordering::Relaxed) == 0).then(|| {
-                    let connections = counts.connections.load(Ordering::Relaxed);
-                    line.connections.store(connections, Ordering::Relaxed);
-                    &line.waiting_since
-                })
+            (Some(published), t) if t != Some(Duration::ZERO) => {
+                let counts = published.board.counts(published.local);
+                let line = published.line;
+                (counts.in_flight.load(Ordering::Relaxed) == 0 && line.owned_by(published.pid))
+                    .then(|| {
+                        let connections = counts.connections.load(Ordering::Relaxed);
+                        line.connections.store(connections, Ordering::Relaxed);
+                        &line.waiting_since
+                    })
             }
             _ => None,
         };
         if let Some(since) = waiting {
-            since.store(stamp(now), Ordering::Relaxed);
+            since.store(stamp_now(), Ordering::Relaxed);
         }
         p.queued.set(false);
         time_request(p, now);

@@ -186,6 +186,31 @@ def test_a_moved_connection_keeps_its_client_and_its_unread_bytes(turbo, tmp_pat
     close(server, a, b)
 
 
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_connections_still_move_after_a_reload(turbo, tmp_path, isolation):
+    """A reload's new workers take the shards' lines over from the old ones
+    while both serve; the old ones' exit leaves the new ones' lines alone."""
+    server = start_for_moves(turbo, "placement:wsgi", tmp_path, isolation)
+    before = set(re.findall(r"Booting worker with pid: (\d+)", server.log))
+    server.proc.send_signal(signal.SIGHUP)
+    server.wait_for("Hang up: Master")
+    server.wait_for_count("Ready:", 2, timeout=30)
+    for pid in before:
+        server.wait_for(re.escape(f"Worker (pid:{pid}) exited"), timeout=30)
+    a, b, home = pair_on_one_shard(server)
+    for n in range(2):
+        a.sendall(f"GET /hold?r{n}&20 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        wait_for_file(tmp_path / f"r{n}.started")
+        b.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n")
+        (tmp_path / f"r{n}").touch()
+        status, _, served_a, _ = read_response(a, timeout=40)
+        assert status == 200
+        status, _, served_b, _ = read_response(b, timeout=40)
+        assert status == 200
+        assert served_a != served_b, f"round {n}: B waited for A's shard and stayed there"
+    close(server, a, b)
+
+
 def wait_asleep(pid, thread, timeout=10):
     """Waits until thread `thread` of process `pid` sleeps in the kernel,
     where a shard's thread sleeps only in its wait for I/O, for 10 s at

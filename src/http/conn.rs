@@ -468,6 +468,7 @@ impl Conn {
             if let Some(since) = waiting_since
                 && self.pending() == 0
                 && !host.drain.is_draining()
+                && self.stream.movable()
                 && let Some(to) = host.load.relief(since)
                 && self.hand_off(to, client)
             {

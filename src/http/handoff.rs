@@ -31,7 +31,7 @@ pub struct Handoff {
 }
 
 /// The PROXY header's protocol names, by their number in `encode`.
-const PROTOCOLS: [&str; 3] = ["UNKNOWN", "TCP4", "TCP6"];
+const PROTOCOLS: [&str; 5] = ["UNKNOWN", "TCP4", "TCP6", "LOCAL", "UNSPEC"];
 
 impl Handoff {
     /// The client's address, as the log shows it.
@@ -44,8 +44,9 @@ impl Handoff {
         self.fd.as_fd()
     }
 
-    /// Everything but the socket, as bytes `decode` reads back.
-    pub fn encode(&self) -> Vec<u8> {
+    /// Everything but the socket, as bytes `decode` reads back; None for a
+    /// PROXY header whose protocol name it does not know.
+    pub fn encode(&self) -> Option<Vec<u8>> {
         let mut out = Vec::with_capacity(64 + self.rbuf.len());
         let flags =
             u8::from(self.unix) | u8::from(self.trusted) << 1 | u8::from(self.zerocopy) << 2;
@@ -65,8 +66,8 @@ impl Handoff {
             None => out.push(0),
             Some(header) => {
                 out.push(1);
-                let protocol = PROTOCOLS.iter().position(|p| *p == header.protocol);
-                out.push(protocol.unwrap_or(0) as u8);
+                let protocol = PROTOCOLS.iter().position(|p| *p == header.protocol)?;
+                out.push(protocol as u8);
                 for addr in [header.client, header.proxy] {
                     match addr {
                         Some(addr) => {
@@ -79,7 +80,7 @@ impl Handoff {
             }
         }
         out.extend_from_slice(&self.rbuf);
-        out
+        Some(out)
     }
 
     /// The handoff `encode` wrote, with the socket that came with it; None
@@ -222,7 +223,7 @@ pub(crate) mod tests {
     }
 
     fn roundtrip(handoff: &Handoff) -> Handoff {
-        Handoff::decode(socket(), &handoff.encode()).unwrap()
+        Handoff::decode(socket(), &handoff.encode().unwrap()).unwrap()
     }
 
     #[test]
@@ -287,10 +288,30 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn a_proxy_protocol_name_it_does_not_know_keeps_the_connection_home() {
+        let mut handoff = sample(socket());
+        handoff.client.proxied = Some(proxy_protocol::Header {
+            protocol: "LOCAL",
+            client: None,
+            proxy: None,
+        });
+        assert_eq!(
+            roundtrip(&handoff).client.proxied.unwrap().protocol,
+            "LOCAL"
+        );
+        handoff.client.proxied = Some(proxy_protocol::Header {
+            protocol: "TCP9",
+            client: None,
+            proxy: None,
+        });
+        assert!(handoff.encode().is_none());
+    }
+
+    #[test]
     fn cut_or_foreign_bytes_are_refused() {
         let mut handoff = sample(socket());
         handoff.rbuf.clear();
-        let bytes = handoff.encode();
+        let bytes = handoff.encode().unwrap();
         for end in 0..bytes.len() {
             assert!(
                 Handoff::decode(socket(), &bytes[..end]).is_none(),

@@ -70,6 +70,12 @@ impl Stream {
 }
 
 impl Stream {
+    /// Whether the connection can move to another shard: a TLS session
+    /// lives in its shard.
+    pub fn movable(&self) -> bool {
+        !matches!(self, Stream::Tls(_))
+    }
+
     /// A second descriptor for a plain socket (true: unix), for another
     /// shard to serve it; None for TLS, whose session stays in this shard.
     pub fn dup_plain(&self) -> Option<(OwnedFd, bool)> {

@@ -67,6 +67,25 @@ impl Mailboxes {
         Ok(Mailboxes { pairs })
     }
 
+    /// Passes what waits in shard `from`'s mailbox to shard `to`'s: `from`
+    /// has no worker any more (the supervisor removed the shard). What `to`
+    /// cannot take is closed, so its client sees the connection end.
+    pub fn forward(&self, from: usize, to: usize) {
+        let Some((read, _)) = self.pairs.get(from) else {
+            return;
+        };
+        let mut buf = Vec::new();
+        loop {
+            match receive(read, &mut buf) {
+                Received::Handoff(handoff) => {
+                    let _ = self.send(to, handoff);
+                }
+                Received::Malformed(_) => {}
+                Received::Empty | Received::Failed(_) => return,
+            }
+        }
+    }
+
     /// The end shard `shard` reads, for its own use.
     pub fn inbox(&self, shard: usize) -> Option<OwnedFd> {
         self.pairs.get(shard)?.0.try_clone().ok()
@@ -78,10 +97,9 @@ impl Mailboxes {
         let Some((_, write)) = self.pairs.get(to) else {
             return Err(handoff);
         };
-        let bytes = handoff.encode();
-        if bytes.len() > MAX_MESSAGE {
+        let Some(bytes) = handoff.encode().filter(|b| b.len() <= MAX_MESSAGE) else {
             return Err(handoff);
-        }
+        };
         match send_with_fd(write.as_raw_fd(), &bytes, handoff.socket().as_raw_fd()) {
             // Our copy of the socket closes as the handoff drops.
             Ok(()) => Ok(()),
@@ -123,10 +141,13 @@ fn send_with_fd(socket: RawFd, bytes: &[u8], fd: RawFd) -> std::io::Result<()> {
 /// What one read of a mailbox gave.
 pub enum Received {
     Handoff(Box<Handoff>),
-    /// A message that was not a whole handoff; its descriptor is closed.
-    Malformed,
+    /// A message that was not a whole handoff, and why; its descriptor, if
+    /// it came, is closed.
+    Malformed(&'static str),
     /// Nothing is queued.
     Empty,
+    /// The mailbox itself failed.
+    Failed(std::io::Error),
 }
 
 /// Takes one message from a mailbox's read end, without waiting.
@@ -153,7 +174,11 @@ pub fn receive(inbox: &impl AsFd, buf: &mut Vec<u8>) -> Received {
         )
     };
     if got < 0 {
-        return Received::Empty;
+        let e = std::io::Error::last_os_error();
+        return match e.kind() {
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => Received::Empty,
+            _ => Received::Failed(e),
+        };
     }
     // SAFETY: recvmsg wrote `got` bytes into the buffer.
     unsafe { buf.set_len(got as usize) };
@@ -175,13 +200,19 @@ pub fn receive(inbox: &impl AsFd, buf: &mut Vec<u8>) -> Received {
             cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
         }
     }
-    let whole = msg.msg_flags & (libc::MSG_TRUNC | libc::MSG_CTRUNC) == 0;
-    match fd {
-        Some(fd) if whole => match Handoff::decode(fd, buf) {
-            Some(handoff) => Received::Handoff(Box::new(handoff)),
-            None => Received::Malformed,
-        },
-        _ => Received::Malformed,
+    if msg.msg_flags & libc::MSG_CTRUNC != 0 {
+        // The kernel drops a descriptor this process has no room for.
+        return Received::Malformed("its socket did not arrive (out of descriptors?)");
+    }
+    let Some(fd) = fd else {
+        return Received::Malformed("no socket came with it");
+    };
+    if msg.msg_flags & libc::MSG_TRUNC != 0 {
+        return Received::Malformed("it was cut short");
+    }
+    match Handoff::decode(fd, buf) {
+        Some(handoff) => Received::Handoff(Box::new(handoff)),
+        None => Received::Malformed("its bytes are not a handoff"),
     }
 }
 
@@ -208,6 +239,7 @@ mod tests {
         let mut buf = Vec::new();
         let (a, _b) = std::os::unix::net::UnixStream::pair().unwrap();
         let sent = crate::http::handoff::tests::sample(a.into()).encode();
+        assert!(sent.is_some());
         match receive(&inbox, &mut buf) {
             Received::Handoff(handoff) => assert_eq!(handoff.encode(), sent),
             _ => panic!("the first connection sent is not there"),

@@ -7,6 +7,7 @@ pub mod accept;
 pub mod mailbox;
 pub mod peers;
 
+use std::cell::Cell;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::mpsc::Sender;
@@ -31,7 +32,7 @@ use crate::scoreboard::ShardCounts;
 use crate::wsgi::pool::Pool;
 use crate::wsgi::{self, Wsgi};
 pub use accept::Listener;
-use peers::{Inbox, Peers};
+use peers::{Claim, Inbox, Peers};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// What a shard reports once its app is loaded (or failed to load).
@@ -71,6 +72,8 @@ struct Gauges {
     kernel: Option<&'static ShardLoad>,
     /// The worker's other shards, which take requests that waited here.
     peers: Option<Arc<Peers>>,
+    /// The idle shard `relief` claimed, until its connection is sent.
+    claim: Cell<Option<Claim>>,
     /// Where bytes and refusals are counted for /metrics (`--metrics-bind`).
     meter: Option<Meter>,
 }
@@ -119,14 +122,22 @@ impl Load for Gauges {
         if !runtime::waited_since(waiting_since) {
             return None;
         }
-        self.peers.as_ref()?.idle(self.local)
+        let claim = self.peers.as_ref()?.idle(self.local)?;
+        self.claim.set(Some(claim));
+        Some(claim.shard)
     }
 
     fn hand_off(&self, to: usize, handoff: Box<Handoff>) -> Result<(), Box<Handoff>> {
-        match &self.peers {
-            Some(peers) => peers.send(self.local, to, handoff),
-            None => Err(handoff),
-        }
+        let claim = self.claim.take();
+        let peers = match &self.peers {
+            Some(peers) => peers,
+            None => return Err(handoff),
+        };
+        peers.send(self.local, to, handoff).inspect_err(|_| {
+            if let Some(claim) = claim.filter(|c| c.shard == to) {
+                peers.unclaim(claim);
+            }
+        })
     }
 
     fn refused(&self, status: u16) {
@@ -300,6 +311,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             local,
             kernel: crate::placement::shard(id),
             peers,
+            claim: Cell::new(None),
             meter,
         };
         let host = Host::new(

@@ -12,7 +12,6 @@ use std::os::fd::OwnedFd;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Instant;
 
 use compio::runtime::fd::PollFd;
 use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
@@ -43,6 +42,14 @@ pub struct Peers {
     /// Shards, numbered 0 to this, that may take a connection.
     shards: usize,
     board: Arc<Scoreboard>,
+}
+
+/// An idle shard claimed for one connection (`Peers::idle`).
+#[derive(Clone, Copy)]
+pub struct Claim {
+    pub shard: usize,
+    /// Its wait's stamp, which the claim took.
+    since: u64,
 }
 
 /// A shard's own end: the connections its peers hand it.
@@ -96,12 +103,13 @@ impl Peers {
     /// thread has waited in the kernel for IDLE_FOR at least with no request
     /// in flight, the one with the fewest connections, claimed for one
     /// connection: its wait stops counting as idle until its thread waits
-    /// again. Without the claim, a shard whose pass ended with several
-    /// waiting requests would send them all to the one idle peer, which has
-    /// not woken yet, and then sit idle itself while they queue there.
-    pub fn idle(&self, me: usize) -> Option<usize> {
-        let idle_since = runtime::stamp(Instant::now()).saturating_sub(IDLE_FOR);
-        let mut best: Option<(u32, usize, u64)> = None;
+    /// again, or until `unclaim`. Without the claim, a shard whose pass ended
+    /// with several waiting requests would send them all to the one idle
+    /// peer, which has not woken yet, and then sit idle itself while they
+    /// queue there.
+    pub fn idle(&self, me: usize) -> Option<Claim> {
+        let idle_since = runtime::stamp_now().saturating_sub(IDLE_FOR);
+        let mut best: Option<(u32, Claim)> = None;
         for shard in 0..self.shards {
             if shard == self.ids[me] {
                 continue;
@@ -114,17 +122,30 @@ impl Peers {
                 continue;
             }
             let connections = line.connections.load(Ordering::Relaxed);
-            if best.is_none_or(|(fewest, ..)| connections < fewest) {
-                best = Some((connections, shard, since));
+            if best.is_none_or(|(fewest, _)| connections < fewest) {
+                best = Some((connections, Claim { shard, since }));
             }
         }
-        let (_, shard, since) = best?;
+        let (_, claim) = best?;
         // Another shard may have claimed it, or it woke, since it was read.
-        crate::roster::line(shard)?
+        crate::roster::line(claim.shard)?
             .waiting_since
-            .compare_exchange(since, 0, Ordering::Relaxed, Ordering::Relaxed)
+            .compare_exchange(claim.since, 0, Ordering::Relaxed, Ordering::Relaxed)
             .ok()
-            .map(|_| shard)
+            .map(|_| claim)
+    }
+
+    /// Gives back a claim whose connection could not be sent: the shard
+    /// counts as idle again, unless its thread woke meanwhile.
+    pub fn unclaim(&self, claim: Claim) {
+        if let Some(line) = crate::roster::line(claim.shard) {
+            let _ = line.waiting_since.compare_exchange(
+                0,
+                claim.since,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+        }
     }
 
     /// Sends a connection from this worker's shard `from` to shard `to`,
@@ -153,60 +174,103 @@ impl Peers {
 }
 
 /// Serves what peers hand this shard until it drains. Its thread's idle
-/// waits show in the roster meanwhile. Once draining, it takes no more: its
-/// inbox closes, so a peer of its worker keeps what it would have sent, and
-/// what was already sent is still served; its mailbox is read once more,
-/// and what comes later waits there for the shard's next worker.
+/// waits show in the roster meanwhile. Once draining, it takes no more: it
+/// leaves the roster and its inbox closes, so a peer keeps what it would
+/// have sent, and what was already sent is still served. Its mailbox is read
+/// until the drain ends, for a peer in another worker that claimed the shard
+/// just before; what comes later waits there for the shard's next worker.
 pub async fn take_in(shard: Rc<Shard>, inbox: Inbox) {
     let Inbox {
         local: mut inbox,
         mailbox,
         line,
     } = inbox;
-    let mailbox = mailbox.and_then(|fd| PollFd::new(fd).ok());
+    let mut mailbox = mailbox.and_then(|fd| PollFd::new(fd).ok());
     let mut buf = Vec::new();
     runtime::publish_waits(shard.board.clone(), shard.local, line);
     loop {
-        let next = inbox.next();
-        let drain = std::pin::pin!(shard.host.drain.started());
-        let readable = std::pin::pin!(async {
-            match &mailbox {
-                Some(mailbox) => mailbox.read_ready().await,
-                None => std::future::pending().await,
+        let woke = {
+            let next = inbox.next();
+            let drain = std::pin::pin!(shard.host.drain.started());
+            let readable = std::pin::pin!(mail(&mailbox));
+            match futures_util::future::select(next, futures_util::future::select(drain, readable))
+                .await
+            {
+                Either::Left((Some(handoff), _)) => Woke::Handoff(handoff),
+                Either::Left((None, _)) | Either::Right((Either::Left(_), _)) => break,
+                Either::Right((Either::Right((ready, _)), _)) => Woke::Mail(ready),
             }
-        });
-        let woke =
-            futures_util::future::select(next, futures_util::future::select(drain, readable));
-        match woke.await {
-            Either::Left((Some(handoff), _)) => super::accept::spawn(&shard, Start::Moved(handoff)),
-            Either::Left((None, _)) => break,
-            Either::Right((Either::Left(_), _)) => break,
-            Either::Right((Either::Right((ready, _)), _)) => {
-                if let (Some(mailbox), Ok(())) = (&mailbox, ready) {
-                    take_mail(&shard, mailbox, &mut buf);
-                }
-            }
+        };
+        match woke {
+            Woke::Handoff(handoff) => super::accept::spawn(&shard, Start::Moved(handoff)),
+            Woke::Mail(ready) => take_mail(&shard, &mut mailbox, ready, &mut buf),
         }
     }
     runtime::unpublish_waits();
-    if let Some(mailbox) = &mailbox {
-        take_mail(&shard, mailbox, &mut buf);
-    }
     // After close, next() yields what is queued (or being queued) and then
     // ends.
     inbox.close();
     while let Some(handoff) = inbox.next().await {
         super::accept::spawn(&shard, Start::Moved(handoff));
     }
+    while mailbox.is_some() {
+        let ready = {
+            let finished = std::pin::pin!(shard.host.drain.finished());
+            let readable = std::pin::pin!(mail(&mailbox));
+            match futures_util::future::select(finished, readable).await {
+                Either::Left(_) => break,
+                Either::Right((ready, _)) => ready,
+            }
+        };
+        take_mail(&shard, &mut mailbox, ready, &mut buf);
+    }
 }
 
-/// Serves every connection queued in the shard's mailbox.
-fn take_mail(shard: &Rc<Shard>, mailbox: &PollFd<OwnedFd>, buf: &mut Vec<u8>) {
-    loop {
-        match mailbox::receive(mailbox, buf) {
-            Received::Handoff(handoff) => super::accept::spawn(shard, Start::Moved(handoff)),
-            Received::Malformed => log::warn!("Shard {}: a malformed handoff is dropped", shard.id),
-            Received::Empty => return,
-        }
+/// What woke a shard's `take_in`.
+enum Woke {
+    Handoff(Box<Handoff>),
+    Mail(std::io::Result<()>),
+}
+
+/// Resolves when the mailbox, if any, has something to read.
+async fn mail(mailbox: &Option<PollFd<OwnedFd>>) -> std::io::Result<()> {
+    match mailbox {
+        Some(mailbox) => mailbox.read_ready().await,
+        None => std::future::pending().await,
     }
+}
+
+/// Serves every connection queued in the shard's mailbox. A mailbox that
+/// fails is no longer read (rather than polled in a loop): the shard then
+/// takes connections from its own worker only.
+fn take_mail(
+    shard: &Rc<Shard>,
+    mailbox: &mut Option<PollFd<OwnedFd>>,
+    ready: std::io::Result<()>,
+    buf: &mut Vec<u8>,
+) {
+    let Some(inbox) = mailbox.as_ref() else {
+        return;
+    };
+    let failed = match ready {
+        Err(e) => e,
+        Ok(()) => loop {
+            match mailbox::receive(inbox, buf) {
+                Received::Handoff(handoff) => super::accept::spawn(shard, Start::Moved(handoff)),
+                Received::Malformed(why) => {
+                    log::warn!(
+                        "Shard {}: a connection from another worker is lost: {why}",
+                        shard.id
+                    )
+                }
+                Received::Empty => return,
+                Received::Failed(e) => break e,
+            }
+        },
+    };
+    log::error!(
+        "Shard {}: its mailbox failed ({failed}); it takes connections from its own worker only",
+        shard.id
+    );
+    *mailbox = None;
 }

@@ -971,6 +971,20 @@ impl Supervisor {
         }
     }
 
+    /// Connections sent to a shard that was removed (TTOU) while its last
+    /// worker drained go on to a shard that is served; a shard still served
+    /// reads its own mailbox.
+    fn forward_mail(&self, gone: &Worker) {
+        for &shard in &gone.shards {
+            if shard >= self.cores
+                && self.cores > 0
+                && !self.workers.iter().any(|w| w.shards.contains(&shard))
+            {
+                self.mailboxes.forward(shard, shard % self.cores);
+            }
+        }
+    }
+
     /// Keeps what an exited worker counted, so the counters of /metrics
     /// survive it.
     fn retire_counts(&mut self, gone: &Worker) {
@@ -1003,7 +1017,8 @@ impl Supervisor {
             let w = self.workers.swap_remove(i);
             w.log_exit(status);
             self.release_placement(&w);
-            crate::roster::forget(&w.shards);
+            crate::roster::forget(w.pid as u32, &w.shards);
+            self.forward_mail(&w);
             self.retire_counts(&w);
             self.hooks
                 .call("child_exit", &[i64::from(pid), w.age as i64]);
