@@ -211,6 +211,51 @@ def test_connections_still_move_after_a_reload(turbo, tmp_path, isolation):
     close(server, a, b)
 
 
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_keep_alive_clients_under_load_lose_nothing_while_connections_move(turbo, tmp_path, isolation):
+    """Four keep-alive clients send CPU-bound and quick requests, some
+    pipelined, with a few milliseconds between them (so a shard is idle now
+    and then), to two shards: connections move back and forth between them
+    (between processes in process mode), and every request is answered, in
+    order, on a connection that stays usable."""
+    import threading
+
+    server = start_for_moves(turbo, "placement:wsgi", tmp_path, isolation)
+    (tmp_path / "go").touch()  # /hold?go&5 spins 5 ms, then answers
+    failures = []
+
+    def client(n):
+        try:
+            with server.connect() as s:
+                for i in range(40):
+                    if i % 5 == 4:
+                        s.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n" * 2)
+                        for _ in range(2):
+                            assert read_response(s, timeout=40)[0] == 200
+                        continue
+                    path = "/where" if i % 7 == 6 else "/hold?go&5"
+                    s.sendall(f"GET {path} HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+                    status, _, body, _ = read_response(s, timeout=40)
+                    assert status == 200 and body.strip().isdigit(), (status, body)
+                    # The clients' think time: the load's shape, not a wait
+                    # for the server.
+                    time.sleep((n * 7 + i * 3) % 5 / 1000)
+        except Exception as e:  # reported below, with the client's number
+            failures.append(f"client {n}: {e!r}")
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "a client never finished"
+    assert not failures, failures
+    assert "Error" not in server.log, server.log
+    # Connections moved 3 to 7 times per run here, in both modes, but how
+    # often depends on timing (a run with none was seen): the tests above
+    # make a move happen; this one asks that moving loses nothing.
+
+
 def wait_asleep(pid, thread, timeout=10):
     """Waits until thread `thread` of process `pid` sleeps in the kernel,
     where a shard's thread sleeps only in its wait for I/O, for 10 s at
