@@ -75,6 +75,14 @@ fn add(counter: &AtomicU64, n: u64) {
     );
 }
 
+/// Counts `elapsed` in a histogram: in the bucket of the first of `bounds`
+/// (microseconds) it does not pass, or in the last, and in `sum_us`.
+fn observe(buckets: &[AtomicU64], bounds: &[u64], sum_us: &AtomicU64, elapsed: Duration) {
+    let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
+    add(&buckets[bounds.partition_point(|&bound| bound < us)], 1);
+    add(sum_us, us);
+}
+
 impl Meters {
     /// A request answered with `status` after `elapsed` in the app. One
     /// that got no response (status 0: the client left first) is not counted.
@@ -85,10 +93,7 @@ impl Meters {
         let class = usize::from(status / 100).clamp(1, CLASSES.len()) - 1;
         let method = usize::from(method).min(METHODS.len() - 1);
         add(&self.requests[method][class], 1);
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        let bucket = BOUNDS_US.partition_point(|&bound| bound < us);
-        add(&self.durations[bucket], 1);
-        add(&self.duration_us, us);
+        observe(&self.durations, &BOUNDS_US, &self.duration_us, elapsed);
     }
 
     /// A request turbo refused with `status`, without the app's answer.
@@ -113,12 +118,7 @@ impl Meters {
     /// The shard's thread waited `elapsed` to take the GIL back from the
     /// app's Python threads (`--threads`, or threads the app started).
     pub fn gil_wait(&self, elapsed: Duration) {
-        let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
-        add(
-            &self.gil_waits[GIL_BOUNDS_US.partition_point(|&bound| bound < us)],
-            1,
-        );
-        add(&self.gil_wait_us, us);
+        observe(&self.gil_waits, &GIL_BOUNDS_US, &self.gil_wait_us, elapsed);
     }
 
     /// A WebSocket connection opens; it counts until the guard drops.
@@ -263,32 +263,6 @@ fn per_shard(out: &mut String, report: &Report<'_>, name: &str, value: impl Fn(&
     }
 }
 
-/// One shard's histogram `name`, from counts per bucket (not cumulative)
-/// whose upper bounds are `bounds` (microseconds) and then +Inf.
-fn histogram(
-    out: &mut String,
-    name: &str,
-    shard: usize,
-    buckets: &[u64],
-    bounds: &[u64],
-    sum_us: u64,
-) {
-    let mut below = 0;
-    for (b, &n) in buckets.iter().enumerate() {
-        below += n;
-        let le = bounds.get(b).map_or("+Inf".to_string(), |&us| seconds(us));
-        let _ = writeln!(
-            out,
-            "{name}_bucket{{shard=\"{shard}\",le=\"{le}\"}} {below}"
-        );
-    }
-    let _ = writeln!(
-        out,
-        "{name}_sum{{shard=\"{shard}\"}} {}\n{name}_count{{shard=\"{shard}\"}} {below}",
-        seconds(sum_us)
-    );
-}
-
 /// Seconds from microseconds, as Prometheus writes floats.
 fn seconds(us: u64) -> String {
     let text = format!("{:.6}", us as f64 / 1e6);
@@ -296,6 +270,34 @@ fn seconds(us: u64) -> String {
 }
 
 impl Report<'_> {
+    /// Histogram family `name` over the shards: each shard's counts per
+    /// bucket (not cumulative, the last past every bound) and their sum in
+    /// microseconds, as `of` finds them; `bounds` in microseconds.
+    fn histogram(
+        &self,
+        out: &mut String,
+        name: &str,
+        help: &str,
+        bounds: &[u64],
+        of: impl Fn(&Counts) -> (&[u64], u64),
+    ) {
+        family(out, name, "histogram", help);
+        for (i, shard) in self.shards.iter().enumerate() {
+            let (buckets, sum_us) = of(&shard.counts);
+            let mut below = 0;
+            for (b, &n) in buckets.iter().enumerate() {
+                below += n;
+                let le = bounds.get(b).map_or("+Inf".to_string(), |&us| seconds(us));
+                let _ = writeln!(out, "{name}_bucket{{shard=\"{i}\",le=\"{le}\"}} {below}");
+            }
+            let _ = writeln!(
+                out,
+                "{name}_sum{{shard=\"{i}\"}} {}\n{name}_count{{shard=\"{i}\"}} {below}",
+                seconds(sum_us)
+            );
+        }
+    }
+
     /// The text format, version 0.0.4. A request series appears once it has
     /// counted something, as client libraries do with labelled counters.
     pub fn render(&self) -> String {
@@ -317,43 +319,21 @@ impl Report<'_> {
                 }
             }
         }
-        family(
+        self.histogram(
             &mut out,
             "turbo_request_duration_seconds",
-            "histogram",
             "Time from the app's start on a request to its response's end.",
+            &BOUNDS_US,
+            |c| (&c.durations, c.duration_us),
         );
-        for (i, shard) in self.shards.iter().enumerate() {
-            let counts = &shard.counts;
-            let (buckets, sum) = (&counts.durations, counts.duration_us);
-            histogram(
-                &mut out,
-                "turbo_request_duration_seconds",
-                i,
-                buckets,
-                &BOUNDS_US,
-                sum,
-            );
-        }
-        family(
+        self.histogram(
             &mut out,
             "turbo_gil_wait_seconds",
-            "histogram",
             "Time a shard's thread waited to take the GIL back from the app's Python threads \
              after each wait for I/O: accepting, reading and writing wait that long.",
+            &GIL_BOUNDS_US,
+            |c| (&c.gil_waits, c.gil_wait_us),
         );
-        for (i, shard) in self.shards.iter().enumerate() {
-            let counts = &shard.counts;
-            let (buckets, sum) = (&counts.gil_waits, counts.gil_wait_us);
-            histogram(
-                &mut out,
-                "turbo_gil_wait_seconds",
-                i,
-                buckets,
-                &GIL_BOUNDS_US,
-                sum,
-            );
-        }
         family(
             &mut out,
             "turbo_requests_refused_total",

@@ -68,26 +68,13 @@ fn roster() -> Option<&'static Roster> {
     ROSTER
         .get_or_init(|| {
             let size = MAX_SHARDS * std::mem::size_of::<Line>();
-            // SAFETY: a fresh anonymous shared mapping; zero bytes are valid
-            // atomics.
-            let base = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    size,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            if base == libc::MAP_FAILED {
-                log::warn!(
-                    "Connections stay on their shard: cannot map the roster ({})",
-                    std::io::Error::last_os_error()
-                );
-                return None;
+            match crate::scoreboard::map_shared(size) {
+                Ok(base) => Some(Roster { base: base.cast() }),
+                Err(e) => {
+                    log::warn!("Connections stay on their shard: cannot map the roster ({e})");
+                    None
+                }
             }
-            Some(Roster { base: base.cast() })
         })
         .as_ref()
 }

@@ -64,6 +64,26 @@ pub fn now_ms() -> u64 {
     (ts.tv_sec as u64) * 1000 + (ts.tv_nsec as u64) / 1_000_000
 }
 
+/// `len` zeroed bytes of anonymous memory that a fork shares with its
+/// parent, never unmapped; zero bytes are valid atomics.
+pub fn map_shared(len: usize) -> std::io::Result<*mut u8> {
+    // SAFETY: a fresh mapping of our own; nothing else is touched.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(base.cast())
+}
+
 impl Scoreboard {
     /// A zeroed board for `shards` shards of `threads` app threads each.
     pub fn new(shards: usize, threads: usize) -> std::io::Result<Scoreboard> {
@@ -72,22 +92,8 @@ impl Scoreboard {
             + slots * std::mem::size_of::<Slot>()
             + shards * std::mem::size_of::<ShardCounts>()
             + shards * std::mem::size_of::<Meters>();
-        // SAFETY: a fresh anonymous shared mapping; zero bytes are valid atomics.
-        let base = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        if base == libc::MAP_FAILED {
-            return Err(std::io::Error::last_os_error());
-        }
         Ok(Scoreboard {
-            base: base.cast(),
+            base: map_shared(len)?,
             len,
             slots,
             per_shard: threads,

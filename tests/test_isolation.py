@@ -130,40 +130,51 @@ def test_a_package_in_the_apps_folder_is_probed_by_its_dotted_name(turbo, venv_w
     assert "  vendor.fast._testsinglephase: module _testsinglephase does not support" in check
 
 
-CRASHES = r"""
+# An extension that says it supports own-GIL interpreters, and misbehaves
+# (MISBEHAVES: C statements) when it loads in any but the main one.
+MISBEHAVING = r"""
 #include <Python.h>
 #include <signal.h>
+#include <unistd.h>
 
-/* Says it supports own-GIL interpreters, and kills the process in any but
-   the main one. */
-static int exec_crashes(PyObject *module) {
-    if (PyInterpreterState_Get() != PyInterpreterState_Main())
-        raise(SIGSEGV);
+static int exec_module(PyObject *module) {
+    if (PyInterpreterState_Get() != PyInterpreterState_Main()) {
+        MISBEHAVES;
+    }
     return 0;
 }
 
 static PyModuleDef_Slot slots[] = {
-    {Py_mod_exec, exec_crashes},
+    {Py_mod_exec, exec_module},
     {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
     {0, NULL},
 };
 
-static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "crashes", NULL, 0, NULL, slots};
+static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "NAME", NULL, 0, NULL, slots};
 
-PyMODINIT_FUNC PyInit_crashes(void) { return PyModuleDef_Init(&def); }
+PyMODINIT_FUNC PyInit_NAME(void) { return PyModuleDef_Init(&def); }
 """
+
+
+def misbehaving_app(tmp_path, name, misbehaves):
+    """The folder of an app that imports extension `name` at its first
+    request, with _testmultiphase beside it; the extension runs the C
+    statements `misbehaves` when loaded in a sub-interpreter."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        pytest.skip("no C compiler to build the extension")
+    app = lazy_app(tmp_path, name)
+    source = tmp_path / f"{name}.c"
+    source.write_text(MISBEHAVING.replace("NAME", name).replace("MISBEHAVES", misbehaves))
+    subprocess.run([cc, "-shared", "-fPIC", "-o", str(app / f"{name}{SUFFIX}"),
+                    f"-I{sysconfig.get_path('include')}", str(source)], check=True)
+    shutil.copy(stdlib_extension("_testmultiphase"), app)
+    return app
 
 
 @needs_own_gil
 def test_an_extension_that_crashes_the_probe_counts_as_refusing(turbo, venv_with, tmp_path):
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build the crashing extension")
-    app = lazy_app(tmp_path, "crashes")
-    (tmp_path / "crashes.c").write_text(CRASHES)
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(app / f"crashes{SUFFIX}"),
-                    f"-I{sysconfig.get_path('include')}", str(tmp_path / "crashes.c")], check=True)
-    shutil.copy(stdlib_extension("_testmultiphase"), app)
+    app = misbehaving_app(tmp_path, "crashes", "raise(SIGSEGV)")
     srv = turbo("lazy:app", "--cores", "2", cwd=app, command=venv_with(*PURE),
                 default_isolation=True, env={"XDG_CACHE_HOME": str(tmp_path)})
     line = isolation_line(srv)
@@ -173,43 +184,12 @@ def test_an_extension_that_crashes_the_probe_counts_as_refusing(turbo, venv_with
     assert "  crashes: the probe process died of signal 11 while loading crashes" in check
 
 
-HANGS = """\
-#include <Python.h>
-#include <unistd.h>
-
-/* Says it supports own-GIL interpreters, and never returns in any but the
-   main one, as an extension stuck on a lock it takes at import does. */
-static int exec_hangs(PyObject *module) {
-    if (PyInterpreterState_Get() != PyInterpreterState_Main())
-        for (;;)
-            pause();
-    return 0;
-}
-
-static PyModuleDef_Slot slots[] = {
-    {Py_mod_exec, exec_hangs},
-    {Py_mod_multiple_interpreters, Py_MOD_PER_INTERPRETER_GIL_SUPPORTED},
-    {0, NULL},
-};
-
-static struct PyModuleDef def = {PyModuleDef_HEAD_INIT, "hangs", NULL, 0, NULL, slots};
-
-PyMODINIT_FUNC PyInit_hangs(void) { return PyModuleDef_Init(&def); }
-"""
-
-
 @needs_own_gil
 def test_an_extension_that_hangs_the_probe_counts_as_refusing_once(venv_with, tmp_path):
     """The probe gives a module 30 s; one that takes longer refuses, its
     child is killed, and the verdict is cached like any other."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        pytest.skip("no C compiler to build the hanging extension")
-    app = lazy_app(tmp_path, "hangs")
-    (tmp_path / "hangs.c").write_text(HANGS)
-    subprocess.run([cc, "-shared", "-fPIC", "-o", str(app / f"hangs{SUFFIX}"),
-                    f"-I{sysconfig.get_path('include')}", str(tmp_path / "hangs.c")], check=True)
-    shutil.copy(stdlib_extension("_testmultiphase"), app)
+    # As an extension stuck on a lock it takes at import.
+    app = misbehaving_app(tmp_path, "hangs", "for (;;) pause()")
     command = venv_with(*PURE)
     cold = check_config(command, app, tmp_path / "cache")
     assert "Isolation: one worker process per shard: 1 of" in cold

@@ -119,6 +119,21 @@ def start_for_moves(turbo, app, tmp_path, isolation, *args):
     return server
 
 
+def take_turns(a, b, tmp_path, rounds):
+    """A's handler holds its shard's CPU (20 ms at least) while B's request
+    arrives, in each of `rounds`: B must be served on the other shard."""
+    for n in range(rounds):
+        a.sendall(f"GET /hold?r{n}&20 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+        wait_for_file(tmp_path / f"r{n}.started")
+        b.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n")
+        (tmp_path / f"r{n}").touch()
+        status, _, served_a, _ = read_response(a, timeout=40)
+        assert status == 200
+        status, _, served_b, _ = read_response(b, timeout=40)
+        assert status == 200
+        assert served_a != served_b, f"round {n}: B waited for A's shard and stayed there"
+
+
 @pytest.mark.parametrize("isolation", ISOLATIONS)
 @pytest.mark.parametrize("app", APPS)
 def test_a_request_waiting_behind_a_busy_shard_moves_to_an_idle_one(turbo, tmp_path, app, isolation):
@@ -129,16 +144,7 @@ def test_a_request_waiting_behind_a_busy_shard_moves_to_an_idle_one(turbo, tmp_p
     # connection. From then on the two take turns on two shards; should a
     # stall of this host move one onto the other's shard again, its next
     # wait moves it off.
-    for n in range(4):
-        a.sendall(f"GET /hold?r{n}&20 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        wait_for_file(tmp_path / f"r{n}.started")
-        b.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n")
-        (tmp_path / f"r{n}").touch()
-        status, _, served_a, _ = read_response(a, timeout=40)
-        assert status == 200
-        status, _, served_b, _ = read_response(b, timeout=40)
-        assert status == 200
-        assert served_a != served_b, f"round {n}: B waited for A's shard and stayed there"
+    take_turns(a, b, tmp_path, rounds=4)
     server.wait_for("its connection moves to idle shard")
     close(server, a, b)
 
@@ -198,16 +204,7 @@ def test_connections_still_move_after_a_reload(turbo, tmp_path, isolation):
     for pid in before:
         server.wait_for(re.escape(f"Worker (pid:{pid}) exited"), timeout=30)
     a, b, home = pair_on_one_shard(server)
-    for n in range(2):
-        a.sendall(f"GET /hold?r{n}&20 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
-        wait_for_file(tmp_path / f"r{n}.started")
-        b.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n")
-        (tmp_path / f"r{n}").touch()
-        status, _, served_a, _ = read_response(a, timeout=40)
-        assert status == 200
-        status, _, served_b, _ = read_response(b, timeout=40)
-        assert status == 200
-        assert served_a != served_b, f"round {n}: B waited for A's shard and stayed there"
+    take_turns(a, b, tmp_path, rounds=2)
     close(server, a, b)
 
 

@@ -57,16 +57,6 @@ impl Mailboxes {
         self.pairs.len()
     }
 
-    /// A copy for a worker, made in the forked child.
-    pub fn try_clone(&self) -> std::io::Result<Mailboxes> {
-        let pairs = self
-            .pairs
-            .iter()
-            .map(|(read, write)| Ok((read.try_clone()?, write.try_clone()?)))
-            .collect::<std::io::Result<_>>()?;
-        Ok(Mailboxes { pairs })
-    }
-
     /// Passes what waits in shard `from`'s mailbox to shard `to`'s: `from`
     /// has no worker any more (the supervisor removed the shard). What `to`
     /// cannot take is closed, so its client sees the connection end.

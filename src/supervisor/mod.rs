@@ -857,7 +857,7 @@ impl Supervisor {
             close_in_child: &others,
             hooks: &self.hooks,
             age: self.age + 1,
-            mailboxes: &self.mailboxes,
+            mailboxes: &mut self.mailboxes,
         });
         self.age += 1;
         match spawned {

@@ -54,7 +54,7 @@ pub struct Fork<'a> {
     pub hooks: &'a Hooks,
     /// The worker's number, counting every worker started (Gunicorn's age).
     pub age: u64,
-    pub mailboxes: &'a Mailboxes,
+    pub mailboxes: &'a mut Mailboxes,
 }
 
 fn random_below(bound: u64) -> u64 {
@@ -108,12 +108,8 @@ pub fn spawn(fork: Fork<'_>) -> std::io::Result<Worker> {
         fork.hooks.call("post_fork", &[fork.age as i64]);
         drop(read_end);
         let shards = fork.sockets.take_for(&fork.shards);
-        // Without its copies the worker still serves; it only takes and
-        // hands no connections from and to other workers.
-        let mailboxes = fork
-            .mailboxes
-            .try_clone()
-            .unwrap_or_else(|_| Mailboxes::new());
+        // The child's copy of the supervisor's mailboxes becomes the worker's.
+        let mailboxes = std::mem::replace(fork.mailboxes, Mailboxes::new());
         worker::run(worker::Spec {
             config: config.clone(),
             shards,
