@@ -12,12 +12,13 @@ With W workers of T threads, the least time the burst can take is
 requests / (W * T) * (ms + cpu): the table gives each server's time and its
 efficiency against that bound. Servers and the client are not pinned.
 
-For turbo it also gives how long the shards' threads waited to take the
-GIL back from the views' Python threads after each wait for I/O: accepting,
-reading heads and writing responses wait that long (`turbo_gil_wait_seconds`
-from --metrics-bind, summed over the rounds). CPython's switch interval
-(sys.getswitchinterval(), 5 ms) is what a thread running bytecode makes a
-waiting one wait at most."""
+Meanwhile a probe client sends, every 20 ms on a new connection, a request
+that no server hands to a view (HTTP/9.9): the time to its answer is what
+accepting, parsing and writing wait for behind the views. For turbo the table
+also gives how long the shards' threads waited for the GIL
+(`turbo_gil_wait_seconds` from --metrics-bind, summed over the rounds).
+CPython's switch interval (sys.getswitchinterval(), 5 ms) is what a thread
+running bytecode makes a waiting one wait, or longer when several wait."""
 
 import argparse
 import asyncio
@@ -42,10 +43,46 @@ async def one(port, path, deadline):
         return False
 
 
+# A request line no server runs the app for: turbo's shard thread answers it
+# (505), Gunicorn's worker answers it from its Python parser (400).
+BAD_VERSION = b"GET / HTTP/9.9\r\nHost: b\r\n\r\n"
+
+
+async def probe(port, done, times):
+    """Until `done`, every 20 ms: connects, sends BAD_VERSION and times the
+    answer's first bytes. That is accept, parsing and a write, with no view."""
+    while not done.is_set():
+        started = time.monotonic()
+        try:
+            reader, writer = await asyncio.wait_for(asyncio.open_connection("127.0.0.1", port), 30)
+            writer.write(BAD_VERSION)
+            if await asyncio.wait_for(reader.read(12), 30):
+                times.append(time.monotonic() - started)
+            writer.close()
+        except (OSError, asyncio.TimeoutError):
+            pass
+        await asyncio.sleep(0.02)
+
+
 async def burst(port, requests, path, deadline):
+    """The burst's time, its unanswered requests, and the probe's times."""
+    done, times = asyncio.Event(), []
+    prober = asyncio.create_task(probe(port, done, times))
     started = time.monotonic()
     answers = await asyncio.gather(*(one(port, path, deadline) for _ in range(requests)))
-    return time.monotonic() - started, requests - sum(answers)
+    elapsed = time.monotonic() - started
+    done.set()
+    await prober
+    return elapsed, requests - sum(answers), times
+
+
+def describe_probe(times):
+    """Median, 99th percentile and most of the probe's answer times."""
+    if not times:
+        return "no answer"
+    times = sorted(times)
+    at = lambda q: times[min(len(times) - 1, int(q * len(times)))] * 1000
+    return f"{len(times)} probes: median {at(0.5):.1f} ms, p99 {at(0.99):.1f} ms, max {times[-1] * 1000:.1f} ms"
 
 
 def command(server, turbo, port, ops, workers, threads):
@@ -110,12 +147,14 @@ def main():
     times = {s: [] for s in servers}
     lost = {s: 0 for s in servers}
     waits = {s: {} for s in servers}
+    probes = {s: [] for s in servers}
     for r in range(args.rounds):
         for server in servers if r % 2 == 0 else list(reversed(servers)):
             port, ops = free_port(), free_port()
             path = f"/?ms={args.ms}&cpu={args.cpu}"
             with Server(command(server, args.turbo, port, ops, args.workers, args.threads), port, cpus=None):
-                elapsed, failed = asyncio.run(burst(port, args.requests, path, 10 * bound + 30))
+                elapsed, failed, probed = asyncio.run(burst(port, args.requests, path, 10 * bound + 30))
+                probes[server] += probed
                 if server.startswith("turbo"):
                     for b, n in gil_waits(ops).items():
                         waits[server][b] = waits[server].get(b, 0) + n
@@ -125,12 +164,13 @@ def main():
     view = f"{args.cpu} ms of Python, then " if args.cpu else ""
     print(f"{args.requests} requests of {view}{args.ms} ms asleep at once, {args.workers} workers x "
           f"{args.threads} threads; the bound is {bound:.2f} s. Medians of {args.rounds} rounds.\n")
-    print("| server | time s | bound / time | unanswered (all rounds) | shard threads' GIL waits (all rounds) |")
-    print("|---|---|---|---|---|")
+    print("| server | time s | bound / time | unanswered (all rounds) | answers without a view (all rounds) "
+          "| shard threads' GIL waits (all rounds) |")
+    print("|---|---|---|---|---|---|")
     for s in servers:
         t = statistics.median(times[s])
         gil = describe_waits(waits[s]) if s.startswith("turbo") else ""
-        print(f"| {s} | {t:.2f} | {bound / t:.2f} | {lost[s]} | {gil} |")
+        print(f"| {s} | {t:.2f} | {bound / t:.2f} | {lost[s]} | {describe_probe(probes[s])} | {gil} |")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ use crate::http::HttpError;
 use crate::http::conn::Exchange;
 use crate::http::stream::Endpoints;
 use crate::metrics::{self, Meters};
+use crate::python::Held;
+use crate::runtime;
 use crate::scoreboard::Scoreboard;
 
 /// A shard's request meters in its worker's scoreboard (`--metrics-bind`).
@@ -45,14 +47,14 @@ pub struct Observers {
 pub struct Done {
     pub outcome: Outcome,
     /// The environ or scope, kept for post_request.
-    pub environ: Option<Py<PyAny>>,
+    pub environ: Option<Held<PyAny>>,
 }
 
 /// A request being observed: the access log's copy of it, and the hooks'
 /// `req`.
 pub struct Observed {
     request: Option<access_log::Request>,
-    hook: Option<Py<PyAny>>,
+    hook: Option<Held<PyAny>>,
     /// The method's index in `metrics::METHODS`, when metered.
     method: Option<u8>,
     /// When the app began on the request: the access log's and the
@@ -76,15 +78,17 @@ impl Observers {
 
     /// The client's address as the hooks' `req.peer_addr`, made once per
     /// connection, only when there are hooks.
-    pub fn peer(&self, py: Python<'_>, ends: &Endpoints) -> Option<Py<PyAny>> {
+    pub fn peer(&self, ends: &Endpoints) -> Option<Held<PyAny>> {
         self.hooks.as_ref()?;
-        match ends {
+        runtime::python(|py| match ends {
             Endpoints::Tcp { peer, .. } => (peer.ip().to_string(), peer.port())
                 .into_pyobject(py)
                 .ok()
-                .map(|t| t.into_any().unbind()),
-            Endpoints::Unix { .. } => Some(pyo3::types::PyString::new(py, "").into_any().unbind()),
-        }
+                .map(|t| Held::new(t.into_any().unbind())),
+            Endpoints::Unix { .. } => Some(Held::new(
+                pyo3::types::PyString::new(py, "").into_any().unbind(),
+            )),
+        })
     }
 
     /// Before the app runs: takes the access log's copy of the request (its
@@ -94,7 +98,7 @@ impl Observers {
     pub fn begin(
         &self,
         ex: &mut Exchange<'_>,
-        peer: Option<&Py<PyAny>>,
+        peer: Option<&Held<PyAny>>,
         utf8: bool,
     ) -> Result<Option<Observed>, ()> {
         if self.access_log.is_none() && self.hooks.is_none() && self.meter.is_none() {
@@ -111,8 +115,12 @@ impl Observers {
             .map(|_| access_log::Request::capture(ex.buf(), ex.head(), utf8));
         let hook = match &self.hooks {
             Some(hooks) => {
-                let begun =
-                    Python::attach(|py| hooks.begin(py, ex.buf(), ex.head(), ex.https(), peer));
+                let begun = runtime::python(|py| {
+                    let peer = peer.map(Held::get);
+                    hooks
+                        .begin(py, ex.buf(), ex.head(), ex.https(), peer)
+                        .map(Held::new)
+                });
                 match begun {
                     Ok(hook) => Some(hook),
                     Err(()) => {
@@ -155,7 +163,10 @@ impl Observers {
             meter.get().request(method, done.outcome.status, elapsed);
         }
         if let (Some(hooks), Some(hook)) = (&self.hooks, observed.hook) {
-            Python::attach(|py| hooks.finish(py, hook, done.environ, &done.outcome));
+            runtime::python(|py| {
+                let environ = done.environ.map(|e| e.into_inner(py));
+                hooks.finish(py, hook.into_inner(py), environ, &done.outcome)
+            });
         }
         if let (Some(log), Some(request)) = (&self.access_log, observed.request) {
             log.log(remote, &request, &done.outcome, elapsed);

@@ -7,14 +7,17 @@ use std::cell::{Cell, RefCell};
 use std::future::Future;
 use std::pin::pin;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use compio::driver::{DriverType, ProactorBuilder};
 use compio::runtime::{Runtime, RuntimeBuilder};
 
+use pyo3::Python;
+
 use crate::config::IoEngine;
+use crate::python::{Graveyard, Released};
 use crate::roster::Line;
 use crate::scoreboard::Scoreboard;
 
@@ -70,6 +73,64 @@ struct Passes {
     /// Where the thread counts its waits for the GIL (`--metrics-bind`): the
     /// scoreboard and its shard's number there.
     meters: RefCell<Option<(Arc<Scoreboard>, usize)>>,
+    /// Set when the thread takes its GIL only to run Python (`python`).
+    lazy: RefCell<Option<Lazy>>,
+}
+
+/// A shard thread whose app runs on Python threads (WSGI `--threads`): it
+/// gives its GIL up at a kernel wait and takes it back only when one of its
+/// tasks calls `python`, so accepting, parsing and writing never wait behind
+/// those threads (docs/architecture.md, "Shards").
+struct Lazy {
+    /// The GIL, while the thread has it given up.
+    released: Option<Released>,
+    /// Where what the thread drops without its GIL goes.
+    graveyard: Arc<Graveyard>,
+    /// How busy the Python threads are, for `late`.
+    pool: Arc<PoolLoad>,
+}
+
+/// How many of a shard's Python threads have a request, and since when they
+/// all have, as a shard with `--threads` tells its thread (`run_python_on`).
+#[derive(Default)]
+pub struct PoolLoad {
+    /// Requests handed to the threads and not yet finished.
+    pub busy: AtomicUsize,
+    /// The threads there are.
+    pub threads: usize,
+    /// `stamp_now()` of the moment every thread had a request; 0 while one
+    /// is free.
+    pub full_since: AtomicU64,
+}
+
+impl PoolLoad {
+    pub fn new(threads: usize) -> PoolLoad {
+        PoolLoad {
+            threads,
+            ..PoolLoad::default()
+        }
+    }
+
+    /// A request was handed to the threads.
+    pub fn started(&self) {
+        if self.busy.fetch_add(1, Ordering::Relaxed) + 1 == self.threads {
+            self.full_since.store(stamp_now(), Ordering::Relaxed);
+        }
+    }
+
+    /// A thread finished its request.
+    pub fn finished(&self) {
+        if self.busy.fetch_sub(1, Ordering::Relaxed) == self.threads {
+            self.full_since.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// When every thread has been busy since, if they all are.
+    fn full_since(&self) -> Option<Instant> {
+        let since = self.full_since.load(Ordering::Relaxed);
+        let ago = stamp_now().checked_sub(since).filter(|_| since != 0)?;
+        Instant::now().checked_sub(Duration::from_nanos(ago))
+    }
 }
 
 thread_local! {
@@ -162,18 +223,40 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
         }
         p.queued.set(false);
         time_request(p, now);
-        let reaped = crate::python::without_gil(|| {
-            rt.poll_with(timeout);
-            Instant::now()
-        });
+        let mut lazy = p.lazy.borrow_mut();
+        let (reaped, began) = match lazy.as_mut() {
+            Some(lazy) => {
+                if lazy.released.is_none() {
+                    lazy.released = Some(crate::python::release_gil());
+                }
+                lazy.graveyard.take_deferred();
+                rt.poll_with(timeout);
+                let reaped = Instant::now();
+                (reaped, reaped)
+            }
+            None => {
+                let reaped = crate::python::without_gil(|| {
+                    rt.poll_with(timeout);
+                    Instant::now()
+                });
+                (reaped, Instant::now())
+            }
+        };
         if let Some(since) = waiting {
             since.store(0, Ordering::Relaxed);
         }
-        let began = Instant::now();
-        if let Some((board, local)) = &*p.meters.borrow() {
+        if let Some((board, local)) = &*p.meters.borrow()
+            && lazy.is_none()
+        {
             board.meters(*local).gil_wait(began - reaped);
         }
-        let late = if began - reaped >= LATE_AFTER {
+        // With Python threads, what is reaped now waited behind the app when
+        // every thread has had a request for LATE_AFTER or more.
+        let pool_full = lazy
+            .as_ref()
+            .and_then(|l| l.pool.full_since())
+            .is_some_and(|since| began - since >= LATE_AFTER);
+        let late = if began - reaped >= LATE_AFTER || pool_full {
             Some(began)
         } else {
             long.then_some(now)
@@ -181,6 +264,60 @@ pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
         p.late.set(late);
         p.entered.set(Some(began));
     });
+}
+
+/// From now on (until `block_on` returns) this thread gives its GIL up at
+/// each kernel wait and takes it back only in `python`: its app runs on the
+/// Python threads whose load is `pool`, and what it drops without the GIL
+/// goes to `graveyard`.
+pub fn run_python_on(graveyard: Arc<Graveyard>, pool: Arc<PoolLoad>) {
+    PASSES.with(|p| {
+        *p.lazy.borrow_mut() = Some(Lazy {
+            released: None,
+            graveyard,
+            pool,
+        })
+    });
+}
+
+/// Runs `f` with the thread's interpreter: a shard thread's one way into
+/// Python. A thread that gave its GIL up at its last wait (`run_python_on`)
+/// takes it back first, and keeps it until its next wait; that wait is
+/// counted as the thread's GIL wait, and as one that makes what it handles
+/// next late (`waited_since`) when long.
+pub fn python<T>(f: impl FnOnce(Python<'_>) -> T) -> T {
+    PASSES.with(|p| {
+        let mut lazy = p.lazy.borrow_mut();
+        let Some(lazy) = lazy.as_mut() else {
+            return;
+        };
+        let Some(released) = lazy.released.take() else {
+            return;
+        };
+        let asked = Instant::now();
+        released.restore();
+        let got = Instant::now();
+        if let Some((board, local)) = &*p.meters.borrow() {
+            board.meters(*local).gil_wait(got - asked);
+        }
+        if got - asked >= LATE_AFTER {
+            p.late.set(Some(got));
+        }
+        Python::attach(|py| lazy.graveyard.sweep(py));
+    });
+    Python::attach(f)
+}
+
+/// Ends `run_python_on`: the thread holds its GIL again, and nothing it
+/// dropped waits for another thread.
+fn take_python_back() {
+    let lazy = PASSES.with(|p| p.lazy.borrow_mut().take());
+    if let Some(lazy) = lazy {
+        if let Some(released) = lazy.released {
+            released.restore();
+        }
+        Python::attach(|py| lazy.graveyard.sweep(py));
+    }
 }
 
 /// The thread wrote a response, which may wait in the ring (`enter_app`).
@@ -287,7 +424,7 @@ pub fn resolve(engine: IoEngine) -> Result<IoEngine, String> {
 /// Drives `future` to completion on `rt`, releasing the GIL whenever the thread
 /// waits for the kernel, so an idle shard never holds its interpreter.
 pub fn block_on<F: Future>(rt: &Runtime, future: F) -> F::Output {
-    rt.enter(|| {
+    let out = rt.enter(|| {
         let waker = rt.waker();
         let mut cx = Context::from_waker(&waker);
         let mut future = pin!(future);
@@ -304,5 +441,7 @@ pub fn block_on<F: Future>(rt: &Runtime, future: F) -> F::Output {
             };
             wait(rt, timeout);
         }
-    })
+    });
+    take_python_back();
+    out
 }

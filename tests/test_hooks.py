@@ -154,7 +154,8 @@ def pre_request(worker, req):
     hookapp.seen.append(req.path)
 
 def post_request(worker, req, environ, resp):
-    hookapp.seen.append(f"post {resp.status_code} {worker.pid == __import__('os').getpid()}")
+    hookapp.seen.append(f"post {resp.status_code} {worker.pid == __import__('os').getpid()} "
+                        f"{environ.get('PATH_INFO') or environ.get('path')}")
 """
 
 APPS_WITH_STATE = {
@@ -175,17 +176,19 @@ async def app(scope, receive, send):
 }
 
 
-@pytest.mark.parametrize("interface", ["wsgi", "asgi"])
-def test_request_hooks_run_in_the_apps_own_interpreter(turbo, tmp_path, interface):
+@pytest.mark.parametrize("interface,threads", [("wsgi", "1"), ("wsgi", "4"), ("asgi", "1")])
+def test_request_hooks_run_in_the_apps_own_interpreter(turbo, tmp_path, interface, threads):
     """The hooks change the app module's state, which the app then shows: they
     ran in the interpreter that serves the app (a shard's sub-interpreter on
-    3.12+), not in the supervisor's."""
+    3.12+), not in the supervisor's. With `--threads`, the shard thread takes
+    the GIL for them, and post_request gets the environ a Python thread made."""
     (tmp_path / "hookapp.py").write_text(APPS_WITH_STATE[interface])
     conf = tmp_path / "c.py"
     conf.write_text(REQUEST_HOOKS)
-    srv = turbo("hookapp:app", "-c", str(conf), "--pythonpath", str(tmp_path))
+    srv = turbo("hookapp:app", "-c", str(conf), "--pythonpath", str(tmp_path),
+                "--threads", threads)
     assert httpx.get(srv.url("/a"), timeout=10).text == "/a"
-    assert httpx.get(srv.url("/b"), timeout=10).text == "/a,post 200 True,/b"
+    assert httpx.get(srv.url("/b"), timeout=10).text == "/a,post 200 True /a,/b"
 
 
 def test_a_failing_pre_request_fails_the_request_only(turbo, tmp_path):

@@ -89,16 +89,23 @@ def test_metrics_match_the_requests_across_shards_and_a_killed_worker(turbo):
     assert total(samples, "turbo_worker_restarts_total", reason="reload") == 0
 
 
-def test_the_shard_threads_waits_for_the_gil_are_counted(turbo):
-    """With --threads, a shard's thread takes the GIL back after each wait
-    for I/O; while a Python thread spins in a view, it waits for the switch
-    interval's hand-off. /metrics shows those waits as a histogram."""
-    srv = start(turbo, "ops_app:app", "--threads", "4")
+@pytest.mark.parametrize("hooks", [False, True])
+def test_the_shard_threads_waits_for_the_gil_are_counted(turbo, tmp_path, hooks):
+    """With --threads, a shard's thread reads and writes without the GIL: it
+    takes it only to run Python itself, such as the request hooks. While a
+    Python thread spins in a view, it then waits for the switch interval's
+    hand-off. /metrics shows those waits as a histogram."""
+    args = ["--threads", "4"]
+    if hooks:
+        conf = tmp_path / "c.py"
+        conf.write_text("def pre_request(worker, req):\n    pass\n")
+        args += ["-c", str(conf)]
+    srv = start(turbo, "ops_app:app", *args)
     spinning = [srv.connect() for _ in range(2)]
     for s in spinning:
         s.sendall(b"GET /spin HTTP/1.1\r\nHost: x\r\n\r\n")
-    # Quick requests meanwhile: each wakes the shard's thread, which then
-    # waits for a spinning thread to let go of the GIL.
+    # Quick requests meanwhile: each wakes the shard's thread, which with a
+    # hook then waits for a spinning thread to let go of the GIL.
     for _ in range(10):
         assert request(srv, "GET", "/")[0] == 200
     for s in spinning:
@@ -106,7 +113,11 @@ def test_the_shard_threads_waits_for_the_gil_are_counted(turbo):
         s.close()
     samples = scrape(srv.ops)
     waits = total(samples, "turbo_gil_wait_seconds_count")
-    assert waits == total(samples, "turbo_gil_wait_seconds_bucket", le="+Inf") > 0
+    assert waits == total(samples, "turbo_gil_wait_seconds_bucket", le="+Inf")
+    if not hooks:
+        assert waits == 0, "the shard's thread took the GIL with nothing to run in Python"
+        return
+    assert waits > 0
     assert total(samples, "turbo_gil_wait_seconds_bucket", le="0.0001") < waits, "no wait behind the spinning view"
     assert total(samples, "turbo_gil_wait_seconds_sum") > 0
 

@@ -4,6 +4,7 @@ The blocked calls wait on events, not clocks: a test fails by a call finishing
 in the wrong order, never by being slow."""
 
 import concurrent.futures
+import socket
 
 import httpx
 
@@ -71,3 +72,54 @@ def test_shard_parses_while_threads_are_busy(turbo):
 def test_multithread_flag_is_true_with_threads(turbo):
     srv = turbo("echo:environ_app", "--threads", "2")
     assert httpx.get(srv.url(), timeout=10).json()["wsgi.multithread"] is True
+
+
+def test_the_shard_reads_and_writes_while_a_thread_holds_the_gil(turbo, tmp_path):
+    """A Python thread that computes holds the interpreter's GIL for as long
+    as the switch interval lets it (here, raised to 1000 s by the app). The
+    shard's own thread needs no GIL to parse a request, to answer what it can
+    answer itself, or to write a response a thread made, so those go on."""
+    flag = tmp_path / "flag"
+    flag.write_bytes(b"\0")
+    srv = turbo("echo:blocker", "--threads", "2")
+    size = 16 << 20
+    with socket.socket() as reader, concurrent.futures.ThreadPoolExecutor(1) as pool:
+        # A client that reads slowly: most of the 16 MiB stays with turbo.
+        reader.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        reader.settimeout(20)
+        reader.connect(("127.0.0.1", srv.port))
+        reader.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+        got = b""
+        while b"\r\n\r\n" not in got:
+            chunk = reader.recv(1024)
+            assert chunk, "the connection closed before the head"
+            got += chunk
+        hog = pool.submit(httpx.get, srv.url(f"/hog?{flag}"), timeout=60)
+        try:
+            srv.wait_for("hogging")
+            with srv.connect() as s:
+                s.sendall(b"GET / HTTP/9.9\r\nHost: x\r\n\r\n")
+                assert read_response(s)[0] == 505
+            head, _, body = got.partition(b"\r\n\r\n")
+            assert f"Content-Length: {size}".encode() in head
+            received = len(body)
+            while received < size:
+                chunk = reader.recv(1 << 20)
+                assert chunk, "the connection closed inside the body"
+                received += len(chunk)
+            assert not hog.done(), "the GIL was let go before the shard wrote"
+        finally:
+            # In place: the app maps the file, and a shorter file would fault.
+            with open(flag, "r+b") as f:
+                f.write(b"\1")
+        assert hog.result().content == b"hogged"
+
+
+def test_a_lent_body_is_let_go_once_sent(turbo):
+    """The shard thread drops the app's body after writing it, without the
+    GIL; the reference goes before the next request runs."""
+    srv = turbo("echo:blocker", "--threads", "2")
+    before = httpx.get(srv.url("/refs"), timeout=10).text
+    for _ in range(3):
+        assert len(httpx.get(srv.url("/lend"), timeout=10).content) == 65536
+    assert httpx.get(srv.url("/refs"), timeout=10).text == before

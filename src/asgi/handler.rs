@@ -13,6 +13,7 @@ use super::websocket;
 use crate::http::conn::{Exchange, Handler, Opened};
 use crate::http::tls::{self, Tls};
 use crate::observe::Observers;
+use crate::python::Held;
 use crate::scoreboard::Scoreboard;
 
 /// One shard's ASGI app and what its requests need.
@@ -30,7 +31,7 @@ pub struct Bridge {
 pub struct Peer {
     peers: Peers,
     /// The client as the request hooks' `req.peer_addr`.
-    hook: Option<Py<PyAny>>,
+    hook: Option<Held<PyAny>>,
 }
 
 impl Handler for Rc<Bridge> {
@@ -45,7 +46,7 @@ impl Handler for Rc<Bridge> {
             let peers = Peers::new(py, &self.asgi, opened.ends, facts).ok()?;
             Some(Peer {
                 peers,
-                hook: self.observers.peer(py, opened.ends),
+                hook: self.observers.peer(opened.ends),
             })
         })
     }

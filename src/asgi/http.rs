@@ -29,6 +29,7 @@ use crate::http::target::{percent_decode, split_target};
 use crate::http::tls::{Facts, Tls};
 use crate::http::{HttpError, reason};
 use crate::observe::{Done, Observers};
+use crate::python::Held;
 use crate::python::lent::LentBytes;
 
 /// send() makes the app wait once this much output is queued.
@@ -489,7 +490,7 @@ pub async fn respond(
     observers: &Observers,
     mut ex: conn::Exchange<'_>,
     peers: &Peers,
-    hook_peer: Option<&Py<PyAny>>,
+    hook_peer: Option<&Held<PyAny>>,
 ) -> Option<bool> {
     let Ok(observed) = observers.begin(&mut ex, hook_peer, true) else {
         return Some(false);
@@ -515,7 +516,7 @@ pub async fn respond(
         };
         Done {
             outcome,
-            environ: state.scope.take(),
+            environ: state.scope.take().map(Held::new),
         }
     };
     observers.finish(observed, ex.remote(), done);

@@ -102,7 +102,7 @@ pub enum BodyKind {
 
 /// A parsed request head. Fields are ranges into the connection's read buffer, so
 /// the head outlives no buffer and costs no copies.
-#[derive(Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct RequestHead {
     pub method: Range<usize>,
     pub target: Range<usize>,

@@ -208,28 +208,113 @@ pub fn error_text(py: pyo3::Python<'_>, err: &pyo3::PyErr) -> String {
 /// (a lent body) go then. Those references are released here, once the thread
 /// state is back (docs/architecture.md, "Python references").
 pub fn without_gil<T>(f: impl FnOnce() -> T) -> T {
-    watchdog::discard_pending();
-    let outer = DETACHED.replace(true);
-    // SAFETY: the caller holds the GIL (it runs inside the shard's attachment), and
-    // the closure does not use Python; Held drops inside it are deferred.
-    let tstate = unsafe { ffi::PyEval_SaveThread() };
+    let released = release_gil();
     let out = f();
-    // SAFETY: restores the thread state saved above.
-    unsafe { ffi::PyEval_RestoreThread(tstate) };
-    DETACHED.set(outer);
-    if !outer {
-        release_deferred();
-    }
+    released.restore();
     out
 }
 
+/// Gives up the calling thread's GIL until `Released::restore`. The caller
+/// holds it (it runs inside its thread's attachment) and touches no Python
+/// object meanwhile; it may drop `Held` ones, which wait in DEFERRED.
+pub fn release_gil() -> Released {
+    debug_assert!(!DETACHED.get(), "the GIL given up twice");
+    watchdog::discard_pending();
+    DETACHED.set(true);
+    // SAFETY: the caller holds the GIL and gives it up here; Held drops are
+    // deferred until `restore`.
+    Released {
+        tstate: unsafe { ffi::PyEval_SaveThread() },
+    }
+}
+
+/// A thread's GIL, given up by `release_gil`. Not `Send`: only the thread
+/// that gave it up takes it back.
+pub struct Released {
+    tstate: *mut ffi::PyThreadState,
+}
+
+impl Released {
+    /// Takes the GIL back, waiting for it if another thread holds it, and
+    /// releases what was dropped meanwhile.
+    pub fn restore(self) {
+        // SAFETY: restores the thread state saved by `release_gil` on this
+        // thread (Released is not Send).
+        unsafe { ffi::PyEval_RestoreThread(self.tstate) };
+        DETACHED.set(false);
+        release_deferred();
+    }
+}
+
+/// The references that a thread which keeps its GIL given up between tasks
+/// (a WSGI shard with `--threads`: docs/architecture.md, "Shards") dropped,
+/// waiting for another thread of the same interpreter to release them while
+/// it holds the GIL. Waking that thread is the owner's business (`wake`).
+pub struct Graveyard {
+    dead: std::sync::Mutex<Vec<Dead>>,
+    wake: Box<dyn Fn() + Send + Sync>,
+}
+
+/// An owned reference into the interpreter of a graveyard's threads.
+struct Dead(std::ptr::NonNull<ffi::PyObject>);
+
+// SAFETY: a reference is only moved between threads of its own interpreter,
+// and released by one that holds that interpreter's GIL (`Graveyard::sweep`).
+unsafe impl Send for Dead {}
+
+impl Graveyard {
+    /// `wake` gets a thread of the interpreter to `sweep` soon.
+    pub fn new(wake: impl Fn() + Send + Sync + 'static) -> Graveyard {
+        Graveyard {
+            dead: std::sync::Mutex::new(Vec::new()),
+            wake: Box::new(wake),
+        }
+    }
+
+    /// Moves what the calling thread dropped without its GIL here, and wakes
+    /// a sweeper if the graveyard was empty.
+    pub fn take_deferred(&self) {
+        let batch = DEFERRED.with_borrow_mut(std::mem::take);
+        if batch.is_empty() {
+            return;
+        }
+        let Ok(mut dead) = self.dead.lock() else {
+            // A sweeper panicked (it cannot: decrefs do not unwind); the
+            // references stay deferred rather than leak.
+            DEFERRED.with_borrow_mut(|d| d.extend(batch));
+            return;
+        };
+        let was_empty = dead.is_empty();
+        dead.extend(batch.into_iter().map(Dead));
+        drop(dead);
+        if was_empty {
+            (self.wake)();
+        }
+    }
+
+    /// Releases every reference here. The caller holds the GIL of the
+    /// interpreter they belong to.
+    pub fn sweep(&self, _py: pyo3::Python<'_>) {
+        let batch = match self.dead.lock() {
+            Ok(mut dead) => std::mem::take(&mut *dead),
+            Err(_) => return,
+        };
+        for Dead(ptr) in batch {
+            // SAFETY: owned references into the caller's interpreter, whose
+            // GIL it holds.
+            unsafe { ffi::Py_DECREF(ptr.as_ptr()) };
+        }
+    }
+}
+
 thread_local! {
-    /// Set while this thread has given up its interpreter's GIL in
-    /// `without_gil`: pyo3 still counts the thread as attached then, so a
+    /// Set while this thread has given up its interpreter's GIL
+    /// (`release_gil`): pyo3 still counts the thread as attached then, so a
     /// reference dropped there must not be decref'd until it is again.
     static DETACHED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
-    /// References dropped while DETACHED, released by `without_gil` once the
-    /// thread state is back. Owned references into this thread's interpreter.
+    /// References dropped while DETACHED, released once the thread state is
+    /// back, or by another thread (`Graveyard`). Owned references into this
+    /// thread's interpreter.
     static DEFERRED: std::cell::RefCell<Vec<std::ptr::NonNull<ffi::PyObject>>> =
         const { std::cell::RefCell::new(Vec::new()) };
 }
@@ -295,6 +380,14 @@ impl<T> Held<T> {
 
     pub fn get(&self) -> &pyo3::Py<T> {
         match &self.0 {
+            Some(obj) => obj,
+            None => unreachable!("a Held object is only emptied by its drop"),
+        }
+    }
+
+    /// The object itself, for a thread that holds its interpreter's GIL.
+    pub fn into_inner(mut self, _py: pyo3::Python<'_>) -> pyo3::Py<T> {
+        match self.0.take() {
             Some(obj) => obj,
             None => unreachable!("a Held object is only emptied by its drop"),
         }

@@ -333,8 +333,11 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
             Vec::new()
         };
         match &shard.app {
-            App::Wsgi(_) => {
+            App::Wsgi(bridge) => {
                 let _ = ready.send(Ready::Serving(watch));
+                if let Some(pool) = &bridge.pool {
+                    runtime::run_python_on(pool.graveyard.clone(), pool.load.clone());
+                }
                 runtime::block_on(&rt, serve(shard.clone(), listeners, inbox, go, stop));
             }
             App::Asgi(bridge) => {

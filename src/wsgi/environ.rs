@@ -8,12 +8,21 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString};
 
 use super::Wsgi;
+use super::input::Input;
 use crate::http::HttpError;
 use crate::http::parse::RequestHead;
 use crate::http::proxy_protocol::Header;
 use crate::http::stream::Endpoints;
 use crate::http::target::{percent_decode, split_target};
 use crate::python::latin1;
+
+/// Where a connection's client and server are, as a Python thread of the
+/// shard (`--threads`) makes each request's `ConnInfo` from.
+#[derive(Clone)]
+pub struct Client {
+    pub ends: Endpoints,
+    pub proxied: Option<Header>,
+}
 
 /// Per-connection values, made once and reused for every request on it.
 pub struct ConnInfo {
@@ -28,7 +37,8 @@ pub struct ConnInfo {
 }
 
 impl ConnInfo {
-    pub fn new(py: Python<'_>, ends: &Endpoints, proxied: Option<&Header>) -> Self {
+    pub fn new(py: Python<'_>, client: &Client) -> Self {
+        let Client { ends, proxied } = client;
         let text = |s: &str| PyString::new(py, s).unbind();
         let mut proxy = Vec::new();
         if let Some(header) = proxied {
@@ -101,17 +111,29 @@ impl Wsgi {
         Some(key)
     }
 
-    /// Builds the environ for the request whose head is in `buf`.
-    pub fn environ<'py>(
+    /// The environ and `start_response` for the request whose head is in
+    /// `buf`. A failure is logged, and answered with the error.
+    #[allow(clippy::too_many_arguments)]
+    pub fn prepare<'py>(
         &self,
         py: Python<'py>,
         buf: &[u8],
         head: &RequestHead,
         conn: &ConnInfo,
         header_keys: &HeaderKeys,
-        input: Bound<'py, PyAny>,
-    ) -> Result<Bound<'py, PyDict>, HttpError> {
+        input: Input,
+        https: bool,
+    ) -> Result<(Bound<'py, PyDict>, Bound<'py, PyAny>), HttpError> {
         let k = &self.keys;
+        let input = input.into_python(py, self);
+        let start_response = self.start_response.bind(py).call0();
+        let (input, start_response) = match (input, start_response) {
+            (Ok(input), Ok(sr)) => (input, sr),
+            (Err(e), _) | (_, Err(e)) => {
+                self.log_exception(py, "Error preparing the request", &e);
+                return Err(HttpError::new(500, "the request could not be prepared"));
+            }
+        };
         let internal = |_| HttpError::new(500, "environ could not be built");
         let env = self.template.bind(py).copy().map_err(internal)?;
         let method = &buf[head.method.clone()];
@@ -169,6 +191,9 @@ impl Wsgi {
             };
             env.set_item(key, value).map_err(internal)?;
         }
-        Ok(env)
+        if https {
+            set(&k.url_scheme, k.https.bind(py).clone().into_any())?;
+        }
+        Ok((env, start_response))
     }
 }

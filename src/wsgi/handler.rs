@@ -3,21 +3,21 @@
 //! the app returns is written piece by piece, on the shard's thread or from
 //! one of its Python threads (`--threads`).
 
-use std::os::fd::IntoRawFd;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
 
 use super::Wsgi;
-use super::environ::{ConnInfo, HeaderKeys};
-use super::input::{self, SharedBody};
+use super::environ::{Client, ConnInfo, HeaderKeys};
+use super::input::{Input, SharedBody};
 use super::pool::{Job, Pieces, Pool};
 use super::response::{Progress, RequestMeta, Response};
 use crate::access_log::Outcome;
 use crate::http::HttpError;
 use crate::http::conn::{Body, Exchange, Handler, Opened};
 use crate::observe::{Done, Observers};
+use crate::python::Held;
+use crate::runtime;
 use crate::scoreboard::Scoreboard;
 
 /// With `--threads` above 1, bodies up to this size are read before the app
@@ -38,9 +38,11 @@ pub struct Bridge {
 
 /// Per-connection values, made once and reused for every request on it.
 pub struct Peer {
-    info: ConnInfo,
+    client: Arc<Client>,
+    /// The client as the environ gives it, when this thread runs the app.
+    info: Option<ConnInfo>,
     /// The client as the request hooks' `req.peer_addr`.
-    hook: Option<Py<PyAny>>,
+    hook: Option<Held<PyAny>>,
 }
 
 /// Takes a streamed body away from the app however the request ends, so a
@@ -66,10 +68,20 @@ impl Handler for std::rc::Rc<Bridge> {
     type Peer = Peer;
 
     fn open(&self, opened: Opened<'_>) -> Option<Peer> {
-        Some(Python::attach(|py| Peer {
-            info: ConnInfo::new(py, opened.ends, opened.proxied),
-            hook: self.observers.peer(py, opened.ends),
-        }))
+        let client = Arc::new(Client {
+            ends: opened.ends.clone(),
+            proxied: opened.proxied.cloned(),
+        });
+        // With Python threads, each request's thread makes its own.
+        let info = self
+            .pool
+            .is_none()
+            .then(|| runtime::python(|py| ConnInfo::new(py, &client)));
+        Some(Peer {
+            client,
+            info,
+            hook: self.observers.peer(opened.ends),
+        })
     }
 
     async fn respond(&self, peer: &Peer, mut ex: Exchange<'_>) -> Option<bool> {
@@ -86,7 +98,7 @@ impl Handler for std::rc::Rc<Bridge> {
             return Some(false);
         };
         let mut done = Done::default();
-        let keep_alive = self.run(&mut ex, &peer.info, body, &mut done).await;
+        let keep_alive = self.run(&mut ex, peer, body, &mut done).await;
         self.observers.finish(observed, ex.remote(), done);
         keep_alive
     }
@@ -96,12 +108,10 @@ impl Bridge {
     async fn run(
         &self,
         ex: &mut Exchange<'_>,
-        info: &ConnInfo,
+        peer: &Peer,
         body: Body,
         done: &mut Done,
     ) -> Option<bool> {
-        let wsgi = &self.wsgi;
-        let outcome = &mut done.outcome;
         let meta = RequestMeta {
             http: ex.meta(),
             record_headers: self.observers.wants_headers(),
@@ -109,43 +119,79 @@ impl Bridge {
         };
         self.board.count_request(self.slot);
         let date = ex.date();
-        let (body, shared) = match body {
-            Body::Stream(stream, initial) => {
-                let shared: SharedBody = Arc::new(Mutex::new(Some(stream)));
-                (Input::Stream(shared.clone(), initial), Some(shared))
-            }
-            Body::InMemory(data) => (Input::InMemory(data), None),
-            Body::Spooled(file) => (Input::Spooled(file), None),
-        };
+        let (input, shared) = Input::of(body);
         let _revoke = shared.clone().map(Revoke);
-        crate::runtime::enter_app();
-        let prepared = Python::attach(|py| {
-            let input = match body {
-                Input::InMemory(data) if data.is_empty() => Ok(wsgi.empty_input.bind(py).clone()),
-                Input::InMemory(data) => wsgi.bytes_io.bind(py).call1((PyBytes::new(py, &data),)),
-                // Python's file object takes the descriptor over.
-                Input::Spooled(file) => wsgi.open.bind(py).call1((file.into_raw_fd(), "rb")),
-                Input::Stream(shared, initial) => {
-                    input::stream_input(py, &wsgi.input_stream, shared, &initial)
+        let mut keep_alive = match &self.pool {
+            Some(pool) => {
+                let head = ex.head();
+                let job = ex.buf().get(..head.len).map(|buf| Job {
+                    buf: buf.to_vec(),
+                    head: head.clone(),
+                    client: peer.client.clone(),
+                    https: ex.https(),
+                    input,
+                    body: shared.clone(),
+                    meta,
+                    date,
+                    keep_environ: self.observers.keeps_environ(),
+                });
+                ex.end_head();
+                match job.and_then(|job| pool.respond(job)) {
+                    Some(pieces) => write_pieces(ex, pieces, done).await?,
+                    None => {
+                        log::error!("The shard's Python threads have stopped");
+                        done.outcome.status = 500;
+                        ex.error(app_failed());
+                        false
+                    }
                 }
-            };
-            let start_response = wsgi.start_response.bind(py).call0();
-            let (input, start_response) = match (input, start_response) {
-                (Ok(input), Ok(sr)) => (input, sr),
-                (Err(e), _) | (_, Err(e)) => {
-                    wsgi.log_exception(py, "Error preparing the request", &e);
-                    return Err(HttpError::new(500, "the request could not be prepared"));
-                }
-            };
-            let environ = wsgi.environ(py, ex.buf(), ex.head(), info, &self.header_keys, input)?;
-            if ex.https() {
-                let k = &wsgi.keys;
-                environ
-                    .set_item(k.url_scheme.bind(py), k.https.bind(py))
-                    .map_err(|_| HttpError::new(500, "environ could not be built"))?;
             }
+            None => {
+                self.run_here(ex, peer, input, shared.clone(), meta, &date, done)
+                    .await?
+            }
+        };
+        if !restore_body(ex, shared) {
+            keep_alive = false;
+        }
+        Some(keep_alive)
+    }
+
+    /// Runs the app on this thread. Returns whether the connection may carry
+    /// another request, or `None` if it must close at once.
+    #[allow(clippy::too_many_arguments)]
+    async fn run_here(
+        &self,
+        ex: &mut Exchange<'_>,
+        peer: &Peer,
+        input: Input,
+        shared: Option<SharedBody>,
+        meta: RequestMeta,
+        date: &[u8],
+        done: &mut Done,
+    ) -> Option<bool> {
+        let wsgi = &self.wsgi;
+        runtime::enter_app();
+        let prepared: Result<_, HttpError> = runtime::python(|py| {
+            let made;
+            let info = match &peer.info {
+                Some(info) => info,
+                None => {
+                    made = ConnInfo::new(py, &peer.client);
+                    &made
+                }
+            };
+            let (environ, start_response) = wsgi.prepare(
+                py,
+                ex.buf(),
+                ex.head(),
+                info,
+                &self.header_keys,
+                input,
+                ex.https(),
+            )?;
             if self.observers.keeps_environ() {
-                done.environ = Some(environ.clone().into_any().unbind());
+                done.environ = Some(Held::new(environ.clone().into_any().unbind()));
             }
             Ok((environ.unbind(), start_response.unbind()))
         });
@@ -153,55 +199,32 @@ impl Bridge {
         let (environ, start_response) = match prepared {
             Ok(prepared) => prepared,
             Err(err) => {
-                restore_body(ex, shared);
-                outcome.status = err.status;
+                done.outcome.status = err.status;
                 ex.error(err);
                 return Some(false);
             }
         };
-        let mut keep_alive = match &self.pool {
-            Some(pool) => {
-                let job = Job {
-                    environ,
-                    start_response,
-                    body: shared.clone(),
-                    meta,
-                    date: date.clone(),
-                };
-                match pool.respond(job) {
-                    Some(pieces) => write_pieces(ex, pieces, outcome).await?,
-                    None => {
-                        log::error!("The shard's Python threads have stopped");
-                        outcome.status = 500;
-                        ex.error(app_failed());
-                        false
-                    }
-                }
+        let result = runtime::python(|py| {
+            let _busy = self.board.busy(self.slot);
+            let result = wsgi
+                .app
+                .call1(py, (environ.bind(py), start_response.bind(py)));
+            drop(environ);
+            result
+        });
+        match result {
+            Err(e) => {
+                runtime::python(|py| wsgi.app_failed(py, &e));
+                done.outcome.status = 500;
+                ex.error(app_failed());
+                Some(false)
             }
-            None => {
-                let result = Python::attach(|py| {
-                    let _busy = self.board.busy(self.slot);
-                    wsgi.app
-                        .call1(py, (environ.bind(py), start_response.bind(py)))
-                });
-                match result {
-                    Err(e) => {
-                        Python::attach(|py| wsgi.app_failed(py, &e));
-                        outcome.status = 500;
-                        ex.error(app_failed());
-                        false
-                    }
-                    Ok(result) => {
-                        let response = Response::new(result, start_response, shared.clone(), meta);
-                        self.write_response(ex, response, &date, outcome).await?
-                    }
-                }
+            Ok(result) => {
+                let response = Response::new(result, start_response, shared, meta);
+                self.write_response(ex, response, date, &mut done.outcome)
+                    .await
             }
-        };
-        if !restore_body(ex, shared) {
-            keep_alive = false;
         }
-        Some(keep_alive)
     }
 
     /// Produces the response on this thread, writing each piece as it comes.
@@ -220,7 +243,7 @@ impl Bridge {
             if ex.host().stopping() {
                 response.close_connection();
             }
-            let progress = Python::attach(|py| {
+            let progress = runtime::python(|py| {
                 let _busy = self.board.busy(self.slot);
                 let (out, lent) = ex.output();
                 let progress = response.advance(py, wsgi, out, date);
@@ -249,24 +272,13 @@ impl Bridge {
         }
         let keep_alive = response.keep_alive();
         *outcome = response.outcome();
-        Python::attach(|py| response.close(py, wsgi));
+        runtime::python(|py| response.close(py, wsgi));
         alive.then_some(keep_alive)
     }
 }
 
-/// `wsgi.input`'s source.
-enum Input {
-    InMemory(Vec<u8>),
-    Spooled(std::fs::File),
-    Stream(SharedBody, Vec<u8>),
-}
-
 /// Writes a response made on a pool thread, piece by piece.
-async fn write_pieces(
-    ex: &mut Exchange<'_>,
-    mut pieces: Pieces,
-    outcome: &mut Outcome,
-) -> Option<bool> {
+async fn write_pieces(ex: &mut Exchange<'_>, mut pieces: Pieces, done: &mut Done) -> Option<bool> {
     loop {
         let Some(mut piece) = pieces.recv().await else {
             log::error!("A Python thread ended without finishing its response");
@@ -288,7 +300,8 @@ async fn write_pieces(
                 pieces.next(piece.bytes);
             }
             Progress::Done => {
-                *outcome = piece.outcome;
+                done.outcome = piece.outcome;
+                done.environ = piece.environ;
                 if let Some(file) = piece.file
                     && !ex.send_file(file).await
                 {
@@ -297,7 +310,8 @@ async fn write_pieces(
                 return Some(piece.keep_alive);
             }
             Progress::Abort => {
-                *outcome = piece.outcome;
+                done.outcome = piece.outcome;
+                done.environ = piece.environ;
                 let _ = ex.flush().await;
                 return None;
             }

@@ -10,14 +10,54 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyCFunction, PyDict, PyTuple};
 
+use super::Wsgi;
 use crate::http::blocking_body::BodyStream;
+use crate::http::conn::Body;
 
 /// The body shared between the connection and the app's `pull` function. The
 /// connection takes it back when the app returns; later pulls see the end.
 pub type SharedBody = Arc<Mutex<Option<BodyStream>>>;
 
+/// `wsgi.input`'s source, as the connection delivered the body.
+pub enum Input {
+    InMemory(Vec<u8>),
+    Spooled(std::fs::File),
+    Stream(SharedBody, Vec<u8>),
+}
+
+impl Input {
+    /// The source of `body`, and the stream the connection takes back when
+    /// the app is done, if the body streams.
+    pub fn of(body: Body) -> (Input, Option<SharedBody>) {
+        match body {
+            Body::Stream(stream, initial) => {
+                let shared: SharedBody = Arc::new(Mutex::new(Some(stream)));
+                (Input::Stream(shared.clone(), initial), Some(shared))
+            }
+            Body::InMemory(data) => (Input::InMemory(data), None),
+            Body::Spooled(file) => (Input::Spooled(file), None),
+        }
+    }
+
+    /// The `wsgi.input` object.
+    pub fn into_python<'py>(self, py: Python<'py>, wsgi: &Wsgi) -> PyResult<Bound<'py, PyAny>> {
+        match self {
+            Input::InMemory(data) if data.is_empty() => Ok(wsgi.empty_input.bind(py).clone()),
+            Input::InMemory(data) => wsgi.bytes_io.bind(py).call1((PyBytes::new(py, &data),)),
+            // Python's file object takes the descriptor over.
+            Input::Spooled(file) => {
+                use std::os::fd::IntoRawFd;
+                wsgi.open.bind(py).call1((file.into_raw_fd(), "rb"))
+            }
+            Input::Stream(shared, initial) => {
+                stream_input(py, &wsgi.input_stream, shared, &initial)
+            }
+        }
+    }
+}
+
 /// A streaming `wsgi.input` over `body`.
-pub fn stream_input<'py>(
+fn stream_input<'py>(
     py: Python<'py>,
     input_class: &Py<PyAny>,
     body: SharedBody,

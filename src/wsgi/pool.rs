@@ -4,34 +4,47 @@
 //! share the shard's GIL and release it whenever the app waits (sleep, sockets,
 //! database drivers).
 //!
-//! A pool thread calls the app, iterates the body and calls `close()`; the shard
-//! thread only writes. Pieces of the response travel to the shard one at a time,
-//! and the thread waits for each to be written before it makes the next, so a
-//! slow client holds back the app instead of filling memory.
+//! A pool thread builds the environ, calls the app, iterates the body and calls
+//! `close()`; the shard thread only reads and writes, and never waits for the
+//! GIL to do so (`runtime::run_python_on`). Pieces of the response travel to
+//! the shard one at a time, and the thread waits for each to be written before
+//! it makes the next, so a slow client holds back the app instead of filling
+//! memory.
 
 use std::sync::mpsc::{Receiver, Sender, channel};
 use std::sync::{Arc, Mutex};
 
 use futures_channel::mpsc::{UnboundedReceiver, UnboundedSender, unbounded};
 use pyo3::prelude::*;
-use pyo3::types::PyDict;
 
 use super::Wsgi;
-use super::input::SharedBody;
+use super::environ::{Client, ConnInfo, HeaderKeys};
+use super::input::{Input, SharedBody};
 use super::response::{Progress, RequestMeta, Response, internal_error};
 use crate::access_log::Outcome;
+use crate::http::encode;
 use crate::http::output::Lent;
+use crate::http::parse::RequestHead;
 use crate::http::sendfile::FileSpan;
-use crate::python;
+use crate::python::{self, Graveyard, Held};
+use crate::runtime::PoolLoad;
 use crate::scoreboard::Scoreboard;
 
-/// One request for a pool thread.
+/// One request for a pool thread, with no Python object in it: the shard
+/// thread makes it without the GIL.
 pub struct Job {
-    pub environ: Py<PyDict>,
-    pub start_response: Py<PyAny>,
+    /// The request's head: its bytes, and where its parts are in them.
+    pub buf: Vec<u8>,
+    pub head: RequestHead,
+    pub client: Arc<Client>,
+    pub https: bool,
+    pub input: Input,
+    /// The body the app reads as it streams, which the connection takes back.
     pub body: Option<SharedBody>,
     pub meta: RequestMeta,
     pub date: Vec<u8>,
+    /// post_request runs: the last piece brings the environ back.
+    pub keep_environ: bool,
 }
 
 /// A piece of a response, made on a pool thread.
@@ -47,6 +60,8 @@ pub struct Piece {
     pub file: Option<FileSpan>,
     /// Body chunks lent by the app, placed within `bytes`.
     pub lent: Lent,
+    /// With the last piece: the environ, when the job asked to keep it.
+    pub environ: Option<Held<PyAny>>,
 }
 
 /// The shard's end of one response in the making.
@@ -77,9 +92,23 @@ struct Task {
     buffers: Receiver<Vec<u8>>,
 }
 
+/// What the pool's threads are asked to do.
+enum Work {
+    Request(Box<Task>),
+    /// Release what the shard thread dropped without the GIL.
+    Sweep,
+}
+
 /// The pool of one shard. Dropping it lets the threads finish their job and exit.
 pub struct Pool {
-    tasks: Sender<Task>,
+    tasks: Sender<Work>,
+    /// The graveyard's way to the threads, gone with the pool so that the
+    /// threads see the channel close.
+    sweeps: Arc<Mutex<Option<Sender<Work>>>>,
+    /// How many threads have a request, as the shard thread's runtime reads it.
+    pub load: Arc<PoolLoad>,
+    /// What the shard thread dropped without its GIL, released by the threads.
+    pub graveyard: Arc<Graveyard>,
 }
 
 impl Pool {
@@ -92,23 +121,42 @@ impl Pool {
         board: Arc<Scoreboard>,
         local: usize,
     ) -> std::io::Result<Pool> {
-        let (tasks, rx) = channel::<Task>();
+        let (tasks, rx) = channel::<Work>();
         let rx = Arc::new(Mutex::new(rx));
+        let sweeps = Arc::new(Mutex::new(Some(tasks.clone())));
+        let to_sweep = sweeps.clone();
+        let graveyard = Arc::new(Graveyard::new(move || {
+            if let Ok(sweeps) = to_sweep.lock()
+                && let Some(sweeps) = sweeps.as_ref()
+            {
+                let _ = sweeps.send(Work::Sweep);
+            }
+        }));
+        let load = Arc::new(PoolLoad::new(threads));
         let interp = python::current_interpreter();
         for n in 0..threads {
+            let thread = Thread {
+                wsgi: wsgi.clone(),
+                board: board.clone(),
+                slot: board.slot_index(local, n),
+                load: load.clone(),
+                graveyard: graveyard.clone(),
+            };
             let rx = rx.clone();
-            let wsgi = wsgi.clone();
-            let board = board.clone();
-            let slot = board.slot_index(local, n);
             std::thread::Builder::new()
                 .name(format!("turbo-shard-{shard}-py{n}"))
                 .spawn(move || {
                     python::attach_thread(interp);
-                    python::watchdog::register(slot);
-                    Python::attach(|py| worker(py, &wsgi, &board, slot, &rx));
+                    python::watchdog::register(thread.slot);
+                    Python::attach(|py| thread.serve(py, &rx));
                 })?;
         }
-        Ok(Pool { tasks })
+        Ok(Pool {
+            tasks,
+            sweeps,
+            load,
+            graveyard,
+        })
     }
 
     /// Hands a request to the next free thread; `None` if the threads are gone.
@@ -120,108 +168,174 @@ impl Pool {
             pieces: piece_tx,
             buffers: buffer_rx,
         };
-        self.tasks.send(task).ok()?;
+        // What the shard thread let go of before this request goes first.
+        self.graveyard.take_deferred();
+        self.load.started();
+        if self.tasks.send(Work::Request(Box::new(task))).is_err() {
+            self.load.finished();
+            return None;
+        }
         Some(Pieces { pieces, buffers })
     }
 }
 
-fn worker(
-    py: Python<'_>,
-    wsgi: &Wsgi,
-    board: &Arc<Scoreboard>,
-    slot: usize,
-    tasks: &Mutex<Receiver<Task>>,
-) {
-    loop {
-        // Wait without the GIL, so the shard and the other threads can run.
-        let task = python::without_gil(|| tasks.lock().ok().and_then(|rx| rx.recv().ok()));
-        match task {
-            Some(task) => run(py, wsgi, board, slot, task),
-            None => return,
+impl Drop for Pool {
+    fn drop(&mut self) {
+        if let Ok(mut sweeps) = self.sweeps.lock() {
+            sweeps.take();
         }
     }
 }
 
-fn run(py: Python<'_>, wsgi: &Wsgi, board: &Arc<Scoreboard>, slot: usize, task: Task) {
-    let Task {
-        job,
-        pieces,
-        buffers,
-    } = task;
-    if let Some(body) = &job.body
-        && let Ok(mut stream) = body.lock()
-        && let Some(stream) = stream.as_mut()
-    {
-        let board = board.clone();
-        stream.on_bytes = Some(Box::new(move || board.mark_busy(slot)));
+/// One of the pool's threads.
+struct Thread {
+    wsgi: Arc<Wsgi>,
+    board: Arc<Scoreboard>,
+    /// Its scoreboard slot.
+    slot: usize,
+    load: Arc<PoolLoad>,
+    graveyard: Arc<Graveyard>,
+}
+
+impl Thread {
+    fn serve(&self, py: Python<'_>, tasks: &Mutex<Receiver<Work>>) {
+        let header_keys = HeaderKeys::default();
+        loop {
+            // Wait without the GIL, so the shard and the other threads can run.
+            let work = python::without_gil(|| tasks.lock().ok().and_then(|rx| rx.recv().ok()));
+            // What the shard thread dropped goes before the next request
+            // runs, so the app never sees a reference turbo no longer needs.
+            self.graveyard.sweep(py);
+            match work {
+                Some(Work::Request(task)) => {
+                    self.run(py, &header_keys, *task);
+                    self.load.finished();
+                }
+                Some(Work::Sweep) => {}
+                None => return,
+            }
+        }
     }
-    let mut out = Vec::with_capacity(8192);
-    let result = {
-        let _busy = board.busy(slot);
-        wsgi.app
-            .call1(py, (job.environ.bind(py), job.start_response.bind(py)))
-    };
-    let result = match result {
-        Ok(result) => result,
-        Err(e) => {
-            wsgi.app_failed(py, &e);
-            internal_error(&mut out, &job.date);
-            let _ = pieces.unbounded_send(Piece {
-                bytes: out,
-                progress: Progress::Done,
-                keep_alive: false,
-                outcome: Outcome {
-                    status: 500,
-                    ..Outcome::default()
-                },
-                file: None,
-                lent: Lent::default(),
-            });
-            return;
+
+    fn run(&self, py: Python<'_>, header_keys: &HeaderKeys, task: Task) {
+        let Thread {
+            wsgi, board, slot, ..
+        } = self;
+        let slot = *slot;
+        let Task {
+            job,
+            pieces,
+            buffers,
+        } = task;
+        let mut out = Vec::with_capacity(8192);
+        let info = ConnInfo::new(py, &job.client);
+        let prepared = wsgi.prepare(
+            py,
+            &job.buf,
+            &job.head,
+            &info,
+            header_keys,
+            job.input,
+            job.https,
+        );
+        let (environ, start_response) = match prepared {
+            Ok(prepared) => prepared,
+            Err(err) => {
+                let status = err.status;
+                encode::error_response(&mut out, err, &job.date);
+                let _ = pieces.unbounded_send(Piece::failed(out, status, None));
+                return;
+            }
+        };
+        let kept = job
+            .keep_environ
+            .then(|| Held::new(environ.clone().into_any().unbind()));
+        if let Some(body) = &job.body
+            && let Ok(mut stream) = body.lock()
+            && let Some(stream) = stream.as_mut()
+        {
+            let board = board.clone();
+            stream.on_bytes = Some(Box::new(move || board.mark_busy(slot)));
         }
-    };
-    let mut response = Response::new(result, job.start_response, job.body, job.meta);
-    loop {
-        if board.stopping() {
-            response.close_connection();
-        }
-        let progress = {
+        let result = {
             let _busy = board.busy(slot);
-            response.advance(py, wsgi, &mut out, &job.date)
+            wsgi.app.call1(py, (&environ, &start_response))
         };
-        if progress != Progress::More {
-            // close() runs before the shard hears the end, as it would inline.
-            let keep_alive = response.keep_alive();
-            let outcome = response.outcome();
-            let file = response.take_file();
-            let lent = response.take_lent();
-            response.close(py, wsgi);
-            let _ = pieces.unbounded_send(Piece {
-                bytes: out,
+        drop(environ);
+        let result = match result {
+            Ok(result) => result,
+            Err(e) => {
+                wsgi.app_failed(py, &e);
+                internal_error(&mut out, &job.date);
+                let _ = pieces.unbounded_send(Piece::failed(out, 500, kept));
+                return;
+            }
+        };
+        let mut response = Response::new(result, start_response.unbind(), job.body, job.meta);
+        let mut kept = kept;
+        loop {
+            if board.stopping() {
+                response.close_connection();
+            }
+            let progress = {
+                let _busy = board.busy(slot);
+                response.advance(py, wsgi, &mut out, &job.date)
+            };
+            if progress != Progress::More {
+                // close() runs before the shard hears the end, as it would inline.
+                let keep_alive = response.keep_alive();
+                let outcome = response.outcome();
+                let file = response.take_file();
+                let lent = response.take_lent();
+                response.close(py, wsgi);
+                let _ = pieces.unbounded_send(Piece {
+                    bytes: out,
+                    progress,
+                    keep_alive,
+                    outcome,
+                    file,
+                    lent,
+                    environ: kept.take(),
+                });
+                return;
+            }
+            let piece = Piece {
+                bytes: std::mem::take(&mut out),
                 progress,
-                keep_alive,
-                outcome,
-                file,
-                lent,
-            });
-            return;
+                keep_alive: response.keep_alive(),
+                outcome: Outcome::default(),
+                file: None,
+                lent: response.take_lent(),
+                environ: None,
+            };
+            if pieces.unbounded_send(piece).is_err() {
+                break;
+            }
+            match python::without_gil(|| buffers.recv()) {
+                Ok(buffer) => out = buffer,
+                // The connection is gone.
+                Err(_) => break,
+            }
         }
-        let piece = Piece {
-            bytes: std::mem::take(&mut out),
-            progress,
-            keep_alive: response.keep_alive(),
-            outcome: Outcome::default(),
+        response.close(py, wsgi);
+    }
+}
+
+impl Piece {
+    /// The whole answer to a request that failed before its response began:
+    /// `bytes` hold the error, and the connection closes after it.
+    fn failed(bytes: Vec<u8>, status: u16, environ: Option<Held<PyAny>>) -> Piece {
+        Piece {
+            bytes,
+            progress: Progress::Done,
+            keep_alive: false,
+            outcome: Outcome {
+                status,
+                ..Outcome::default()
+            },
             file: None,
-            lent: response.take_lent(),
-        };
-        if pieces.unbounded_send(piece).is_err() {
-            break;
-        }
-        match python::without_gil(|| buffers.recv()) {
-            Ok(buffer) => out = buffer,
-            // The connection is gone.
-            Err(_) => break,
+            lent: Lent::default(),
+            environ,
         }
     }
-    response.close(py, wsgi);
 }

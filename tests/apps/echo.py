@@ -265,6 +265,31 @@ def _stream_until_released():
     yield b"released" if _released.wait(30) else b"timed out"
 
 
+# A body large enough that turbo sends it from the object's own memory.
+_LENT = b"x" * 65536
+
+
+def _hog(environ):
+    """Holds the interpreter's GIL, computing, until the first byte of the file
+    named by the query string is no longer 0 (or for at most 30 s): the switch
+    interval is raised so that no other thread of the interpreter runs
+    meanwhile, and the loop makes no system call, which would let the GIL go."""
+    import mmap
+    with open(environ["QUERY_STRING"], "rb") as f:
+        flag = mmap.mmap(f.fileno(), 1, prot=mmap.PROT_READ)
+    environ["wsgi.errors"].write("hogging\n")
+    environ["wsgi.errors"].flush()
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1000)
+    try:
+        deadline = time.monotonic() + 30
+        while flag[0] == 0 and time.monotonic() < deadline:
+            pass
+    finally:
+        sys.setswitchinterval(interval)
+        flag.close()
+
+
 def blocker(environ, start_response):
     """/wait blocks its thread until /release, and /stream does the same between
     two chunks of its body; /meet returns only once four
@@ -286,6 +311,16 @@ def blocker(environ, start_response):
     elif path == "/release":
         _released.set()
         body = b"ok"
+    elif path == "/hog":
+        _hog(environ)
+        body = b"hogged"
+    elif path == "/lend":
+        body = _LENT
+    elif path == "/big":
+        # More than the kernel's socket buffers hold.
+        body = bytes(16 << 20)
+    elif path == "/refs":
+        body = str(sys.getrefcount(_LENT)).encode()
     else:
         body = b"fast"
     start_response("200 OK", [("Content-Type", "text/plain")])
