@@ -125,8 +125,13 @@ impl PoolLoad {
         }
     }
 
-    /// When every thread has been busy since, if they all are.
+    /// When every thread has been busy since, if they all are. `busy` is
+    /// read too: a thread that finished between a `started` and its stamp
+    /// leaves the stamp set with a thread free.
     fn full_since(&self) -> Option<Instant> {
+        if self.busy.load(Ordering::Relaxed) < self.threads {
+            return None;
+        }
         let since = self.full_since.load(Ordering::Relaxed);
         let ago = stamp_now().checked_sub(since).filter(|_| since != 0)?;
         Instant::now().checked_sub(Duration::from_nanos(ago))
@@ -286,25 +291,32 @@ pub fn run_python_on(graveyard: Arc<Graveyard>, pool: Arc<PoolLoad>) {
 /// counted as the thread's GIL wait, and as one that makes what it handles
 /// next late (`waited_since`) when long.
 pub fn python<T>(f: impl FnOnce(Python<'_>) -> T) -> T {
-    PASSES.with(|p| {
+    let taken = PASSES.with(|p| {
         let mut lazy = p.lazy.borrow_mut();
-        let Some(lazy) = lazy.as_mut() else {
-            return;
-        };
-        let Some(released) = lazy.released.take() else {
-            return;
-        };
+        let lazy = lazy.as_mut()?;
+        Some((lazy.released.take()?, lazy.graveyard.clone()))
+    });
+    if let Some((released, graveyard)) = taken {
+        // What this pass wrote goes to the kernel first: the GIL may take
+        // a switch interval to come.
+        Runtime::with_current(|rt| {
+            if rt.flush() {
+                rt.waker().wake();
+            }
+        });
         let asked = Instant::now();
         released.restore();
         let got = Instant::now();
-        if let Some((board, local)) = &*p.meters.borrow() {
-            board.meters(*local).gil_wait(got - asked);
-        }
-        if got - asked >= LATE_AFTER {
-            p.late.set(Some(got));
-        }
-        Python::attach(|py| lazy.graveyard.sweep(py));
-    });
+        PASSES.with(|p| {
+            if let Some((board, local)) = &*p.meters.borrow() {
+                board.meters(*local).gil_wait(got - asked);
+            }
+            if got - asked >= LATE_AFTER {
+                p.late.set(Some(got));
+            }
+        });
+        Python::attach(|py| graveyard.sweep(py));
+    }
     Python::attach(f)
 }
 

@@ -4,6 +4,7 @@ The blocked calls wait on events, not clocks: a test fails by a call finishing
 in the wrong order, never by being slow."""
 
 import concurrent.futures
+import signal
 import socket
 
 import httpx
@@ -123,3 +124,19 @@ def test_a_lent_body_is_let_go_once_sent(turbo):
     for _ in range(3):
         assert len(httpx.get(srv.url("/lend"), timeout=10).content) == 65536
     assert httpx.get(srv.url("/refs"), timeout=10).text == before
+
+
+def test_worker_exit_runs_after_the_threads_in_process_mode(turbo, tmp_path):
+    """In process mode the Python threads share the worker's main interpreter
+    with its last hooks: each thread lets the GIL go as it ends, so
+    worker_exit runs and the worker exits on SIGTERM."""
+    log = tmp_path / "exit.log"
+    conf = tmp_path / "c.py"
+    conf.write_text(f"def worker_exit(server, worker):\n    open({str(log)!r}, 'a').write('worker_exit\\n')\n")
+    srv = turbo("echo:blocker", "--threads", "4", "--isolation", "process", "-c", str(conf))
+    with concurrent.futures.ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: httpx.get(srv.url("/meet"), timeout=60).content, range(4)))
+    assert results == [b"met"] * 4
+    srv.proc.send_signal(signal.SIGTERM)
+    assert srv.wait_exit(timeout=30) == 0
+    assert log.read_text() == "worker_exit\n"

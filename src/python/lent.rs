@@ -20,9 +20,10 @@ pub struct LentBytes {
 
 // SAFETY: the memory is immutable and kept alive by `_owner`. A pool thread
 // hands these to its shard thread, which is attached to the same interpreter
-// for its life (it releases the GIL only inside `without_gil`, where `Held`
-// defers the decref), so the reference is released in the object's own
-// interpreter with a thread state attached.
+// for its life. Where that thread has released the GIL (`release_gil`),
+// `Held` defers the decref until it has it back, or until a pool thread
+// takes it (`Graveyard`), so the reference is released in the object's own
+// interpreter with its GIL held.
 unsafe impl Send for LentBytes {}
 
 impl LentBytes {

@@ -139,7 +139,7 @@ impl Bridge {
                 match job.and_then(|job| pool.respond(job)) {
                     Some(pieces) => write_pieces(ex, pieces, done).await?,
                     None => {
-                        log::error!("The shard's Python threads have stopped");
+                        log::error!("A request could not go to the shard's Python threads");
                         done.outcome.status = 500;
                         ex.error(app_failed());
                         false

@@ -148,7 +148,15 @@ impl Pool {
                 .spawn(move || {
                     python::attach_thread(interp);
                     python::watchdog::register(thread.slot);
-                    Python::attach(|py| thread.serve(py, &rx));
+                    Python::attach(|py| {
+                        thread.serve(py, &rx);
+                        // Its Python objects go while pyo3 counts the
+                        // thread attached.
+                        drop(thread);
+                    });
+                    // The GIL goes with the thread: the other threads, and
+                    // the worker's last hooks, still need it.
+                    python::detach_thread();
                 })?;
         }
         Ok(Pool {
