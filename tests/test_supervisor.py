@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 
+import httpx
 import pytest
 
 from conftest import free_port, ops_get, read_response, scrape, total
@@ -384,3 +385,21 @@ def test_pidfile_is_written_then_removed_on_exit(turbo, tmp_path):
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.wait_exit() == 0
     assert not pidfile.exists()
+
+
+def test_process_workers_share_the_common_standard_library(turbo, tmp_path):
+    """In process mode the supervisor imports the standard library that web
+    frameworks use before it forks, so a worker finds those modules already
+    loaded (shared copy-on-write) as it starts, and frozen for the collector;
+    the app itself is not imported there without --preload."""
+    conf = tmp_path / "c.py"
+    seen = tmp_path / "seen.txt"
+    conf.write_text(
+        "import gc, sys\n"
+        "def post_fork(server, worker):\n"
+        f"    open({str(seen)!r}, 'w').write(' '.join(\n"
+        "        str(m in sys.modules) for m in ('email.message', 'json', 'logging', 'echo'))\n"
+        "        + ' ' + str(gc.get_freeze_count() > 0))\n")
+    srv = turbo("echo:echo", "--isolation", "process", "-c", str(conf))
+    assert httpx.get(srv.url(), timeout=10).status_code == 200
+    assert seen.read_text() == "True True True False True"

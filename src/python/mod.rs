@@ -88,6 +88,113 @@ pub fn shared_after_fork<T>(py: pyo3::Python<'_>, load: impl FnOnce() -> T) -> T
     out
 }
 
+/// The standard-library modules that Django, Flask and FastAPI all import
+/// (their apps' `sys.modules` on CPython 3.13, less what Python itself
+/// imports at startup).
+const COMMON_STDLIB: &[&str] = &[
+    "array",
+    "ast",
+    "atexit",
+    "base64",
+    "binascii",
+    "bisect",
+    "bz2",
+    "collections",
+    "collections.abc",
+    "contextlib",
+    "contextvars",
+    "copy",
+    "copyreg",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "dis",
+    "email",
+    "email.base64mime",
+    "email.charset",
+    "email.encoders",
+    "email.errors",
+    "email.feedparser",
+    "email.header",
+    "email.iterators",
+    "email.message",
+    "email.parser",
+    "email.quoprimime",
+    "email.utils",
+    "enum",
+    "errno",
+    "fnmatch",
+    "functools",
+    "glob",
+    "grp",
+    "hashlib",
+    "hmac",
+    "html",
+    "html.entities",
+    "http",
+    "http.client",
+    "importlib",
+    "importlib.machinery",
+    "importlib.util",
+    "inspect",
+    "ipaddress",
+    "itertools",
+    "json",
+    "json.decoder",
+    "json.encoder",
+    "json.scanner",
+    "keyword",
+    "logging",
+    "lzma",
+    "math",
+    "mimetypes",
+    "ntpath",
+    "numbers",
+    "opcode",
+    "operator",
+    "pathlib",
+    "pwd",
+    "quopri",
+    "random",
+    "re",
+    "reprlib",
+    "secrets",
+    "select",
+    "selectors",
+    "shutil",
+    "socket",
+    "ssl",
+    "string",
+    "struct",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "token",
+    "tokenize",
+    "traceback",
+    "types",
+    "typing",
+    "urllib",
+    "urllib.parse",
+    "uuid",
+    "warnings",
+    "weakref",
+    "zlib",
+];
+
+/// Imports COMMON_STDLIB in the supervisor's interpreter before it forks
+/// process-mode workers, so that every worker shares one copy of those
+/// modules instead of importing its own, as Gunicorn's workers share what
+/// its master imported (docs/architecture.md, "Memory"). A module this
+/// Python lacks is skipped.
+pub fn import_common_stdlib(py: pyo3::Python<'_>) {
+    shared_after_fork(py, || {
+        for name in COMMON_STDLIB {
+            let _ = py.import(*name);
+        }
+    });
+}
+
 /// CPython 3.12.1 double-frees when a second interpreter first imports these
 /// single-phase extension modules; importing them in the main interpreter first
 /// avoids it (docs/architecture.md, "Facts").

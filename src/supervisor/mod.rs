@@ -263,6 +263,9 @@ pub fn run(mut config: Config) -> ! {
     // app preloaded here or served by a worker's main interpreter.
     python::sync_environ();
     let preloaded = config.preload.then(|| preload(&config));
+    if preloaded.is_none() && isolation == Isolation::Main {
+        Python::attach(python::import_common_stdlib);
+    }
     hooks.call("when_ready", &[]);
     let mut supervisor = Supervisor {
         cores: config.cores,
