@@ -109,6 +109,16 @@ def pair_on_one_shard(server):
     raise AssertionError(f"three connections on three of two shards: {shards}")
 
 
+def group_on_one_shard(server, n):
+    """`n` keep-alive connections served by one shard: of 2n - 1
+    connections to 2 shards, n share one; the others close."""
+    socks = [server.connect() for _ in range(2 * n - 1)]
+    shards = [ask(s, "/where") for s in socks]
+    home = max(set(shards), key=shards.count)
+    close(server, *(s for s, where in zip(socks, shards) if where != home))
+    return [s for s, where in zip(socks, shards) if where == home][:n], home
+
+
 def start_for_moves(turbo, app, tmp_path, isolation, *args):
     """A server of 2 shards, in one worker (sub-interpreters, where this
     Python has them) or in two worker processes, whose shards hand each
@@ -364,3 +374,26 @@ def test_a_response_goes_out_while_a_later_view_of_the_same_pass_computes(turbo,
     (tmp_path / "b").touch()
     assert read_response(b, timeout=40)[0] == 200
     close(server, x, a, b)
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_request_waiting_behind_busy_python_threads_moves(turbo, tmp_path, isolation):
+    """With --threads the shard's own thread never waits for the app: a
+    request that arrives while every Python thread of its shard has a view
+    running waits behind them, and goes to the idle shard instead."""
+    server = start_for_moves(turbo, "placement:wsgi", tmp_path, isolation, "--threads", "2")
+    (a1, a2, b), home = group_on_one_shard(server, 3)
+    for name, s in (("h1", a1), ("h2", a2)):
+        s.sendall(f"GET /hold?{name}&20 HTTP/1.1\r\nHost: t\r\n\r\n".encode())
+    wait_for_file(tmp_path / "h1.started")
+    wait_for_file(tmp_path / "h2.started")
+    b.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n")
+    status, _, served_b, _ = read_response(b, timeout=40)
+    (tmp_path / "h1").touch()
+    (tmp_path / "h2").touch()
+    for s in (a1, a2):
+        status, _, served, _ = read_response(s, timeout=40)
+        assert (status, served.decode()) == (200, home)
+    assert served_b.decode() != home, "B waited for the busy threads and stayed"
+    server.wait_for("its connection moves to idle shard")
+    close(server, a1, a2, b)
