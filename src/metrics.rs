@@ -59,8 +59,8 @@ pub struct Meters {
     sent: AtomicU64,
     websockets_opened: AtomicU64,
     websockets_closed: AtomicU64,
-    /// The shard thread's waits to take the GIL back after a kernel wait,
-    /// by duration, as `durations`.
+    /// The shard thread's waits for the GIL (`runtime::wait`,
+    /// `runtime::python`), by duration, as `durations`.
     gil_waits: [AtomicU64; GIL_BUCKETS],
     gil_wait_us: AtomicU64,
 }
@@ -115,8 +115,8 @@ impl Meters {
         add(&self.sent, bytes as u64);
     }
 
-    /// The shard's thread waited `elapsed` to take the GIL back from the
-    /// app's Python threads (`--threads`, or threads the app started).
+    /// The shard's thread waited `elapsed` for the GIL, which the app's
+    /// Python threads held (`--threads`, or threads the app started).
     pub fn gil_wait(&self, elapsed: Duration) {
         observe(&self.gil_waits, &GIL_BOUNDS_US, &self.gil_wait_us, elapsed);
     }
@@ -329,8 +329,9 @@ impl Report<'_> {
         self.histogram(
             &mut out,
             "turbo_gil_wait_seconds",
-            "Time a shard's thread waited to take the GIL back from the app's Python threads \
-             after each wait for I/O: accepting, reading and writing wait that long.",
+            "Time a shard's thread waited for the GIL held by the app's Python threads: after \
+             each wait for I/O when it runs the app itself, or, with --threads, before Python \
+             of its own (request hooks).",
             &GIL_BOUNDS_US,
             |c| (&c.gil_waits, c.gil_wait_us),
         );
