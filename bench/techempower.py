@@ -13,7 +13,9 @@ Layouts:
   as on a host with sidecars or the database beside the server.
 
 Rounds alternate the servers' order. The table gives medians of req/s and
-p99, and turbo's req/s over the best peer's; results/techempower.md keeps it
+p99, and turbo's req/s over the best peer's; a second one the CPU time per
+request of the server's processes and of PostgreSQL's, over the measured
+load; results/techempower.md keeps it
 with the exact commands. bench/run.sh installs what this needs (Django,
 psycopg2, orjson are in bench/requirements.txt)."""
 
@@ -80,6 +82,20 @@ def check(port, path):
         raise RuntimeError(f"{path}: {response.status} {body[:200]!r}")
 
 
+def tree_cpu(process):
+    """CPU seconds (user and system) of a process and its live descendants."""
+    import psutil
+
+    total = 0.0
+    for p in [process, *process.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+        except psutil.Error:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def run_layout(args, layout, db, log_dir):
     pinned = layout == "pinned"
     workers = 1 if pinned else 2
@@ -90,6 +106,9 @@ def run_layout(args, layout, db, log_dir):
     failures = {}
     commands = {}
     env = {**db.env, "DJANGO_SETTINGS_MODULE": "tfb.settings"}
+    import psutil
+
+    database = psutil.Process(db.proc.pid)
     for r in range(args.rounds):
         for server in servers if r % 2 == 0 else list(reversed(servers)):
             port = free_port()
@@ -105,10 +124,15 @@ def run_layout(args, layout, db, log_dir):
                         continue
                     # A short warm-up: connections, Django's caches, the pool.
                     wrk(port, 2, args.connections, cpus=load_cpus, path=path, pipeline=depth)
+                    before = tree_cpu(srv.ps), tree_cpu(database)
                     res = wrk(port, args.duration, args.connections, cpus=load_cpus, path=path, pipeline=depth)
+                    served = max(1.0, res["rate"] * args.duration)
+                    res["server_cpu"] = (tree_cpu(srv.ps) - before[0]) / served * 1000
+                    res["db_cpu"] = (tree_cpu(database) - before[1]) / served * 1000
                     results[server, name].append(res)
                     print(f"  {layout} round {r + 1} {server} {name}: {res['rate']:.0f} req/s, "
-                          f"p99 {res['p99']:.1f} ms, errors {res['non2xx'] + res['sock_err']}", file=sys.stderr)
+                          f"p99 {res['p99']:.1f} ms, errors {res['non2xx'] + res['sock_err']}, CPU ms/request: "
+                          f"server {res['server_cpu']:.2f}, PostgreSQL {res['db_cpu']:.2f}", file=sys.stderr)
                 log = srv.log_tail(4000)
                 if "Traceback" in log or "Error handling request" in log:
                     print(f"  {server} logged errors:\n{log}", file=sys.stderr)
@@ -126,6 +150,13 @@ def run_layout(args, layout, db, log_dir):
         cells = [(f"{rate:.0f} ({p99:.0f})" if rate == rate else "failed")
                  + (f", {err} errors" if err else "") for rate, p99, err in med.values()]
         lines.append(f"| {name} | " + " | ".join(cells) + f" | **{report.fmt(ratio, 2)}x** |")
+    lines += ["", "CPU per request, ms (medians): the server's processes, then PostgreSQL's.", "",
+              "| test | " + " | ".join(servers) + " |", "|---|" + "---|" * len(servers)]
+    for name, _, _ in tests:
+        cells = [f"{statistics.median(x['server_cpu'] for x in results[s, name]):.2f} + "
+                 f"{statistics.median(x['db_cpu'] for x in results[s, name]):.2f}"
+                 if results[s, name] else "failed" for s in servers]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "Rounds: " + "; ".join(
         f"{s} {n} " + ", ".join(f"{x['rate']:.0f}/{x['p99']:.0f}" for x in results[s, n])
         for s in servers for n, _, _ in tests), ""]
