@@ -397,3 +397,49 @@ def test_a_request_waiting_behind_busy_python_threads_moves(turbo, tmp_path, iso
     assert served_b.decode() != home, "B waited for the busy threads and stayed"
     server.wait_for("its connection moves to idle shard")
     close(server, a1, a2, b)
+
+
+def wait_for_unsent(server_port, client_port, timeout=10):
+    """Waits until the server's end of the connection to `client_port` has
+    bytes it cannot send (the send queue in /proc/net/tcp), for 10 s at
+    most."""
+    ends = f":{server_port:04X} 0100007F:{client_port:04X}"
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with open("/proc/net/tcp") as f:
+            for line in f:
+                fields = line.split()
+                if f"{fields[1][-5:]} {fields[2]}" == ends and int(fields[4].split(":")[0], 16) > 0:
+                    return
+    raise AssertionError("the server never had answers it could not send")
+
+
+@pytest.mark.parametrize("isolation", ISOLATIONS)
+def test_a_moved_client_that_stops_reading_holds_up_nobody(turbo, tmp_path, isolation):
+    """A client with a tiny receive window pipelines a thousand requests and
+    reads none of the answers. Its first request waited behind a busy shard,
+    so the connection moves, with the rest of its pipeline, to the idle one,
+    which soon cannot write to it. Both shards go on serving everyone else."""
+    server = start_for_moves(turbo, "placement:wsgi", tmp_path, isolation)
+    a, b, home = pair_on_one_shard(server)
+    # Set once connected: the buffer shrinks, the window follows.
+    b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        a.sendall(b"GET /hold?held&20 HTTP/1.1\r\nHost: t\r\n\r\n")
+        wait_for_file(tmp_path / "held.started")
+        b.sendall(b"GET /where HTTP/1.1\r\nHost: t\r\n\r\n" * 1000)
+        (tmp_path / "held").touch()
+        status, _, body, _ = read_response(a, timeout=40)
+        assert (status, body.decode()) == (200, home)
+        server.wait_for("its connection moves to idle shard")
+        wait_for_unsent(server.port, b.getsockname()[1])
+        for _ in range(3):
+            c = server.connect()
+            for _ in range(5):
+                ask(c, "/where")
+            close(server, c)
+        assert ask(a, "/where") == home
+    finally:
+        b.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        b.close()
+    close(server, a)
