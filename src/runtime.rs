@@ -198,9 +198,10 @@ pub fn waited_since(since: Instant) -> bool {
 /// A shard thread's one way into the kernel: polls the ring for at most
 /// `timeout` (None: until something completes), without the GIL, and
 /// measures whether what it reaps was kept waiting: by the app, which ran
-/// for LATE_AFTER or more in the pass before it, or by the GIL, which a
-/// Python thread of the shard held (`--threads`) while this thread waited to
-/// take it back. Only time in the app counts, from the pass's first
+/// for LATE_AFTER or more in the pass before it; by the GIL, which another
+/// Python thread held while this thread waited to take it back; or, with
+/// `--threads`, by the shard's Python threads, every one of which has had a
+/// request that long (`PoolLoad`). Only time in the app counts, from the pass's first
 /// `enter_app`: the rest of a pass is microseconds unless the host stalls
 /// the thread, and a stall is no reason to move a connection.
 pub fn wait(rt: &Runtime, timeout: Option<Duration>) {
