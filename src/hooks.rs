@@ -9,22 +9,18 @@
 use std::sync::Arc;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyCFunction, PyDict, PyModule, PyTuple};
+use pyo3::types::{PyCFunction, PyDict, PyTuple};
 
 use crate::access_log::Outcome;
 use crate::config::Config;
 use crate::http::parse::RequestHead;
 use crate::http::reason;
 use crate::http::target::split_target;
+use crate::python::embedded::Embedded;
 use crate::python::latin1;
 use crate::python::{Held, Isolation};
 
-const HOOKS: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
-    concat!(include_str!("config/hooks.py"), "\0").as_bytes(),
-) {
-    Ok(s) => s,
-    Err(_) => panic!("hooks.py contains a NUL byte"),
-};
+static HOOKS: Embedded = crate::embedded!("config/hooks.py", c"turbo_hooks.py", c"turbo_hooks");
 
 /// The Python `Hooks` object for the config file's `namespace`, in the
 /// current interpreter.
@@ -33,7 +29,7 @@ fn build<'py>(
     config: &Config,
     namespace: &Bound<'py, PyDict>,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let module = PyModule::from_code(py, HOOKS, c"turbo_hooks.py", c"turbo_hooks")?;
+    let module = HOOKS.load(py)?;
     let emit = PyCFunction::new_closure(
         py,
         Some(c"emit"),

@@ -403,3 +403,18 @@ def test_process_workers_share_the_common_standard_library(turbo, tmp_path):
     srv = turbo("echo:echo", "--isolation", "process", "-c", str(conf))
     assert httpx.get(srv.url(), timeout=10).status_code == 200
     assert seen.read_text() == "True True True False True"
+
+
+@pytest.mark.parametrize("preload", [False, True], ids=["imported-by-workers", "preload"])
+def test_process_workers_run_the_shims_the_supervisor_compiled(turbo, preload):
+    """In process mode the supervisor compiles the loader and the shims before
+    it forks (without --preload it cannot know the interface, so it compiles
+    both): a worker runs them from the shared code, under their own names."""
+    extra = ["--preload"] if preload else []
+    for app, expected in (("shims:wsgi", "turbo_wsgi turbo_wsgi.py"), ("shims:asgi", "turbo_asgi turbo_asgi.py")):
+        srv = turbo(app, "--isolation", "process", "--cores", "2", *extra)
+        for _ in range(4):
+            response = httpx.get(srv.url(), timeout=10)
+            assert (response.status_code, response.text) == (200, expected)
+        srv.stop()
+        assert "Traceback" not in srv.log

@@ -18,13 +18,11 @@ use pyo3::types::{PyCFunction, PyDict, PyModule, PyString, PyTuple};
 
 use crate::config::{Config, LifespanMode};
 use crate::python::app::Loaded;
+use crate::python::embedded::Embedded;
 use event_loop::Reactor;
 
-const SHIM: &std::ffi::CStr =
-    match std::ffi::CStr::from_bytes_with_nul(concat!(include_str!("shim.py"), "\0").as_bytes()) {
-        Ok(s) => s,
-        Err(_) => panic!("shim.py contains a NUL byte"),
-    };
+/// The ASGI shim, which the supervisor compiles for process workers.
+pub static SHIM: Embedded = crate::embedded!("shim.py", c"turbo_asgi.py", c"turbo_asgi");
 
 /// A shard-thread value inside a Python callable, which pyo3 requires to be
 /// Send. Python could call it (or drop it) from another thread of the same
@@ -138,7 +136,8 @@ impl Asgi {
     /// current interpreter.
     pub fn new(py: Python<'_>, config: &Config, loaded: Arc<Loaded>) -> Result<Asgi, String> {
         let failed = |e: PyErr| loaded.format(py, &e);
-        let shim = PyModule::from_code(py, SHIM, c"turbo_asgi.py", c"turbo_asgi")
+        let shim = SHIM
+            .load(py)
             .map_err(|e| format!("turbo's ASGI shim failed: {e}"))?;
         let reactor = Rc::new(Reactor::default());
         let watch_reactor = ThreadBound::new(reactor.clone());

@@ -7,6 +7,7 @@
 //! Any thread hands records to one logging thread per process, so no shard
 //! ever waits for the main interpreter's GIL.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
@@ -14,15 +15,12 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyModule};
 
+use super::sink::Queue;
 use crate::config::{Config, LogConfig};
 use crate::python::Held;
+use crate::python::embedded::Embedded;
 
-const MODULE: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
-    concat!(include_str!("python.py"), "\0").as_bytes(),
-) {
-    Ok(s) => s,
-    Err(_) => panic!("python.py contains a NUL byte"),
-};
+static MODULE: Embedded = crate::embedded!("python.py", c"turbo_logging.py", c"turbo_logging");
 
 /// What the logging thread emits.
 pub enum Entry {
@@ -48,7 +46,9 @@ static LOGGERS: OnceLock<Loggers> = OnceLock::new();
 /// inherit a log file's buffer in the middle of a write.
 static EMITTING: Mutex<()> = Mutex::new(());
 /// This process's way to the logging thread.
-static SINK: Mutex<Option<SyncSender<Entry>>> = Mutex::new(None);
+static SINK: Mutex<Option<Queue<Entry>>> = Mutex::new(None);
+/// Entries sent to the logging thread and not yet emitted.
+static PENDING: AtomicUsize = AtomicUsize::new(0);
 
 /// Configures Python's logging in the supervisor, before any worker forks.
 pub fn configure(config: &Config) -> Result<(), String> {
@@ -68,7 +68,7 @@ pub fn configure(config: &Config) -> Result<(), String> {
 
 fn setup(py: Python<'_>, config: &Config, logconfig: &LogConfig) -> PyResult<Loggers> {
     {
-        let module = PyModule::from_code(py, MODULE, c"turbo_logging.py", c"turbo_logging")?;
+        let module = MODULE.load(py)?;
         let (kind, source): (&str, Bound<'_, PyAny>) = match logconfig {
             LogConfig::File(path) => ("file", path.clone().into_pyobject(py)?.into_any()),
             LogConfig::Json(path) => ("json", path.clone().into_pyobject(py)?.into_any()),
@@ -101,7 +101,7 @@ pub fn start() {
     // Bounded, as the plain log's queue is: a handler that blocks (a
     // socket handler whose peer stopped reading) costs dropped records, not
     // memory.
-    let (tx, rx) = std::sync::mpsc::sync_channel(super::sink::QUEUE_LINES);
+    let (tx, rx) = Queue::new(&PENDING);
     let spawned = std::thread::Builder::new()
         .name("turbo-logging".into())
         .spawn(move || run(rx));
@@ -169,6 +169,7 @@ fn run(rx: Receiver<Entry>) {
             let mut next = Some(first);
             while let Some(entry) = next {
                 emit(py, loggers, entry);
+                PENDING.fetch_sub(1, Ordering::AcqRel);
                 next = rx.try_recv().ok();
             }
         });

@@ -12,8 +12,8 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, Sender, SyncSender, TrySendError};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -50,10 +50,47 @@ enum Item {
     Flushed(SyncSender<()>),
 }
 
+/// A writer thread's queue. It holds `QUEUE_LINES` items at most, and takes
+/// memory only for those it holds: a bounded std channel allocates and writes
+/// all of its slots up front, 384 KiB in every worker.
+pub(super) struct Queue<T> {
+    tx: Sender<T>,
+    /// Items sent and not yet done with: the receiver subtracts each one
+    /// once it has dealt with it.
+    pending: &'static AtomicUsize,
+}
+
+impl<T> Clone for Queue<T> {
+    fn clone(&self) -> Self {
+        Queue {
+            tx: self.tx.clone(),
+            pending: self.pending,
+        }
+    }
+}
+
+impl<T> Queue<T> {
+    pub(super) fn new(pending: &'static AtomicUsize) -> (Queue<T>, Receiver<T>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        (Queue { tx, pending }, rx)
+    }
+
+    pub(super) fn try_send(&self, item: T) -> Result<(), TrySendError<T>> {
+        if self.pending.fetch_add(1, Ordering::AcqRel) >= QUEUE_LINES {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            return Err(TrySendError::Full(item));
+        }
+        self.tx.send(item).map_err(|gone| {
+            self.pending.fetch_sub(1, Ordering::AcqRel);
+            TrySendError::Disconnected(gone.0)
+        })
+    }
+}
+
 /// This process's writer thread, once a worker has started it.
-static QUEUE: Mutex<Option<SyncSender<Item>>> = Mutex::new(None);
+static QUEUE: Mutex<Option<Queue<Item>>> = Mutex::new(None);
 /// Lines queued for the writer thread and not yet written.
-static QUEUED: AtomicU64 = AtomicU64::new(0);
+static QUEUED: AtomicUsize = AtomicUsize::new(0);
 /// Lines dropped that the log has not yet reported.
 static DROPPED: AtomicU64 = AtomicU64::new(0);
 
@@ -63,7 +100,7 @@ pub(super) fn count_dropped() {
 
 /// Starts this process's writer thread (a worker, right after its fork).
 pub fn start() {
-    let (tx, rx) = std::sync::mpsc::sync_channel(QUEUE_LINES);
+    let (tx, rx) = Queue::new(&QUEUED);
     let spawned = std::thread::Builder::new()
         .name("turbo-log".into())
         .spawn(move || writer(rx));
@@ -85,17 +122,10 @@ pub fn write(target: Target, line: Vec<u8>) {
     if QUEUED.load(Ordering::Acquire) == 0 && writable_now(&target, line.len()) {
         return write_now(&target, &line);
     }
-    QUEUED.fetch_add(1, Ordering::AcqRel);
     match queue.try_send(Item::Line(target, line)) {
         Ok(()) => {}
-        Err(TrySendError::Full(_)) => {
-            QUEUED.fetch_sub(1, Ordering::AcqRel);
-            count_dropped();
-        }
-        Err(TrySendError::Disconnected(Item::Line(target, line))) => {
-            QUEUED.fetch_sub(1, Ordering::AcqRel);
-            write_now(&target, &line);
-        }
+        Err(TrySendError::Full(_)) => count_dropped(),
+        Err(TrySendError::Disconnected(Item::Line(target, line))) => write_now(&target, &line),
         Err(TrySendError::Disconnected(Item::Flushed(_))) => {}
     }
 }
@@ -116,14 +146,12 @@ pub fn flush(limit: Duration) {
 fn writer(rx: Receiver<Item>) {
     for item in rx {
         match item {
-            Item::Line(target, line) => {
-                write_now(&target, &line);
-                QUEUED.fetch_sub(1, Ordering::AcqRel);
-            }
+            Item::Line(target, line) => write_now(&target, &line),
             Item::Flushed(done) => {
                 let _ = done.try_send(());
             }
         }
+        QUEUED.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

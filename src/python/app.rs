@@ -3,17 +3,13 @@
 //! traceback formatting every error log line uses.
 
 use pyo3::prelude::*;
-use pyo3::types::PyModule;
 
 use super::Isolation;
+use super::embedded::Embedded;
 use crate::config::AppSpec;
 
-const LOADER: &std::ffi::CStr = match std::ffi::CStr::from_bytes_with_nul(
-    concat!(include_str!("loader.py"), "\0").as_bytes(),
-) {
-    Ok(s) => s,
-    Err(_) => panic!("loader.py contains a NUL byte"),
-};
+/// The loader, which the supervisor compiles for process workers.
+pub static LOADER: Embedded = crate::embedded!("loader.py", c"turbo_loader.py", c"turbo_loader");
 
 /// Why an app could not be loaded.
 pub enum LoadError {
@@ -43,7 +39,8 @@ impl Loaded {
         isolation: Isolation,
         pythonpath: &[String],
     ) -> Result<Loaded, LoadError> {
-        let loader = PyModule::from_code(py, LOADER, c"turbo_loader.py", c"turbo_loader")
+        let loader = LOADER
+            .load(py)
             .map_err(|e| LoadError::Failed(format!("turbo's loader failed: {e}")))?;
         let function = |name: &str| {
             loader

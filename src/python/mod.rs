@@ -8,6 +8,7 @@
 //! `#[pyclass]`, no once-cells (docs/architecture.md, "Python references").
 
 pub mod app;
+pub mod embedded;
 pub mod lent;
 pub mod probe;
 pub mod watchdog;

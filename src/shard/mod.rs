@@ -188,6 +188,30 @@ pub struct Spec {
     pub peers: Option<(Arc<Peers>, Inbox)>,
 }
 
+/// Whether a shard speaks ASGI: as configured, else as the app was detected
+/// (`None` where the app is not loaded yet).
+fn speaks_asgi(config: &Config, detected: Option<bool>) -> Option<bool> {
+    match config.interface {
+        InterfaceMode::Auto => detected,
+        InterfaceMode::Asgi => Some(true),
+        InterfaceMode::Wsgi => Some(false),
+    }
+}
+
+/// Compiles, in the supervisor's main interpreter before it forks process
+/// workers, the Python each of them runs before it serves: the loader, and
+/// the shim of each interface the app may speak (`python::embedded`).
+pub fn precompile(py: Python<'_>, config: &Config, preloaded: Option<&Loaded>) {
+    python::app::LOADER.precompile(py);
+    let asgi = speaks_asgi(config, preloaded.map(|loaded| loaded.asgi));
+    if asgi != Some(true) {
+        wsgi::SHIM.precompile(py);
+    }
+    if asgi != Some(false) {
+        asgi::SHIM.precompile(py);
+    }
+}
+
 /// Runs a shard on the current thread until it has drained after `stop`.
 pub fn run(spec: Spec, ready: Sender<Ready>) {
     let Spec {
@@ -244,11 +268,7 @@ pub fn run(spec: Spec, ready: Sender<Ready>) {
                 return;
             }
         };
-        let asgi = match config.interface {
-            InterfaceMode::Auto => loaded.asgi,
-            InterfaceMode::Asgi => true,
-            InterfaceMode::Wsgi => false,
-        };
+        let asgi = speaks_asgi(&config, Some(loaded.asgi)) == Some(true);
         // This thread runs the app calls, unless a WSGI app has Python
         // threads for them (--threads), which register themselves.
         if asgi || config.threads == 1 {

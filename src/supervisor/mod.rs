@@ -21,7 +21,7 @@ use crate::hooks::Hooks;
 use crate::metrics::{self, Counts, Restart};
 use crate::python::app::{LoadError, Loaded};
 use crate::python::{self, Isolation};
-use crate::shard::mailbox::Mailboxes;
+use crate::shard::{self, mailbox::Mailboxes};
 use crate::signals::{self, exit_now};
 use crate::worker::{APP_LOAD_ERROR, WORKER_BOOT_ERROR};
 use ops::{Answer, Ops, Page};
@@ -263,8 +263,11 @@ pub fn run(mut config: Config) -> ! {
     // app preloaded here or served by a worker's main interpreter.
     python::sync_environ();
     let preloaded = config.preload.then(|| preload(&config));
-    if preloaded.is_none() && isolation == Isolation::Main {
-        Python::attach(python::import_common_stdlib);
+    if isolation == Isolation::Main {
+        if preloaded.is_none() {
+            Python::attach(python::import_common_stdlib);
+        }
+        Python::attach(|py| shard::precompile(py, &config, preloaded.as_deref()));
     }
     hooks.call("when_ready", &[]);
     let mut supervisor = Supervisor {

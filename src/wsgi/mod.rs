@@ -8,18 +8,16 @@ pub mod pool;
 pub mod response;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyModule, PyString, PyTuple};
+use pyo3::types::{PyDict, PyString, PyTuple};
 
 use std::sync::Arc;
 
 use crate::config::Config;
 use crate::python::app::Loaded;
+use crate::python::embedded::Embedded;
 
-const SHIM: &std::ffi::CStr =
-    match std::ffi::CStr::from_bytes_with_nul(concat!(include_str!("shim.py"), "\0").as_bytes()) {
-        Ok(s) => s,
-        Err(_) => panic!("shim.py contains a NUL byte"),
-    };
+/// The WSGI shim, which the supervisor compiles for process workers.
+pub static SHIM: Embedded = crate::embedded!("shim.py", c"turbo_wsgi.py", c"turbo_wsgi");
 
 /// Environ keys and constant values, made once per interpreter.
 pub struct Keys {
@@ -87,7 +85,8 @@ impl Wsgi {
         // Sub-interpreters share no Python state, so to the app they are processes.
         let multiprocess = config.cores > 1;
         let multithread = config.threads > 1;
-        let shim = PyModule::from_code(py, SHIM, c"turbo_wsgi.py", c"turbo_wsgi")
+        let shim = SHIM
+            .load(py)
             .map_err(|e| format!("turbo's WSGI shim failed: {e}"))?;
         let attr = |name: &str| {
             shim.getattr(name)
