@@ -217,6 +217,8 @@ pub struct Shard {
     /// Connections the kernel placed on the shard that it has not accepted.
     pub queued: u64,
     pub websockets: u64,
+    /// Requests the shard's `--threads` pool runs at once; 0 without one.
+    pub threads_limit: u64,
 }
 
 /// Why the supervisor replaced a worker (`turbo_worker_restarts_total`).
@@ -357,7 +359,7 @@ impl Report<'_> {
                 );
             }
         }
-        let gauges: [PerShard; 8] = [
+        let gauges: [PerShard; 9] = [
             (
                 "turbo_requests_in_flight",
                 "gauge",
@@ -381,6 +383,13 @@ impl Report<'_> {
                 "counter",
                 "Keep-alive connections handed to an idle shard after a request waited.",
                 |s| s.counts.moved,
+            ),
+            (
+                "turbo_threads_limit",
+                "gauge",
+                "Requests the shard's --threads pool runs at once: --threads, or fewer while more \
+                 would only wait for a CPU (0 without --threads).",
+                |s| s.threads_limit,
             ),
             (
                 "turbo_received_bytes_total",

@@ -26,6 +26,9 @@ pub struct Line {
     /// The worker process whose shard thread stamps the line: the last one
     /// that began to take connections for the shard; 0 for none.
     owner: AtomicU32,
+    /// Requests the shard's `--threads` pool has finished, ever: what every
+    /// pool of the server weighs its steps by (`wsgi::limit`).
+    pub served: AtomicU64,
 }
 
 impl Line {
@@ -91,6 +94,17 @@ pub fn line(shard: usize) -> Option<&'static Line> {
     let roster = roster()?;
     // SAFETY: within the mapping, which lives as long as the process.
     (shard < MAX_SHARDS).then(|| unsafe { &*roster.base.add(shard) })
+}
+
+/// Requests the pools of shards `0..shards` have finished, ever.
+pub fn served(shards: usize) -> Option<u64> {
+    roster()?;
+    Some(
+        (0..shards.min(MAX_SHARDS))
+            .filter_map(line)
+            .map(|line| line.served.load(Ordering::Relaxed))
+            .sum(),
+    )
 }
 
 /// The shards of worker `pid`, which is gone, take nothing until another

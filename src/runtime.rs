@@ -90,46 +90,52 @@ struct Lazy {
     pool: Arc<PoolLoad>,
 }
 
-/// How many of a shard's Python threads have a request, and since when they
-/// all have, as a shard with `--threads` tells its thread (`run_python_on`).
+/// How many of a shard's Python threads have a request, and since when as
+/// many as may run at once have, as a shard with `--threads` tells its
+/// thread (`run_python_on`).
 #[derive(Default)]
 pub struct PoolLoad {
     /// Requests handed to the threads and not yet finished.
     pub busy: AtomicUsize,
-    /// The threads there are.
-    pub threads: usize,
-    /// `stamp_now()` of the moment every thread had a request; 0 while one
-    /// is free.
+    /// How many requests the threads run at once: `--threads`, or fewer
+    /// where the pool found more to cost more (`wsgi::limit`).
+    pub limit: AtomicUsize,
+    /// `stamp_now()` of the moment the requests handed over reached the
+    /// limit; 0 while they are fewer.
     pub full_since: AtomicU64,
 }
 
 impl PoolLoad {
     pub fn new(threads: usize) -> PoolLoad {
         PoolLoad {
-            threads,
+            limit: AtomicUsize::new(threads),
             ..PoolLoad::default()
         }
     }
 
     /// A request was handed to the threads.
     pub fn started(&self) {
-        if self.busy.fetch_add(1, Ordering::Relaxed) + 1 == self.threads {
+        let busy = self.busy.fetch_add(1, Ordering::Relaxed) + 1;
+        if busy >= self.limit.load(Ordering::Relaxed)
+            && self.full_since.load(Ordering::Relaxed) == 0
+        {
             self.full_since.store(stamp_now(), Ordering::Relaxed);
         }
     }
 
     /// A thread finished its request.
     pub fn finished(&self) {
-        if self.busy.fetch_sub(1, Ordering::Relaxed) == self.threads {
+        let busy = self.busy.fetch_sub(1, Ordering::Relaxed) - 1;
+        if busy < self.limit.load(Ordering::Relaxed) {
             self.full_since.store(0, Ordering::Relaxed);
         }
     }
 
-    /// When every thread has been busy since, if they all are. `busy` is
-    /// read too: a thread that finished between a `started` and its stamp
-    /// leaves the stamp set with a thread free.
+    /// When the requests handed over have been at the limit since, if they
+    /// are. `busy` is read too: a thread that finished between a `started`
+    /// and its stamp leaves the stamp set below the limit.
     fn full_since(&self) -> Option<Instant> {
-        if self.busy.load(Ordering::Relaxed) < self.threads {
+        if self.busy.load(Ordering::Relaxed) < self.limit.load(Ordering::Relaxed) {
             return None;
         }
         let since = self.full_since.load(Ordering::Relaxed);

@@ -28,6 +28,9 @@ pub struct ShardCounts {
     pub connections: AtomicU32,
     /// Connections this shard handed to a peer.
     pub moved_out: AtomicU32,
+    /// Requests its `--threads` pool runs at once (`wsgi::limit`); 0
+    /// without a pool.
+    pub threads_limit: AtomicU32,
 }
 
 #[repr(C, align(64))]

@@ -6,10 +6,12 @@ in the wrong order, never by being slow."""
 import concurrent.futures
 import signal
 import socket
+import threading
+import time
 
 import httpx
 
-from conftest import read_response
+from conftest import free_port, read_response, scrape, total
 
 
 def blocked(srv, pool, n):
@@ -140,3 +142,50 @@ def test_worker_exit_runs_after_the_threads_in_process_mode(turbo, tmp_path):
     srv.proc.send_signal(signal.SIGTERM)
     assert srv.wait_exit(timeout=30) == 0
     assert log.read_text() == "worker_exit\n"
+
+
+def test_the_pool_runs_fewer_at_once_while_its_requests_only_wait_for_a_cpu(turbo):
+    """Requests that compute without the GIL, four at once on the shard's one
+    CPU, only wait for that CPU: the pool steps down until one runs at a time
+    (turbo_threads_limit), as the rate does not fall. Requests that sleep
+    step it back up to --threads. At a limit of one, a request that runs long
+    gives its place up: the others are still answered meanwhile."""
+    ops = free_port()
+    srv = turbo("echo:blocker", "--threads", "4", "--cores", "1", "--metrics-bind", f"127.0.0.1:{ops}")
+
+    def limit():
+        return total(scrape(ops), "turbo_threads_limit")
+
+    def until(predicate, seconds=60):
+        deadline = time.monotonic() + seconds
+        while not predicate():
+            assert time.monotonic() < deadline, f"the limit stayed at {limit()}"
+            time.sleep(0.1)  # polling /metrics, bounded by the deadline
+
+    assert limit() == 4
+    path = ["/hash"]
+    stop = threading.Event()
+    answers = []
+
+    def client():
+        with httpx.Client(timeout=30) as c:
+            while not stop.is_set():
+                answers.append(c.get(srv.url(path[0])).status_code)
+
+    with concurrent.futures.ThreadPoolExecutor(9) as pool:
+        clients = [pool.submit(client) for _ in range(8)]
+        try:
+            until(lambda: limit() == 1)
+            sleeper = pool.submit(httpx.get, srv.url("/nap?5"), timeout=30)
+            srv.wait_for_count("napping", 1)
+            fast = httpx.get(srv.url("/now"), timeout=30)
+            assert fast.content == b"fast"
+            assert not sleeper.done()
+            path[0] = "/sleep?0.02"
+            until(lambda: limit() == 4)
+        finally:
+            stop.set()
+        for c in clients:
+            c.result()
+        assert sleeper.result().content == b"slept"
+    assert answers and set(answers) == {200}

@@ -34,6 +34,7 @@ FAMILIES = {
     "turbo_connections": {"shard"},
     "turbo_connections_queued": {"shard"},
     "turbo_connections_moved_total": {"shard"},
+    "turbo_threads_limit": {"shard"},
     "turbo_received_bytes_total": {"shard"},
     "turbo_sent_bytes_total": {"shard"},
     "turbo_websocket_connections": {"shard"},

@@ -397,8 +397,15 @@ fn wsgi_app(
 ) -> Result<Interface, String> {
     let wsgi = Arc::new(Wsgi::new(py, config, loaded)?);
     let pool = if config.threads > 1 {
-        let pool = Pool::start(id, config.threads, wsgi.clone(), board.clone(), local)
-            .map_err(|e| format!("cannot start Python threads: {e}"))?;
+        let pool = Pool::start(
+            id,
+            config.cores,
+            config.threads,
+            wsgi.clone(),
+            board.clone(),
+            local,
+        )
+        .map_err(|e| format!("cannot start Python threads: {e}"))?;
         Some(pool)
     } else {
         None

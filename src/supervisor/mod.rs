@@ -493,6 +493,9 @@ impl Supervisor {
                 view.counts.add(&live);
                 view.in_flight += u64::from(counts.in_flight.load(Ordering::Relaxed));
                 view.connections += u64::from(counts.connections.load(Ordering::Relaxed));
+                view.threads_limit = view
+                    .threads_limit
+                    .max(u64::from(counts.threads_limit.load(Ordering::Relaxed)));
             }
         }
         metrics::Report {

@@ -4,6 +4,7 @@
 pub mod environ;
 pub mod handler;
 pub mod input;
+pub mod limit;
 pub mod pool;
 pub mod response;
 

@@ -20,6 +20,7 @@ use pyo3::prelude::*;
 use super::Wsgi;
 use super::environ::{Client, ConnInfo, HeaderKeys};
 use super::input::{Input, SharedBody};
+use super::limit::{Limit, Sampler};
 use super::response::{Progress, RequestMeta, Response, internal_error};
 use crate::access_log::Outcome;
 use crate::http::encode;
@@ -109,6 +110,7 @@ pub struct Pool {
     pub load: Arc<PoolLoad>,
     /// What the shard thread dropped without its GIL, released by the threads.
     pub graveyard: Arc<Graveyard>,
+    limit: Arc<Limit>,
 }
 
 impl Pool {
@@ -116,6 +118,7 @@ impl Pool {
     /// Thread `n` reports its app calls in slot `n` of the shard's scoreboard slots.
     pub fn start(
         shard: usize,
+        shards: usize,
         threads: usize,
         wsgi: Arc<Wsgi>,
         board: Arc<Scoreboard>,
@@ -133,13 +136,22 @@ impl Pool {
             }
         }));
         let load = Arc::new(PoolLoad::new(threads));
+        let limit = Arc::new(Limit::new(
+            threads,
+            load.clone(),
+            (shard, shards),
+            board.clone(),
+            local,
+        ));
         let interp = python::current_interpreter();
         for n in 0..threads {
             let thread = Thread {
                 wsgi: wsgi.clone(),
                 board: board.clone(),
                 slot: board.slot_index(local, n),
+                index: n,
                 load: load.clone(),
+                limit: limit.clone(),
                 graveyard: graveyard.clone(),
             };
             let rx = rx.clone();
@@ -164,6 +176,7 @@ impl Pool {
             sweeps,
             load,
             graveyard,
+            limit,
         })
     }
 
@@ -189,6 +202,7 @@ impl Pool {
 
 impl Drop for Pool {
     fn drop(&mut self) {
+        self.limit.close();
         if let Ok(mut sweeps) = self.sweeps.lock() {
             sweeps.take();
         }
@@ -201,22 +215,37 @@ struct Thread {
     board: Arc<Scoreboard>,
     /// Its scoreboard slot.
     slot: usize,
+    /// Its number in the pool.
+    index: usize,
     load: Arc<PoolLoad>,
+    limit: Arc<Limit>,
     graveyard: Arc<Graveyard>,
 }
 
 impl Thread {
     fn serve(&self, py: Python<'_>, tasks: &Mutex<Receiver<Work>>) {
         let header_keys = HeaderKeys::default();
+        let mut sampler = Sampler::for_this_thread();
+        let mut placed = false;
         loop {
-            // Wait without the GIL, so the shard and the other threads can run.
-            let work = python::without_gil(|| tasks.lock().ok().and_then(|rx| rx.recv().ok()));
+            // Wait without the GIL, so the shard and the other threads can
+            // run: for a place among those that run requests, then for work.
+            let work = python::without_gil(|| {
+                if !placed {
+                    self.limit.acquire();
+                    placed = true;
+                }
+                tasks.lock().ok().and_then(|rx| rx.recv().ok())
+            });
             // What the shard thread dropped goes before the next request
             // runs, so the app never sees a reference turbo no longer needs.
             self.graveyard.sweep(py);
             match work {
                 Some(Work::Request(task)) => {
+                    self.limit.begin(self.index);
+                    let stamp = sampler.start();
                     self.run(py, &header_keys, *task);
+                    placed = self.limit.finished(self.index, sampler.end(stamp));
                     self.load.finished();
                 }
                 Some(Work::Sweep) => {}

@@ -265,6 +265,9 @@ def _stream_until_released():
     yield b"released" if _released.wait(30) else b"timed out"
 
 
+# What /hash hashes: a few milliseconds of a CPU.
+_HASHED = bytes(2 << 20)
+
 # A body large enough that turbo sends it from the object's own memory.
 _LENT = b"x" * 65536
 
@@ -293,7 +296,8 @@ def _hog(environ):
 def blocker(environ, start_response):
     """/wait blocks its thread until /release, and /stream does the same between
     two chunks of its body; /meet returns only once four
-    calls are inside the app together; anything else answers at once."""
+    calls are inside the app together; /hash computes without the GIL,
+    /sleep?SECONDS sleeps and /nap?SECONDS says so first; anything else answers at once."""
     path = environ["PATH_INFO"]
     if path == "/wait":
         environ["wsgi.errors"].write("waiting\n")
@@ -321,6 +325,16 @@ def blocker(environ, start_response):
         body = bytes(16 << 20)
     elif path == "/refs":
         body = str(sys.getrefcount(_LENT)).encode()
+    elif path == "/hash":
+        # Computing without the GIL (hashlib lets it go for large data).
+        import hashlib
+        body = hashlib.sha256(_HASHED).hexdigest().encode()
+    elif path in ("/sleep", "/nap"):
+        if path == "/nap":
+            environ["wsgi.errors"].write("napping\n")
+            environ["wsgi.errors"].flush()
+        time.sleep(float(environ["QUERY_STRING"]))
+        body = b"slept"
     else:
         body = b"fast"
     start_response("200 OK", [("Content-Type", "text/plain")])
