@@ -30,11 +30,11 @@ use crate::roster::{self, Line};
 use crate::runtime::{PoolLoad, stamp_now};
 use crate::scoreboard::Scoreboard;
 
-/// Windows are the half seconds of the monotonic clock, the same in every
+/// Windows end on the half seconds of the monotonic clock, the same in every
 /// worker, so that every pool of a server that steps down does so in the
 /// same window: alone, a pool that runs fewer requests at once would lose
 /// CPU time to the others, and take its step back. A window with fewer
-/// sampled requests than this decides nothing.
+/// sampled requests than this goes on to the next half second.
 const WINDOW: Duration = Duration::from_millis(500);
 const WINDOW_SAMPLES: u32 = 8;
 /// Steps down start in one window in this many.
@@ -255,7 +255,8 @@ impl Limit {
             window.wall += sample.wall;
             window.on_cpu += sample.on_cpu;
         }
-        if window_slot() != window.slot {
+        // A window short of samples goes on into the next half second.
+        if window_slot() != window.slot && window.samples >= WINDOW_SAMPLES {
             let now = Instant::now();
             let served = roster::served(self.shards);
             let mut ended = std::mem::replace(&mut state.window, Window::new(now));
@@ -265,10 +266,8 @@ impl Limit {
             if let (Some(from), Some(to)) = (ended.served_from, served) {
                 ended.served = to.saturating_sub(from);
             }
-            if ended.samples >= WINDOW_SAMPLES {
-                let may_step_down = (ended.slot + 1).is_multiple_of(STEP_DOWN_EVERY);
-                state.decide(&ended, now, self.threads, may_step_down);
-            }
+            let may_step_down = window_slot().is_multiple_of(STEP_DOWN_EVERY);
+            state.decide(&ended, now, self.threads, may_step_down);
             self.load.limit.store(state.limit, Ordering::Relaxed);
             publish(&self.board, self.local, state.limit);
             if state.limit > limit {
