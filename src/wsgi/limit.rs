@@ -10,8 +10,8 @@
 //! So the pool measures, on a sample of requests, the share of a request's
 //! time its thread spent neither running nor waiting for a CPU
 //! (`/proc/thread-self/schedstat`): blocked, on I/O or on the GIL. Over each
-//! window in which requests queued for a thread, a low share halves the
-//! limit and a high share steps it up by one, never past `--threads`. A step
+//! window in which requests queued for a thread, a low share steps the limit
+//! down by one and a high share steps it up, never past `--threads`. A step
 //! down is a trial: if the rate of the next two windows falls by a tenth, the
 //! step is taken back and none is tried for a while.
 //!
@@ -40,7 +40,7 @@ const WINDOW_SAMPLES: u32 = 8;
 /// Steps down start in one window in this many.
 const STEP_DOWN_EVERY: u64 = 3;
 /// Below this blocked share, the threads mostly wait for a CPU: one fewer.
-const STEP_DOWN_BELOW: f64 = 0.12;
+const STEP_DOWN_BELOW: f64 = 0.1;
 /// Above it, they mostly wait on something a CPU does not speed up: one more.
 const STEP_UP_ABOVE: f64 = 0.5;
 /// A step down whose next window's rate fell below this share of the rate
@@ -329,7 +329,7 @@ impl State {
             && !held
         {
             let from = self.limit;
-            self.limit -= (from / 2).max(1);
+            self.limit -= 1;
             self.trial = Some(Trial {
                 from,
                 before,
@@ -461,14 +461,11 @@ mod tests {
     }
 
     #[test]
-    fn threads_that_wait_for_a_cpu_halve_the_limit_down_to_one() {
+    fn threads_that_wait_for_a_cpu_step_down_one_at_a_time_to_one() {
         // Two windows to know the rate, then each step down is judged on
         // the two windows after it, and kept: the rate did not fall.
-        let limits = feed(&mut state(4), Instant::now(), &[(100, 100, 0.05); 9]);
-        assert_eq!(limits, [4, 4, 2, 2, 2, 1, 1, 1, 1]);
-        let mut eight = state(8);
-        let limits = feed(&mut eight, Instant::now(), &[(100, 100, 0.05); 12]);
-        assert_eq!(limits, [8, 8, 4, 4, 4, 2, 2, 2, 1, 1, 1, 1]);
+        let limits = feed(&mut state(4), Instant::now(), &[(100, 100, 0.05); 12]);
+        assert_eq!(limits, [4, 4, 3, 3, 3, 2, 2, 2, 1, 1, 1, 1]);
     }
 
     #[test]
@@ -497,7 +494,7 @@ mod tests {
         s.decide(&window, t0 + WINDOW * 3, 4, false);
         assert_eq!(s.limit, 4);
         s.decide(&window, t0 + WINDOW * 3, 4, true);
-        assert_eq!(s.limit, 2);
+        assert_eq!(s.limit, 3);
     }
 
     #[test]
@@ -531,21 +528,21 @@ mod tests {
                 cpu_bound,
             ],
         );
-        assert_eq!(limits, [4, 4, 2, 2, 4, 4]);
+        assert_eq!(limits, [4, 4, 3, 3, 4, 4]);
         // Once the hold is over, a step down is tried again; taken back
         // again, it holds twice as long.
         let later = t0 + HOLD + WINDOW * 6;
         assert_eq!(
             feed(&mut s, later, &[cpu_bound, (80, 80, 0.05), (80, 80, 0.05)]),
-            [2, 2, 4]
+            [3, 3, 4]
         );
         assert_eq!(s.hold, HOLD * 4);
     }
 
     #[test]
     fn a_fall_larger_than_the_step_could_cause_is_the_load_changing() {
-        // From 4 to 2 could halve the rate at most: a fall to a third puts
-        // the limit back, and a step is tried again at once.
+        // From 4 to 3 could cost a quarter of the rate at most: a fall to a
+        // third puts the limit back, and a step is tried again at once.
         let cpu_bound = (100, 100, 0.05);
         let limits = feed(
             &mut state(4),
@@ -559,7 +556,7 @@ mod tests {
                 (34, 34, 0.05),
             ],
         );
-        assert_eq!(limits, [4, 4, 2, 2, 4, 2]);
+        assert_eq!(limits, [4, 4, 3, 3, 4, 3]);
     }
 
     #[test]
@@ -576,7 +573,7 @@ mod tests {
                 (96, 96, 0.3),
             ],
         );
-        assert_eq!(limits, [4, 4, 2, 2, 2]);
+        assert_eq!(limits, [4, 4, 3, 3, 3]);
     }
 
     fn limited(threads: usize, limit: usize) -> Arc<Limit> {
