@@ -539,40 +539,25 @@ mod tests {
         assert_eq!(s.hold, HOLD * 4);
     }
 
+    /// The limits over three windows of threads waiting for a CPU (the
+    /// third steps down), then `after`.
+    fn after_a_step(after: &[(u32, u32, f64)]) -> Vec<usize> {
+        let mut windows = vec![(100, 100, 0.05); 3];
+        windows.extend_from_slice(after);
+        feed(&mut state(4), Instant::now(), &windows)
+    }
+
     #[test]
     fn a_fall_larger_than_the_step_could_cause_is_the_load_changing() {
         // From 4 to 3 could cost a quarter of the rate at most: a fall to a
         // third puts the limit back, and a step is tried again at once.
-        let cpu_bound = (100, 100, 0.05);
-        let limits = feed(
-            &mut state(4),
-            Instant::now(),
-            &[
-                cpu_bound,
-                cpu_bound,
-                cpu_bound,
-                (30, 30, 0.05),
-                (35, 35, 0.05),
-                (34, 34, 0.05),
-            ],
-        );
+        let limits = after_a_step(&[(30, 30, 0.05), (35, 35, 0.05), (34, 34, 0.05)]);
         assert_eq!(limits, [4, 4, 3, 3, 4, 3]);
     }
 
     #[test]
     fn a_step_down_that_kept_the_rate_stays() {
-        let cpu_bound = (100, 100, 0.05);
-        let limits = feed(
-            &mut state(4),
-            Instant::now(),
-            &[
-                cpu_bound,
-                cpu_bound,
-                cpu_bound,
-                (95, 95, 0.3),
-                (96, 96, 0.3),
-            ],
-        );
+        let limits = after_a_step(&[(95, 95, 0.3), (96, 96, 0.3)]);
         assert_eq!(limits, [4, 4, 3, 3, 3]);
     }
 
