@@ -147,9 +147,10 @@ def test_worker_exit_runs_after_the_threads_in_process_mode(turbo, tmp_path):
 def test_the_pool_runs_fewer_at_once_while_its_requests_only_wait_for_a_cpu(turbo):
     """Requests that compute without the GIL, four at once on the shard's one
     CPU, only wait for that CPU: the pool steps down until one runs at a time
-    (turbo_threads_limit), as the rate does not fall. Requests that sleep
-    step it back up to --threads. At a limit of one, a request that runs long
-    gives its place up: the others are still answered meanwhile."""
+    (turbo_threads_limit), as the rate does not fall. At a limit of one, a
+    request that stays in the app gives its place up: the others are still
+    answered meanwhile. Requests that sleep step the limit back up to
+    --threads."""
     ops = free_port()
     srv = turbo("echo:blocker", "--threads", "4", "--cores", "1", "--metrics-bind", f"127.0.0.1:{ops}")
 
@@ -176,16 +177,17 @@ def test_the_pool_runs_fewer_at_once_while_its_requests_only_wait_for_a_cpu(turb
         clients = [pool.submit(client) for _ in range(8)]
         try:
             until(lambda: limit() == 1)
-            sleeper = pool.submit(httpx.get, srv.url("/nap?5"), timeout=30)
-            srv.wait_for_count("napping", 1)
-            fast = httpx.get(srv.url("/now"), timeout=30)
-            assert fast.content == b"fast"
-            assert not sleeper.done()
+            # A request that stays in the app until /release.
+            long = pool.submit(httpx.get, srv.url("/wait"), timeout=60)
+            srv.wait_for_count("waiting", 1)
+            assert httpx.get(srv.url("/now"), timeout=30).content == b"fast"
+            assert not long.done()
+            assert httpx.get(srv.url("/release"), timeout=30).content == b"ok"
+            assert long.result().content == b"released"
             path[0] = "/sleep?0.02"
             until(lambda: limit() == 4)
         finally:
             stop.set()
         for c in clients:
             c.result()
-        assert sleeper.result().content == b"slept"
     assert answers and set(answers) == {200}

@@ -296,8 +296,8 @@ def _hog(environ):
 def blocker(environ, start_response):
     """/wait blocks its thread until /release, and /stream does the same between
     two chunks of its body; /meet returns only once four
-    calls are inside the app together; /hash computes without the GIL,
-    /sleep?SECONDS sleeps and /nap?SECONDS says so first; anything else answers at once."""
+    calls are inside the app together; /hash computes without the GIL and
+    /sleep?SECONDS sleeps; anything else answers at once."""
     path = environ["PATH_INFO"]
     if path == "/wait":
         environ["wsgi.errors"].write("waiting\n")
@@ -329,10 +329,7 @@ def blocker(environ, start_response):
         # Computing without the GIL (hashlib lets it go for large data).
         import hashlib
         body = hashlib.sha256(_HASHED).hexdigest().encode()
-    elif path in ("/sleep", "/nap"):
-        if path == "/nap":
-            environ["wsgi.errors"].write("napping\n")
-            environ["wsgi.errors"].flush()
+    elif path == "/sleep":
         time.sleep(float(environ["QUERY_STRING"]))
         body = b"slept"
     else:
